@@ -1,0 +1,28 @@
+"""Load fine-tuned checkpoints into one in-memory model (:class:`Checkpoint`)."""
+
+from genbound.checkpoint.base import BaseModel
+from genbound.checkpoint.load import load_checkpoint
+from genbound.checkpoint.model import Checkpoint, Hyperparams
+from genbound.checkpoint.native import write_run
+from genbound.checkpoint.updates import (
+    ChainUpdate,
+    DenseUpdate,
+    DoraUpdate,
+    LowRankUpdate,
+    SelectorUpdate,
+    Update,
+)
+
+__all__ = [
+    "BaseModel",
+    "ChainUpdate",
+    "Checkpoint",
+    "DenseUpdate",
+    "DoraUpdate",
+    "Hyperparams",
+    "LowRankUpdate",
+    "SelectorUpdate",
+    "Update",
+    "load_checkpoint",
+    "write_run",
+]

@@ -1,0 +1,139 @@
+"""The in-memory model of a fine-tuned checkpoint that every analysis reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genbound.adapters.registry import Variant, get_variant
+from genbound.checkpoint.base import BaseModel
+from genbound.checkpoint.tensors import bits_of
+from genbound.checkpoint.updates import ChainUpdate, DenseUpdate, DoraUpdate, Update
+from genbound.errors import GenboundError
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """Adapter hyper-parameters as configured (per-module values live on each Update).
+
+    Attributes:
+        rank: adapter rank r (the default; PEFT ``rank_pattern`` may override per module).
+        alpha: LoRA alpha (default; ``alpha_pattern`` may override).
+        scale: the default scale s of dW = s B A (alpha / r, or alpha / sqrt(r) with rsLoRA).
+        rslora: True when s = alpha / sqrt(r).
+        chain: chain length k (1 for unchained methods).
+        selector_seed: seed that drew random selectors or window orders, if any.
+        targets: the module patterns that were adapted.
+        extra: anything else the source recorded (rank_pattern, lr ratio, ...).
+    """
+
+    rank: int | None = None
+    alpha: float | None = None
+    scale: float | None = None
+    rslora: bool = False
+    chain: int = 1
+    selector_seed: int | None = None
+    targets: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A fine-tuned checkpoint: which variant, its hyper-parameters, and its updates.
+
+    Attributes:
+        path: where it was read from.
+        format: ``"peft"``, ``"genbound"`` or ``"state_dicts"``.
+        variant: registry name of the adapter variant (``"lora"``, ``"cla"``, ``"fft"``...).
+        hparams: see :class:`Hyperparams`.
+        updates: module (or tensor) name -> :class:`~genbound.checkpoint.updates.Update`,
+            in the order of the model's layers (input side first) where known.
+        dtype: the stored dtype of the trained tensors (gives q, bits per parameter).
+        base: the lazily read base model, or None when not found.
+        base_ref: how the checkpoint names its base model (a path or package), if at all.
+        n_train: number of training examples, when known.
+        seed: the training run's seed, when known.
+        metrics: recorded metrics (train/eval loss, accuracy, a loss history).
+        data: the data reference recorded by a genbound run (None otherwise).
+        trajectory: trajectory snapshot reference recorded by a genbound run.
+        adapter_name: the adapter's name (PEFT's ``"default"`` for the top folder).
+        others: further adapters stored beside this one (PEFT sub-folders), by name.
+        notes: things the loader wants the user to know (assumptions, skipped keys).
+    """
+
+    path: Path
+    format: str
+    variant: str
+    hparams: Hyperparams
+    updates: Mapping[str, Update]
+    dtype: torch.dtype
+    base: BaseModel | None = None
+    base_ref: str | None = None
+    n_train: int | None = None
+    seed: int | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] | None = None
+    trajectory: Mapping[str, Any] | None = None
+    adapter_name: str = "default"
+    others: Mapping[str, Checkpoint] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def spec(self) -> Variant:
+        """The variant's registry entry (structure, trainable count formula)."""
+        return get_variant(self.variant)
+
+    @property
+    def bits_per_param(self) -> int:
+        """q: bits per stored trainable scalar, from the stored dtype."""
+        return bits_of(self.dtype)
+
+    @property
+    def num_trainable(self) -> int:
+        """D counted from the stored trainable tensors (heads and saved modules included)."""
+        return sum(u.num_trainable for u in self.updates.values())
+
+    def num_trainable_by_formula(self) -> int:
+        """D from the variant's registry formula for each adapted layer.
+
+        Adapted matrices (low-rank, selector, chain and DoRA updates) use
+        ``Variant.trainable_per_layer(n, m, r, k)``; every other tensor (heads,
+        biases, ``modules_to_save``, full fine-tuning) counts its elements.
+        """
+        spec = self.spec
+        total = 0
+        for u in self.updates.values():
+            if isinstance(u, DenseUpdate) or not u.is_matrix:
+                total += u.num_trainable
+                continue
+            links = u.links if isinstance(u, ChainUpdate) else (u,)
+            factored = [x.lowrank if isinstance(x, DoraUpdate) else x for x in links]
+            r = next((x.factors["B"].shape[1] for x in factored if "B" in x.factors), u.rank)
+            k = self.hparams.chain if spec.chained else 1
+            n, m = u.shape
+            total += spec.trainable_per_layer(n, m, r, k)
+        return total
+
+    def requires_base(self) -> BaseModel:
+        """The base model, or a clear error saying how to provide it."""
+        if self.base is None:
+            raise GenboundError(
+                f"{self.path}: this analysis needs the base model, which was not found "
+                f"(the checkpoint names {self.base_ref or 'none'}); pass --base PATH."
+            )
+        return self.base
+
+    def close(self) -> None:
+        if self.base is not None:
+            self.base.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Checkpoint(variant={self.variant!r}, format={self.format!r}, "
+            f"updates={len(self.updates)}, trainable={self.num_trainable}, "
+            f"dtype={self.dtype}, path={str(self.path)!r})"
+        )
