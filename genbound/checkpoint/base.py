@@ -58,16 +58,24 @@ class BaseModel:
                 try:
                     weight_map = json.loads(index.read_text())["weight_map"]
                 except (ValueError, KeyError) as exc:
-                    raise input_error(index, "invalid shard index", expected="a JSON object with 'weight_map'", found=str(exc)) from None
+                    raise input_error(
+                        index,
+                        "invalid shard index",
+                        expected="a JSON object with 'weight_map'",
+                        found=str(exc),
+                    ) from None
                 return [p / f for f in dict.fromkeys(weight_map.values())]
         for name in _FOLDER_FILES:
             if (p / name).exists():
                 return [p / name]
-        found = sorted(f.name for f in p.iterdir() if f.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
+        found = sorted(
+            f.name for f in p.iterdir() if f.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
+        )
         if len(found) == 1:
             return [p / found[0]]
         raise input_error(
-            p, "no model weights in folder",
+            p,
+            "no model weights in folder",
             expected="model.safetensors, a shard index, or pytorch_model.bin",
             found=", ".join(found) if found else "no tensor files",
         )
@@ -110,7 +118,9 @@ class BaseModel:
         if key is None:
             close = [k for k in self._where if k.split(".")[-2:] == name.split(".")[-2:]][:3]
             raise input_error(
-                self.path, "tensor not in base model", key=name,
+                self.path,
+                "tensor not in base model",
+                key=name,
                 expected="a tensor of that name (or a suffix of it)",
                 found=f"no match; similar keys: {', '.join(close) or 'none'}",
                 hint="Check that --base points to the model the adapter was trained on",

@@ -40,7 +40,9 @@ def load_checkpoint(
     """
     p = Path(path)
     if not p.exists():
-        raise input_error(p, "checkpoint not found", expected="a checkpoint folder or file", found="no such path")
+        raise input_error(
+            p, "checkpoint not found", expected="a checkpoint folder or file", found="no such path"
+        )
     if not os.access(p, os.R_OK):
         raise input_error(p, "checkpoint not readable", expected="read permission", found="none")
     base_model = BaseModel(base) if base is not None else None
@@ -48,24 +50,39 @@ def load_checkpoint(
         ckpt = load_peft(p, base=base_model, base_arg=base is not None)
         if adapter is not None and adapter != "default":
             if adapter not in ckpt.others:
-                raise input_error(p, "adapter not found", key=adapter, expected="a sub-folder adapter",
-                                  found=", ".join(["default", *ckpt.others]))
+                raise input_error(
+                    p,
+                    "adapter not found",
+                    key=adapter,
+                    expected="a sub-folder adapter",
+                    found=", ".join(["default", *ckpt.others]),
+                )
             ckpt = ckpt.others[adapter]
     elif is_run_dir(p):
         ckpt = load_run(p, base=base_model, base_arg=base is not None)
     elif _is_model(p):
         ckpt = load_state_dicts(p, base=base_model)
     else:
-        inner = sorted(c.name for c in p.iterdir() if c.is_dir() and (is_peft_dir(c) or is_run_dir(c))) if p.is_dir() else []
+        inner = (
+            sorted(c.name for c in p.iterdir() if c.is_dir() and (is_peft_dir(c) or is_run_dir(c)))
+            if p.is_dir()
+            else []
+        )
         raise input_error(
-            p, "not a checkpoint genbound can read",
+            p,
+            "not a checkpoint genbound can read",
             expected="adapter_config.json (PEFT), genbound.json (genbound run), or model weights with --base",
-            found=(f"a folder of {len(inner)} checkpoints ({', '.join(inner[:3])}...); pass one of them"
-                   if inner else "none of these"),
+            found=(
+                f"a folder of {len(inner)} checkpoints ({', '.join(inner[:3])}...); pass one of them"
+                if inner
+                else "none of these"
+            ),
         )
     if n_train is not None:
         if n_train <= 0:
-            raise input_error(p, "invalid training-set size", expected="n_train > 0", found=str(n_train))
+            raise input_error(
+                p, "invalid training-set size", expected="n_train > 0", found=str(n_train)
+            )
         from dataclasses import replace
 
         ckpt = replace(ckpt, n_train=int(n_train))
@@ -75,4 +92,7 @@ def load_checkpoint(
 def _is_model(p: Path) -> bool:
     if p.is_file():
         return p.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
-    return any((p / f).exists() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    return any(
+        (p / f).exists()
+        for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    )

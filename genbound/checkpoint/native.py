@@ -36,7 +36,12 @@ MANIFEST = "genbound.json"
 SCHEMA = "genbound.run/1"
 TENSORS = "updates.safetensors"
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def is_run_dir(path: Path) -> bool:
@@ -44,9 +49,14 @@ def is_run_dir(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------- writing
-def write_run(run_dir: str | Path, manifest: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-              *, extra_files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-              overwrite: bool = False) -> Path:
+def write_run(
+    run_dir: str | Path,
+    manifest: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    extra_files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a run directory atomically.
 
     Args:
@@ -62,9 +72,13 @@ def write_run(run_dir: str | Path, manifest: Mapping[str, Any], tensors: Mapping
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS)
+        )
         for name, content in (extra_files or {}).items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in content.items()}, str(tmp / name))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in content.items()}, str(tmp / name)
+            )
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
         load_run(tmp, base=None, base_arg=True)  # validate what was written before it is visible
         if run_dir.exists():
@@ -116,10 +130,18 @@ def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoin
     mpath = path / MANIFEST
     man = read_json(mpath)
     if man.get("schema") != SCHEMA:
-        raise input_error(mpath, "unsupported manifest schema", key="schema", expected=repr(SCHEMA), found=repr(man.get("schema")))
+        raise input_error(
+            mpath,
+            "unsupported manifest schema",
+            key="schema",
+            expected=repr(SCHEMA),
+            found=repr(man.get("schema")),
+        )
     for key in ("variant", "updates"):
         if key not in man:
-            raise input_error(mpath, "required field missing", key=key, expected=f"a {key!r} field", found="none")
+            raise input_error(
+                mpath, "required field missing", key=key, expected=f"a {key!r} field", found="none"
+            )
     from genbound.adapters.registry import get_variant
 
     try:
@@ -135,14 +157,26 @@ def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoin
             notes.append(f"base model {man['base_model']} not found; pass --base PATH")
     dtype_name = man.get("dtype", "float32")
     if dtype_name not in _DTYPES:
-        raise input_error(mpath, "unknown dtype", key="dtype", expected=" or ".join(_DTYPES), found=repr(dtype_name))
+        raise input_error(
+            mpath,
+            "unknown dtype",
+            key="dtype",
+            expected=" or ".join(_DTYPES),
+            found=repr(dtype_name),
+        )
 
     tfile = path / man.get("tensor_file", TENSORS)
     updates: dict[str, Update] = {}
     with TensorFile(tfile) as tf:
         reader = _LinkReader(tf, mpath, base)
         if not isinstance(man["updates"], dict):
-            raise input_error(mpath, "invalid updates", key="updates", expected="an object", found=type(man["updates"]).__name__)
+            raise input_error(
+                mpath,
+                "invalid updates",
+                key="updates",
+                expected="an object",
+                found=type(man["updates"]).__name__,
+            )
         for name, spec in man["updates"].items():
             updates[name] = reader.update(name, spec)
     if base is not None:
@@ -150,15 +184,28 @@ def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoin
             check_against_base(u, base)
 
     hp_raw = dict(man.get("hparams") or {})
-    known = {f: hp_raw.pop(f) for f in ("rank", "alpha", "scale", "rslora", "chain", "selector_seed", "targets") if f in hp_raw}
+    known = {
+        f: hp_raw.pop(f)
+        for f in ("rank", "alpha", "scale", "rslora", "chain", "selector_seed", "targets")
+        if f in hp_raw
+    }
     known["targets"] = tuple(known.get("targets") or ())
     hp = Hyperparams(**known, extra=hp_raw)
     n_train = man.get("n_train")
     return Checkpoint(
-        path=path, format="genbound", variant=man["variant"], hparams=hp, updates=updates,
-        dtype=_DTYPES[dtype_name], base=base, base_ref=json.dumps(man.get("base_model")) if man.get("base_model") else None,
-        n_train=int(n_train) if n_train is not None else None, seed=man.get("seed"),
-        metrics=man.get("metrics") or {}, data=man.get("data"), trajectory=man.get("trajectory"),
+        path=path,
+        format="genbound",
+        variant=man["variant"],
+        hparams=hp,
+        updates=updates,
+        dtype=_DTYPES[dtype_name],
+        base=base,
+        base_ref=json.dumps(man.get("base_model")) if man.get("base_model") else None,
+        n_train=int(n_train) if n_train is not None else None,
+        seed=man.get("seed"),
+        metrics=man.get("metrics") or {},
+        data=man.get("data"),
+        trajectory=man.get("trajectory"),
         notes=tuple(notes),
     )
 
@@ -171,7 +218,13 @@ class _LinkReader:
 
     def _field(self, spec: Mapping, key: str, where: str) -> Any:
         if key not in spec:
-            raise input_error(self.mpath, "required field missing", key=f"{where}.{key}", expected=f"a {key!r} field", found=f"fields {sorted(spec)}")
+            raise input_error(
+                self.mpath,
+                "required field missing",
+                key=f"{where}.{key}",
+                expected=f"a {key!r} field",
+                found=f"fields {sorted(spec)}",
+            )
         return spec[key]
 
     def _tensor(self, spec: Mapping, key: str, where: str) -> torch.Tensor:
@@ -180,10 +233,21 @@ class _LinkReader:
     def update(self, name: str, spec: Mapping) -> Update:
         where = f"updates.{name}"
         if not isinstance(spec, Mapping):
-            raise input_error(self.mpath, "invalid update", key=where, expected="an object", found=type(spec).__name__)
+            raise input_error(
+                self.mpath,
+                "invalid update",
+                key=where,
+                expected="an object",
+                found=type(spec).__name__,
+            )
         shape = tuple(int(d) for d in self._field(spec, "shape", where))
-        common = dict(name=name, param=str(spec.get("param", name + ".weight" if len(shape) == 2 else name)),
-                      shape=shape, transposed=bool(spec.get("transposed", False)), base=self.base)
+        common = dict(
+            name=name,
+            param=str(spec.get("param", name + ".weight" if len(shape) == 2 else name)),
+            shape=shape,
+            transposed=bool(spec.get("transposed", False)),
+            base=self.base,
+        )
         return self._link(self._field(spec, "link", where), common, f"{where}.link")
 
     def _link(self, spec: Mapping, common: dict, where: str) -> Update:
@@ -192,28 +256,70 @@ class _LinkReader:
         trained = tuple(spec.get("trained", ()))
         if kind == "lowrank":
             B, A = self._tensor(spec, "B", where), self._tensor(spec, "A", where)
-            self._expect(B.shape[0] == n_m[0] and A.shape[1] == n_m[-1] and B.shape[1] == A.shape[0],
-                         where, f"B (n x r) and A (r x m) with (n, m) = {n_m}", f"B {tuple(B.shape)}, A {tuple(A.shape)}")
-            return LowRankUpdate(**common, B=B, A=A, scale=float(spec.get("scale", 1.0)), trained=trained or ("A", "B"))
+            self._expect(
+                B.shape[0] == n_m[0] and A.shape[1] == n_m[-1] and B.shape[1] == A.shape[0],
+                where,
+                f"B (n x r) and A (r x m) with (n, m) = {n_m}",
+                f"B {tuple(B.shape)}, A {tuple(A.shape)}",
+            )
+            return LowRankUpdate(
+                **common,
+                B=B,
+                A=A,
+                scale=float(spec.get("scale", 1.0)),
+                trained=trained or ("A", "B"),
+            )
         if kind == "selector":
-            B, idx = self._tensor(spec, "B", where), self._tensor(spec, "indices", where).to(torch.int64)
-            self._expect(B.shape[0] == n_m[0] and idx.ndim == 1 and B.shape[1] == idx.numel(), where,
-                         f"B (n x r) and r indices with n = {n_m[0]}", f"B {tuple(B.shape)}, indices {tuple(idx.shape)}")
-            self._expect(bool((idx >= 0).all() and (idx < n_m[1]).all()), where,
-                         f"indices in [0, {n_m[1]})", f"range [{int(idx.min())}, {int(idx.max())}]")
-            return SelectorUpdate(**common, B=B, indices=idx, scale=float(spec.get("scale", 1.0)), trained=trained or ("B",))
+            B, idx = (
+                self._tensor(spec, "B", where),
+                self._tensor(spec, "indices", where).to(torch.int64),
+            )
+            self._expect(
+                B.shape[0] == n_m[0] and idx.ndim == 1 and B.shape[1] == idx.numel(),
+                where,
+                f"B (n x r) and r indices with n = {n_m[0]}",
+                f"B {tuple(B.shape)}, indices {tuple(idx.shape)}",
+            )
+            self._expect(
+                bool((idx >= 0).all() and (idx < n_m[1]).all()),
+                where,
+                f"indices in [0, {n_m[1]})",
+                f"range [{int(idx.min())}, {int(idx.max())}]",
+            )
+            return SelectorUpdate(
+                **common,
+                B=B,
+                indices=idx,
+                scale=float(spec.get("scale", 1.0)),
+                trained=trained or ("B",),
+            )
         if kind == "chain":
             links = self._field(spec, "links", where)
-            return ChainUpdate(**common, links=tuple(self._link(s, common, f"{where}.links[{i}]") for i, s in enumerate(links)))
+            return ChainUpdate(
+                **common,
+                links=tuple(
+                    self._link(s, common, f"{where}.links[{i}]") for i, s in enumerate(links)
+                ),
+            )
         if kind == "dense":
             return self._dense(spec, common, where)
         if kind == "dora":
             low = self._link(self._field(spec, "lowrank", where), common, f"{where}.lowrank")
             mag = self._tensor(spec, "magnitude", where).reshape(-1)
-            self._expect(mag.numel() == n_m[0], where, f"magnitude of length {n_m[0]}", f"length {mag.numel()}")
+            self._expect(
+                mag.numel() == n_m[0],
+                where,
+                f"magnitude of length {n_m[0]}",
+                f"length {mag.numel()}",
+            )
             return DoraUpdate(**common, lowrank=low, magnitude=mag)
-        raise input_error(self.mpath, "unknown update kind", key=f"{where}.kind",
-                          expected="lowrank, selector, chain, dense or dora", found=repr(kind))
+        raise input_error(
+            self.mpath,
+            "unknown update kind",
+            key=f"{where}.kind",
+            expected="lowrank, selector, chain, dense or dora",
+            found=repr(kind),
+        )
 
     def _dense(self, spec: Mapping, common: dict, where: str) -> DenseUpdate:
         path = self.tf.path
@@ -221,7 +327,9 @@ class _LinkReader:
         for k in keys:
             stored = self.tf.shape(spec[k])
             want = tuple(reversed(common["shape"])) if common["transposed"] else common["shape"]
-            self._expect(tuple(stored) == tuple(want), where, f"{k} of shape {want}", f"{tuple(stored)}")
+            self._expect(
+                tuple(stored) == tuple(want), where, f"{k} of shape {want}", f"{tuple(stored)}"
+            )
             self.tf[spec[k]]  # NaN/Inf fail at load time
 
         def loader(key: str):
@@ -232,10 +340,22 @@ class _LinkReader:
             return DenseUpdate(**common, value=loader(spec["delta"]), trainable=trainable)
         value = loader(self._field(spec, "value", where))
         if "initial" in spec:
-            return DenseUpdate(**common, value=value, reference=loader(spec["initial"]), new=True, trainable=trainable)
+            return DenseUpdate(
+                **common,
+                value=value,
+                reference=loader(spec["initial"]),
+                new=True,
+                trainable=trainable,
+            )
         new = bool(spec.get("new", False))
         return DenseUpdate(**common, value=value, relative=not new, new=new, trainable=trainable)
 
     def _expect(self, ok: bool, where: str, expected: str, found: str) -> None:
         if not ok:
-            raise input_error(self.mpath, "tensor does not match the manifest", key=where, expected=expected, found=found)
+            raise input_error(
+                self.mpath,
+                "tensor does not match the manifest",
+                key=where,
+                expected=expected,
+                found=found,
+            )

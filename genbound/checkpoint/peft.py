@@ -57,20 +57,27 @@ def pattern_key(patterns: list[str], module: str) -> str | None:
     return None
 
 
-def load_peft(path: Path, *, base: BaseModel | None, base_arg: bool, adapter_name: str = "default") -> Checkpoint:
+def load_peft(
+    path: Path, *, base: BaseModel | None, base_arg: bool, adapter_name: str = "default"
+) -> Checkpoint:
     """Load one PEFT adapter folder (and its sub-folder adapters into ``others``)."""
     config_path = path / CONFIG
     config = read_json(config_path)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise input_error(
-            config_path, "unsupported PEFT type", key="peft_type",
-            expected="LORA (including DoRA and rsLoRA)", found=repr(config.get("peft_type")),
+            config_path,
+            "unsupported PEFT type",
+            key="peft_type",
+            expected="LORA (including DoRA and rsLoRA)",
+            found=repr(config.get("peft_type")),
         )
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().split("_")[0] in _BASE_CHANGING_INITS:
         raise input_error(
-            config_path, "adapter initialised from the base weight", key="init_lora_weights",
+            config_path,
+            "adapter initialised from the base weight",
+            key="init_lora_weights",
             expected="an adapter whose update is relative to the unchanged base model",
             found=repr(init),
             hint="PiSSA/OLoRA-style adapters change the base weight; save them with "
@@ -83,7 +90,9 @@ def load_peft(path: Path, *, base: BaseModel | None, base_arg: bool, adapter_nam
 
     weight_file = next((path / f for f in WEIGHT_FILES if (path / f).exists()), None)
     if weight_file is None:
-        raise input_error(path, "adapter weights missing", expected=" or ".join(WEIGHT_FILES), found="neither")
+        raise input_error(
+            path, "adapter weights missing", expected=" or ".join(WEIGHT_FILES), found="neither"
+        )
 
     with TensorFile(weight_file) as tf:
         updates, dtype, notes = _read_updates(tf, config, config_path, base)
@@ -97,16 +106,31 @@ def load_peft(path: Path, *, base: BaseModel | None, base_arg: bool, adapter_nam
     rslora = bool(config.get("use_rslora", False))
     targets = config.get("target_modules") or ()
     hp = Hyperparams(
-        rank=r, alpha=alpha, scale=alpha / math.sqrt(r) if rslora else alpha / r, rslora=rslora,
+        rank=r,
+        alpha=alpha,
+        scale=alpha / math.sqrt(r) if rslora else alpha / r,
+        rslora=rslora,
         targets=(targets,) if isinstance(targets, str) else tuple(targets),
-        extra={k: config[k] for k in ("rank_pattern", "alpha_pattern", "fan_in_fan_out", "modules_to_save", "bias") if config.get(k)},
+        extra={
+            k: config[k]
+            for k in ("rank_pattern", "alpha_pattern", "fan_in_fan_out", "modules_to_save", "bias")
+            if config.get(k)
+        },
     )
     state = _trainer_state(path)
     return Checkpoint(
-        path=path, format="peft", variant="dora" if config.get("use_dora") else "lora",
-        hparams=hp, updates=updates, dtype=dtype, base=base,
-        base_ref=config.get("base_model_name_or_path"), metrics=state,
-        adapter_name=adapter_name, others=others, notes=tuple(notes),
+        path=path,
+        format="peft",
+        variant="dora" if config.get("use_dora") else "lora",
+        hparams=hp,
+        updates=updates,
+        dtype=dtype,
+        base=base,
+        base_ref=config.get("base_model_name_or_path"),
+        metrics=state,
+        adapter_name=adapter_name,
+        others=others,
+        notes=tuple(notes),
     )
 
 
@@ -114,7 +138,7 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
     groups: dict[str, dict[str, str]] = {}
     saved: dict[str, str] = {}
     for key in tf.keys():
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         for suffix, role in _LORA_SUFFIXES.items():
             if name.endswith(suffix):
                 groups.setdefault(name[: -len(suffix)], {})[role] = key
@@ -125,7 +149,10 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
     fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
     rslora = bool(config.get("use_rslora", False))
     r_default, alpha_default = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
-    rank_pat, alpha_pat = dict(config.get("rank_pattern") or {}), dict(config.get("alpha_pattern") or {})
+    rank_pat, alpha_pat = (
+        dict(config.get("rank_pattern") or {}),
+        dict(config.get("alpha_pattern") or {}),
+    )
     updates: dict[str, Update] = {}
     dtypes: set[torch.dtype] = set()
     notes: list[str] = []
@@ -136,27 +163,38 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
         for need, other in ((a_role, b_role), (b_role, a_role)):
             if need not in roles:
                 raise input_error(
-                    tf.path, f"adapter factor missing for module {module!r}", key=roles.get(other),
-                    expected=f"both lora {a_role[-1]} and {b_role[-1]} tensors", found=f"only {other[-1]}",
+                    tf.path,
+                    f"adapter factor missing for module {module!r}",
+                    key=roles.get(other),
+                    expected=f"both lora {a_role[-1]} and {b_role[-1]} tensors",
+                    found=f"only {other[-1]}",
                 )
         A, B = tf[roles[a_role]], tf[roles[b_role]]
         dtypes.add(A.dtype)
         if A.ndim != 2 or B.ndim != 2:
             raise input_error(
-                tf.path, "unsupported adapter layer (convolution?)", key=roles[a_role],
-                expected="2-D lora factors (Linear, Conv1D or Embedding)", found=f"shape {tuple(A.shape)}",
+                tf.path,
+                "unsupported adapter layer (convolution?)",
+                key=roles[a_role],
+                expected="2-D lora factors (Linear, Conv1D or Embedding)",
+                found=f"shape {tuple(A.shape)}",
             )
         r = A.shape[0]
         if B.shape[1] != r:
             raise input_error(
-                tf.path, f"lora factors of {module!r} disagree on the rank", key=roles[b_role],
-                expected=f"B with {r} columns (A has {r} rows)", found=f"shape {tuple(B.shape)}",
+                tf.path,
+                f"lora factors of {module!r} disagree on the rank",
+                key=roles[b_role],
+                expected=f"B with {r} columns (A has {r} rows)",
+                found=f"shape {tuple(B.shape)}",
             )
         rk = pattern_key(list(rank_pat), module)
         r_cfg = int(rank_pat[rk]) if rk is not None else r_default
         if r_cfg != r:
             raise input_error(
-                tf.path, f"rank of {module!r} does not match adapter_config.json", key=roles[a_role],
+                tf.path,
+                f"rank of {module!r} does not match adapter_config.json",
+                key=roles[a_role],
                 expected=f"r = {r_cfg} (from {'rank_pattern[' + repr(rk) + ']' if rk else 'r'})",
                 found=f"A of shape {tuple(A.shape)}",
             )
@@ -167,25 +205,45 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
         # its table is stored (vocab x dim), like a fan_in_fan_out weight.
         transposed = emb or fan_in_fan_out
         low = LowRankUpdate(
-            name=module, param=module + ".weight", shape=(B.shape[0], A.shape[1]),
-            transposed=transposed, base=base, B=B, A=A, scale=scale,
+            name=module,
+            param=module + ".weight",
+            shape=(B.shape[0], A.shape[1]),
+            transposed=transposed,
+            base=base,
+            B=B,
+            A=A,
+            scale=scale,
         )
         upd: Update = low
         if "magnitude" in roles:
             mag = tf[roles["magnitude"]].reshape(-1)
             if mag.numel() != B.shape[0]:
                 raise input_error(
-                    tf.path, f"DoRA magnitude of {module!r} has the wrong length", key=roles["magnitude"],
-                    expected=f"{B.shape[0]} values (one per output)", found=f"{mag.numel()}",
+                    tf.path,
+                    f"DoRA magnitude of {module!r} has the wrong length",
+                    key=roles["magnitude"],
+                    expected=f"{B.shape[0]} values (one per output)",
+                    found=f"{mag.numel()}",
                 )
-            upd = DoraUpdate(name=module, param=low.param, shape=low.shape, transposed=transposed,
-                             base=base, lowrank=low, magnitude=mag)
+            upd = DoraUpdate(
+                name=module,
+                param=low.param,
+                shape=low.shape,
+                transposed=transposed,
+                base=base,
+                lowrank=low,
+                magnitude=mag,
+            )
         updates[module] = upd
         if "B_bias" in roles:
             bias = tf[roles["B_bias"]]
             updates[module + ".bias"] = DenseUpdate(
-                name=module + ".bias", param=module + ".bias", shape=tuple(bias.shape), base=base,
-                value=lambda b=bias, s=scale: s * b, trainable=bias.numel(),
+                name=module + ".bias",
+                param=module + ".bias",
+                shape=tuple(bias.shape),
+                base=base,
+                value=lambda b=bias, s=scale: s * b,
+                trainable=bias.numel(),
             )
 
     for name, key in saved.items():
@@ -194,15 +252,24 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
         in_base = base is not None and base.resolve(name) is not None
         mod = name[: -len(".weight")] if name.endswith(".weight") else name
         updates[mod] = DenseUpdate(
-            name=mod, param=name, shape=shape, base=base,
-            value=lambda k=key, f=tf.path: TensorFile(f)[k], relative=True, new=base is not None and not in_base,
+            name=mod,
+            param=name,
+            shape=shape,
+            base=base,
+            value=lambda k=key, f=tf.path: TensorFile(f)[k],
+            relative=True,
+            new=base is not None and not in_base,
         )
         dtypes.add(tf.dtype(key))
         if base is None:
-            notes.append(f"{name}: saved whole (modules_to_save or bias); its update needs the base model")
+            notes.append(
+                f"{name}: saved whole (modules_to_save or bias); its update needs the base model"
+            )
 
     if not updates:
-        raise input_error(tf.path, "no adapter tensors", expected="lora_A/lora_B tensors", found="none")
+        raise input_error(
+            tf.path, "no adapter tensors", expected="lora_A/lora_B tensors", found="none"
+        )
     if base is not None:
         for u in updates.values():
             check_against_base(u, base)
@@ -216,8 +283,11 @@ def check_against_base(u: Update, base: BaseModel) -> None:
         return
     if base.resolve(u.param) is None:
         raise input_error(
-            base.path, f"the adapter modifies {u.param!r}, which the base model lacks", key=u.param,
-            expected="a base model with that tensor", found="no such tensor",
+            base.path,
+            f"the adapter modifies {u.param!r}, which the base model lacks",
+            key=u.param,
+            expected="a base model with that tensor",
+            found="no such tensor",
             hint="Check that --base points to the model the adapter was trained on",
         )
     stored = base.shape(u.param)
@@ -227,9 +297,12 @@ def check_against_base(u: Update, base: BaseModel) -> None:
         if tuple(stored) == tuple(reversed(want)):
             hint = "The weight is stored transposed: for Conv1D layers set fan_in_fan_out=true"
         raise input_error(
-            base.path, "base tensor shape does not match the adapter", key=u.param,
+            base.path,
+            "base tensor shape does not match the adapter",
+            key=u.param,
             expected=f"shape {want} (update {u.shape}{', stored transposed' if u.transposed else ''})",
-            found=f"shape {tuple(stored)}", hint=hint,
+            found=f"shape {tuple(stored)}",
+            hint=hint,
         )
 
 
@@ -241,10 +314,22 @@ def _trainer_state(path: Path) -> dict:
     state = read_json(state_path)
     history = state.get("log_history") or []
     if not isinstance(history, list):
-        raise input_error(state_path, "invalid log_history", key="log_history", expected="a list", found=type(history).__name__)
+        raise input_error(
+            state_path,
+            "invalid log_history",
+            key="log_history",
+            expected="a list",
+            found=type(history).__name__,
+        )
     train = [(h.get("step"), h["loss"]) for h in history if isinstance(h, dict) and "loss" in h]
-    evals = [(h.get("step"), h["eval_loss"]) for h in history if isinstance(h, dict) and "eval_loss" in h]
-    out: dict = {"global_step": state.get("global_step"), "train_loss_history": train, "eval_loss_history": evals}
+    evals = [
+        (h.get("step"), h["eval_loss"]) for h in history if isinstance(h, dict) and "eval_loss" in h
+    ]
+    out: dict = {
+        "global_step": state.get("global_step"),
+        "train_loss_history": train,
+        "eval_loss_history": evals,
+    }
     if train:
         out["train_loss"] = train[-1][1]
     if evals:

@@ -21,8 +21,10 @@ def load_state_dicts(finetuned: Path, *, base: BaseModel | None) -> Checkpoint:
     """Compare a fine-tuned model (folder or tensor file) with ``base``."""
     if base is None:
         raise input_error(
-            finetuned, "a full fine-tune needs its base model",
-            expected="--base PATH (the pretrained model's folder or state dict)", found="no base",
+            finetuned,
+            "a full fine-tune needs its base model",
+            expected="--base PATH (the pretrained model's folder or state dict)",
+            found="no base",
         )
     tuned = BaseModel(finetuned)  # same lazy reader: folder, shards or a single file
     updates: dict[str, Update] = {}
@@ -35,23 +37,50 @@ def load_state_dicts(finetuned: Path, *, base: BaseModel | None) -> Checkpoint:
         name = key[: -len(".weight")] if key.endswith(".weight") and len(shape) == 2 else key
         base_key = base.resolve(key)
         if base_key is None:
-            updates[name] = DenseUpdate(name=name, param=key, shape=shape, base=base,
-                                        value=lambda k=key: tuned.tensor(k), new=True)
+            updates[name] = DenseUpdate(
+                name=name,
+                param=key,
+                shape=shape,
+                base=base,
+                value=lambda k=key: tuned.tensor(k),
+                new=True,
+            )
             dtypes.add(value.dtype)
             continue
         if tuple(base.shape(base_key)) != tuple(shape):
             raise input_error(
-                base.path, "base tensor shape does not match the fine-tuned model", key=base_key,
-                expected=f"shape {tuple(shape)} (as in {finetuned})", found=f"shape {tuple(base.shape(base_key))}",
+                base.path,
+                "base tensor shape does not match the fine-tuned model",
+                key=base_key,
+                expected=f"shape {tuple(shape)} (as in {finetuned})",
+                found=f"shape {tuple(base.shape(base_key))}",
             )
         if torch.equal(value, base.tensor(base_key).to(value.dtype)):
             continue
-        updates[name] = DenseUpdate(name=name, param=key, shape=shape, base=base,
-                                    value=lambda k=key: tuned.tensor(k), relative=True)
+        updates[name] = DenseUpdate(
+            name=name,
+            param=key,
+            shape=shape,
+            base=base,
+            value=lambda k=key: tuned.tensor(k),
+            relative=True,
+        )
         dtypes.add(value.dtype)
     if not updates:
-        raise input_error(finetuned, "no tensor differs from the base model",
-                          expected="a fine-tuned model", found=f"{len(tuned.keys())} identical tensors")
+        raise input_error(
+            finetuned,
+            "no tensor differs from the base model",
+            expected="a fine-tuned model",
+            found=f"{len(tuned.keys())} identical tensors",
+        )
     dtype = max(dtypes, key=lambda d: torch.finfo(d).bits)
-    return Checkpoint(path=finetuned, format="state_dicts", variant="fft", hparams=Hyperparams(),
-                      updates=updates, dtype=dtype, base=base, base_ref=str(base.path))
+    return Checkpoint(
+        path=finetuned,
+        format="state_dicts",
+        variant="fft",
+        hparams=Hyperparams(),
+        updates=updates,
+        dtype=dtype,
+        base=base,
+        base_ref=str(base.path),
+    )

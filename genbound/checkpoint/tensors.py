@@ -49,7 +49,9 @@ class TensorFile:
         if not self.path.exists():
             raise input_error(self.path, "file not found")
         if not self.path.is_file():
-            raise input_error(self.path, "not a file", expected="a tensor file", found="a directory")
+            raise input_error(
+                self.path, "not a file", expected="a tensor file", found="a directory"
+            )
         self._st = None
         self._torch: Mapping[str, torch.Tensor] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -99,11 +101,17 @@ class TensorFile:
                 expected="a state dict of tensors saved by torch.save",
                 found=str(exc).splitlines()[0][:300],
             ) from None
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        if (
+            isinstance(obj, Mapping)
+            and "state_dict" in obj
+            and isinstance(obj["state_dict"], Mapping)
+        ):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
             raise input_error(
-                self.path, "not a state dict", expected="a mapping of names to tensors",
+                self.path,
+                "not a state dict",
+                expected="a mapping of names to tensors",
                 found=type(obj).__name__,
             )
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -149,7 +157,10 @@ class TensorFile:
     def _require(self, key: str) -> None:
         if key not in self._shapes:
             raise input_error(
-                self.path, "tensor missing", key=key, expected="the key to be present",
+                self.path,
+                "tensor missing",
+                key=key,
+                expected="the key to be present",
                 found=f"{len(self._shapes)} other keys, e.g. {_sample(self._shapes)}",
             )
 
@@ -173,7 +184,10 @@ def check_finite(t: torch.Tensor, path: str | Path, key: str) -> None:
         n_nan = int(torch.isnan(t).sum())
         n_inf = int(torch.isinf(t).sum())
         raise input_error(
-            path, "non-finite weights", key=key, expected="finite values",
+            path,
+            "non-finite weights",
+            key=key,
+            expected="finite values",
             found=f"{n_nan} NaN and {n_inf} Inf among {t.numel()} values",
         )
 
@@ -187,7 +201,9 @@ def read_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise input_error(path, "cannot read file", found=str(exc)) from None
     except json.JSONDecodeError as exc:
-        raise input_error(path, "invalid JSON", expected="a JSON object", found=f"{exc.msg} at line {exc.lineno}") from None
+        raise input_error(
+            path, "invalid JSON", expected="a JSON object", found=f"{exc.msg} at line {exc.lineno}"
+        ) from None
     if not isinstance(obj, dict):
         raise input_error(path, "invalid JSON", expected="a JSON object", found=type(obj).__name__)
     return obj

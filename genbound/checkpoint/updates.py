@@ -228,7 +228,9 @@ class ChainUpdate(Update):
 
     @property
     def factors(self) -> dict[str, torch.Tensor]:
-        return {f"link{i}.{k}": v for i, link in enumerate(self.links) for k, v in link.factors.items()}
+        return {
+            f"link{i}.{k}": v for i, link in enumerate(self.links) for k, v in link.factors.items()
+        }
 
     @property
     def num_trainable(self) -> int:
@@ -333,4 +335,3 @@ class DoraUpdate(Update):
         v = w0 + self.lowrank._delta64()
         norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)
         return self.magnitude.to(torch.float64).reshape(-1, 1) / norms * v - w0
-

@@ -1,0 +1,1 @@
+"""The ``genbound`` command line."""
