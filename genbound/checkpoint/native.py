@@ -80,7 +80,10 @@ def write_run(
                 {k: v.detach().contiguous().cpu() for k, v in content.items()}, str(tmp / name)
             )
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
-        load_run(tmp, base=None, base_arg=True)  # validate what was written before it is visible
+        try:  # validate what was written before it becomes visible
+            load_run(tmp, base=None, base_arg=True)
+        except GenboundError as exc:
+            raise type(exc)(str(exc).replace(str(tmp), str(run_dir))) from None
         if run_dir.exists():
             shutil.rmtree(run_dir)
         tmp.rename(run_dir)

@@ -195,7 +195,7 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
                 tf.path,
                 f"rank of {module!r} does not match adapter_config.json",
                 key=roles[a_role],
-                expected=f"r = {r_cfg} (from {'rank_pattern[' + repr(rk) + ']' if rk else 'r'})",
+                expected=f"r = {r_cfg} (from {'rank_pattern[' + repr(rk) + ']' if rk else 'its r'})",
                 found=f"A of shape {tuple(A.shape)}",
             )
         ak = pattern_key(list(alpha_pat), module)
