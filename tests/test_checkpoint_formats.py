@@ -277,3 +277,23 @@ def test_trainer_checkpoint_with_log_history(tmp_path):
 
     with pytest.raises(GenboundError, match="checkpoint-4"):
         load_checkpoint(tmp_path / "out")
+
+
+def test_loading_reads_no_base_weights(tmp_path, monkeypatch):
+    """W0 is read lazily: loading checks shapes from headers; values are read one tensor at a time."""
+    from conftest import build_peft
+
+    from genbound.checkpoint.base import BaseModel
+
+    _, adapter_dir, _ = build_peft(
+        tmp_path, tiny_bert, dict(r=2, target_modules=["query"], use_dora=True)
+    )
+    reads = []
+    original = BaseModel.tensor
+    monkeypatch.setattr(
+        BaseModel, "tensor", lambda self, name: reads.append(name) or original(self, name)
+    )
+    ckpt = load_checkpoint(adapter_dir)
+    assert reads == []
+    ckpt.updates["bert.encoder.layer.1.attention.self.query"].delta()  # DoRA needs its own W0 only
+    assert reads == ["bert.encoder.layer.1.attention.self.query.weight"]
