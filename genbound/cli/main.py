@@ -84,7 +84,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from genbound.cli.tables import checkpoint_header, updates_table
 
     ckpt = _load(args)
-    console = Console()
+    # Piped output keeps whole module names on one line (rich would fold them at 80 columns).
+    console = Console(width=None if sys.stdout.isatty() else 240)
     console.print(checkpoint_header(ckpt))
     console.print(updates_table(ckpt))
     return 0

@@ -1,0 +1,49 @@
+"""``genbound inspect`` and ``genbound report`` on a real PEFT checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from conftest import build_peft, tiny_bert
+from helpers import numpy_svals
+
+from genbound import load_checkpoint
+from genbound.cli.main import main
+
+
+def test_inspect_table_shows_every_update(tmp_path, capsys):
+    _, ad, _ = build_peft(
+        tmp_path,
+        tiny_bert,
+        dict(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"]),
+    )
+    ckpt = load_checkpoint(ad)
+    capsys.readouterr()
+    assert main(["inspect", str(ad)]) == 0
+    out = capsys.readouterr().out
+    assert "variant lora, rank 4, alpha 8, scale 2" in out
+    assert f"trainable {ckpt.num_trainable:,}" in out
+    for name, u in ckpt.updates.items():
+        assert name in out
+        ref = (
+            numpy_svals(u.delta(torch.float64))[0]
+            if u.is_matrix
+            else float(u.delta(torch.float64).norm())
+        )
+        assert f"{ref:.4g}" in out, name
+
+
+def test_report_json_holds_singular_values(tmp_path, capsys):
+    _, ad, _ = build_peft(tmp_path, tiny_bert, dict(r=3, target_modules=["value"]))
+    assert main(["report", str(ad), "--out", str(tmp_path / "rep")]) == 0
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert doc["schema"] == "genbound.report/1"
+    ckpt = load_checkpoint(ad)
+    assert [u["name"] for u in doc["updates"]] == list(ckpt.updates)
+    for entry in doc["updates"]:
+        ref = numpy_svals(ckpt.updates[entry["name"]].delta(torch.float64))
+        np.testing.assert_allclose(entry["singular_values"], ref[:3], rtol=1e-10)
+        assert entry["trainable"] == 3 * 64
+    assert (tmp_path / "rep" / "report.md").read_text().count("| `bert.encoder") == 2
