@@ -1,5 +1,11 @@
 """c3LA: Chained cLA: link j selects columns [(j-1) r, j r); each finished link merges."""
 
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genbound.adapters.layers import SelectorLayer, base_inputs
 from genbound.adapters.registry import Variant, register
 
 VARIANT = register(
@@ -14,3 +20,15 @@ VARIANT = register(
         description="Chained cLA: link j selects columns [(j-1) r, j r); each finished link merges.",
     )
 )
+
+
+def plan(m: int, r: int, chain: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Link j (0-based) selects the window of columns [j r, (j + 1) r); needs k r <= m."""
+    return [torch.arange(j * r, (j + 1) * r, dtype=torch.int64) for j in range(chain)]
+
+
+def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator):
+    """Wrap one Linear/Conv1D; each chain step merges the finished window and moves on."""
+    return SelectorLayer(
+        base, rank=rank, scale=scale, plan=plan(base_inputs(base), rank, chain, generator)
+    )

@@ -1,5 +1,10 @@
 """CoLA: Chain of LoRA: k links; after each, s B A merges into the weight and A, B restart."""
 
+from __future__ import annotations
+
+from torch import nn
+
+from genbound.adapters.lora import LoraLayer
 from genbound.adapters.registry import Variant, register
 
 VARIANT = register(
@@ -14,3 +19,8 @@ VARIANT = register(
         description="Chain of LoRA: k links; after each, s B A merges into the weight and A, B restart.",
     )
 )
+
+
+def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator) -> LoraLayer:
+    """A LoRA layer; each chain step merges s B A into W and redraws A, zeroes B."""
+    return LoraLayer(base, rank=rank, scale=scale, generator=generator)

@@ -1,0 +1,238 @@
+"""Wrapped linear layers shared by the adapter methods: y = W0 x + b + s * B (A x).
+
+Math orientation throughout: the base weight W0 is (n x m) with n outputs and m inputs,
+B is (n x r), A is (r x m). A Hugging Face ``Conv1D`` stores its weight as (m x n);
+:func:`linear_shape` reports it as ``transposed`` and merges write the transpose.
+
+Two families:
+
+* :class:`LowRankLayer`: A is a dense (r x m) tensor, trained (LoRA, CoLA) or a frozen
+  random buffer (Asym-LoRA, RAC).
+* :class:`SelectorLayer`: A = E^T selects r input columns and is never a matrix: the
+  forward gathers ``x[..., indices]`` (cLA, random-cLA, c3LA, random-c3LA, PaCA).
+
+A layer holds the link being trained now and the factors of every link already merged
+into the base weight (for chained methods), so that a saved run describes dW relative
+to the *original* W0 as a list of links.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for Hugging Face's ``Conv1D`` (GPT-2 style, weight stored (m x n))."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for the layers adapters can wrap: ``nn.Linear`` and HF ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
+    """``(n, m, transposed)`` of a Linear or Conv1D: outputs, inputs, stored as (m x n)."""
+    w = module.weight
+    if is_conv1d(module):
+        return int(w.shape[1]), int(w.shape[0]), True
+    return int(w.shape[0]), int(w.shape[1]), False
+
+
+class AdaptedLayer(nn.Module):
+    """Base class: a frozen ``base`` layer plus an adapter; ``y = base(x) + update(x)``.
+
+    Args:
+        base: the wrapped ``nn.Linear`` or ``Conv1D`` (its parameters are frozen).
+        rank: r.
+        scale: s multiplying the adapter's output.
+        generator: source of every random draw (seeded by the run's seed).
+
+    Subclasses define ``update(x)`` (shape (..., n)), :meth:`link_tensors`,
+    :meth:`link_delta`, :meth:`start_link` and the class attributes below.
+    """
+
+    #: link kind in the run directory (``"lowrank"`` or ``"selector"``).
+    kind: ClassVar[str] = ""
+    #: factors that receive gradients (``("A", "B")`` or ``("B",)``).
+    trained: ClassVar[tuple[str, ...]] = ("B",)
+
+    def __init__(self, base: nn.Module, *, rank: int, scale: float):
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.n, self.m, self.transposed = linear_shape(base)
+        self.rank = int(rank)
+        self.scale = float(scale)
+        self.link = 0
+        #: factors of links merged into ``base.weight`` (detached clones), oldest first.
+        self.finished: list[dict[str, torch.Tensor]] = []
+
+    # -- to define in subclasses -------------------------------------------------
+    def update(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def link_tensors(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        """The current link's factors as detached clones (``B`` and ``A`` or ``indices``)."""
+        raise NotImplementedError
+
+    def start_link(self, link: int, generator: torch.Generator) -> list[nn.Parameter]:
+        """(Re)initialise the adapter for link number ``link`` (0-based).
+
+        Returns the parameters whose optimizer state must be rebuilt.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @staticmethod
+    def tensors_delta(t: dict[str, torch.Tensor], scale: float, shape: tuple[int, int]):
+        """dW (n x m, float64) of one link's factors."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # -- shared --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.update(x)
+
+    def link_delta(self) -> torch.Tensor:
+        """dW of the current link, (n x m) float64."""
+        return self.tensors_delta(self.link_tensors(), self.scale, (self.n, self.m))
+
+    def delta(self) -> torch.Tensor:
+        """dW relative to the original W0: the sum of every link, (n x m) float64."""
+        total = self.link_delta()
+        for t in self.finished:
+            total = total + self.tensors_delta(t, self.scale, (self.n, self.m))
+        return total
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The adapter's trainable parameters by local name (``"B"``, ``"A"``)."""
+        return {k: p for k, p in self.named_parameters(recurse=False) if p.requires_grad}
+
+    @torch.no_grad()
+    def merge_link(self, generator: torch.Generator) -> list[nn.Parameter]:
+        """Add the current link's dW to ``base.weight`` and start the next link.
+
+        The function computed by the layer is unchanged (up to float rounding of the add).
+        Returns the parameters whose optimizer state must be rebuilt.
+        """
+        tensors = self.link_tensors()
+        d = self.tensors_delta(tensors, self.scale, (self.n, self.m))
+        w = self.base.weight
+        w.add_((d.T if self.transposed else d).to(w.dtype))
+        self.finished.append(tensors)
+        self.link += 1
+        return self.start_link(self.link, generator)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The base weight with the current link added, in stored orientation (a new tensor)."""
+        d = self.link_delta()
+        w = self.base.weight
+        return w.detach() + (d.T if self.transposed else d).to(w.dtype)
+
+    def link_specs(self, key: str) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        """Manifest link specs of every link (finished ones first) and their tensors.
+
+        ``key`` prefixes the tensor keys (``"<key>.link<i>.B"``).
+        """
+        specs, tensors = [], {}
+        for i, t in enumerate([*self.finished, self.link_tensors()]):
+            spec: dict[str, Any] = {
+                "kind": self.kind,
+                "scale": self.scale,
+                "trained": list(self.trained),
+            }
+            for name, value in t.items():
+                spec[name] = f"{key}.link{i}.{name}"
+                tensors[spec[name]] = value
+            specs.append(spec)
+        return specs, tensors
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, m={self.m}, r={self.rank}, scale={self.scale:g}, link={self.link}"
+
+
+class LowRankLayer(AdaptedLayer):
+    """dW = s B A, B (n x r) zero at the start of each link, A (r x m) ~ N(0, 1/m).
+
+    ``train_A`` (class attribute) says whether A is a trained parameter or a frozen
+    buffer redrawn for every link.
+    """
+
+    kind = "lowrank"
+    trained = ("A", "B")
+    train_A: ClassVar[bool] = True
+
+    def __init__(self, base: nn.Module, *, rank: int, scale: float, generator: torch.Generator):
+        super().__init__(base, rank=rank, scale=scale)
+        w = base.weight
+        self.B = nn.Parameter(torch.zeros(self.n, self.rank, dtype=w.dtype, device=w.device))
+        a = torch.zeros(self.rank, self.m, dtype=w.dtype, device=w.device)
+        if self.train_A:
+            self.A = nn.Parameter(a)
+        else:
+            self.register_buffer("A", a)
+        self.start_link(0, generator)
+
+    @torch.no_grad()
+    def start_link(self, link: int, generator: torch.Generator) -> list[nn.Parameter]:
+        a = torch.randn(self.rank, self.m, generator=generator, dtype=torch.float64)
+        self.A.copy_(a / math.sqrt(self.m))
+        self.B.zero_()
+        return [self.B, self.A] if self.train_A else [self.B]
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.A.T) @ self.B.T * self.scale
+
+    def link_tensors(self) -> dict[str, torch.Tensor]:
+        return {"B": self.B.detach().clone(), "A": self.A.detach().clone()}
+
+    @staticmethod
+    def tensors_delta(t, scale, shape):
+        return scale * (t["B"].double() @ t["A"].double())
+
+
+class SelectorLayer(AdaptedLayer):
+    """dW[:, indices] = s B: A = E^T selects r input columns, applied as a gather.
+
+    ``plan`` gives the (r,) int64 column indices of each link; the forward is
+    ``x.index_select(-1, indices) @ B.T * s`` (no dense selector, no matmul with it).
+    B (n x r) is zero at the start of each link.
+    """
+
+    kind = "selector"
+    trained = ("B",)
+
+    def __init__(self, base: nn.Module, *, rank: int, scale: float, plan: list[torch.Tensor]):
+        super().__init__(base, rank=rank, scale=scale)
+        w = base.weight
+        self.plan = [p.to(torch.int64) for p in plan]
+        self.B = nn.Parameter(torch.zeros(self.n, self.rank, dtype=w.dtype, device=w.device))
+        self.register_buffer("indices", self.plan[0].to(w.device).clone())
+
+    @torch.no_grad()
+    def start_link(self, link: int, generator: torch.Generator) -> list[nn.Parameter]:
+        self.indices.copy_(self.plan[min(link, len(self.plan) - 1)])
+        self.B.zero_()
+        return [self.B]
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.indices) @ self.B.T * self.scale
+
+    def link_tensors(self) -> dict[str, torch.Tensor]:
+        return {"B": self.B.detach().clone(), "indices": self.indices.detach().cpu().clone()}
+
+    @staticmethod
+    def tensors_delta(t, scale, shape):
+        d = torch.zeros(shape, dtype=torch.float64, device=t["B"].device)
+        d.index_add_(1, t["indices"].to(d.device), scale * t["B"].double())
+        return d
+
+
+def base_inputs(base: nn.Module) -> int:
+    """m, the number of inputs of a Linear/Conv1D."""
+    return linear_shape(base)[1]

@@ -1,0 +1,304 @@
+"""``apply``: wrap the matching layers of any ``nn.Module`` with an adapter method.
+
+Target patterns follow PEFT: a pattern matches a module path when it equals it, is a
+suffix of it at a ``.`` boundary (``"query"`` matches ``encoder.layer.0.attention.self.query``)
+or matches it as a regular expression (``re.fullmatch``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from genbound.adapters.handle import AdapterHandle, DenseTensor
+from genbound.adapters.layers import is_conv1d, is_linear, linear_shape
+from genbound.adapters.registry import get_variant
+from genbound.errors import GenboundError
+
+log = logging.getLogger(__name__)
+
+#: Module paths taken as the head when ``head=None``.
+DEFAULT_HEADS = ("classifier", "score", "head")
+#: Variants ``apply`` can train.
+TRAINABLE = (
+    "fft",
+    "head",
+    "lora",
+    "lora_plus",
+    "asym",
+    "cola",
+    "rac",
+    "cla",
+    "random_cla",
+    "c3la",
+    "random_c3la",
+    "paca",
+)
+
+
+def matches(name: str, pattern: str) -> bool:
+    """True when ``pattern`` names module path ``name`` (equal, dotted suffix, or regex)."""
+    if name == pattern or name.endswith("." + pattern):
+        return True
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def find_heads(model: nn.Module, head: Sequence[str] | None) -> list[str]:
+    """Module paths of the head: ``head`` patterns, or :data:`DEFAULT_HEADS` when None.
+
+    Only outermost matches are kept (a head's children are part of it).
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    if head is None:
+        found = [n for n in names if n in DEFAULT_HEADS]
+    else:
+        found = [n for n in names if any(matches(n, p) for p in head)]
+        if head and not found:
+            raise GenboundError(
+                f"apply: expected head patterns {list(head)} to match a module of the model, "
+                f"found none; top-level modules are: {_top_level(model)}."
+            )
+    return [n for n in found if not any(n.startswith(o + ".") for o in found if o != n)]
+
+
+def find_targets(model: nn.Module, targets: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Paths of the Linear/Conv1D modules matching ``targets``, outside ``exclude`` (heads)."""
+    out = []
+    for name, module in model.named_modules():
+        if not name or not is_linear(module):
+            continue
+        if any(name == e or name.startswith(e + ".") for e in exclude):
+            continue
+        if any(matches(name, p) for p in targets):
+            out.append(name)
+    return out
+
+
+def apply(
+    model: nn.Module,
+    method: str,
+    *,
+    rank: int | None = None,
+    alpha: float | None = None,
+    targets: Sequence[str] | None = None,
+    chain: int = 1,
+    seed: int = 0,
+    head: Sequence[str] | None = None,
+    rslora: bool = False,
+    lr_ratio: float | None = None,
+) -> AdapterHandle:
+    """Wrap the matching layers of ``model`` IN PLACE with adapter ``method``.
+
+    Every parameter of the model is frozen, then the adapters' factors, the head and (for
+    ``fft``) the target layers' weights and biases train. Arguments are checked before the
+    model is touched; a bad one raises :class:`~genbound.errors.GenboundError`.
+
+    Args:
+        model: any ``nn.Module``; its ``nn.Linear`` and HF ``Conv1D`` layers can be adapted.
+        method: a registry name (see ``genbound.adapters.variants()``), except dora, vera.
+        rank: r (not used by ``fft`` and ``head``).
+        alpha: scale numerator: s = alpha / r (alpha / sqrt(r) with ``rslora``);
+            default alpha = r (s = 1). PaCA always uses s = 1.
+        targets: module patterns to adapt (see module docstring). For ``fft`` None means
+            every parameter of the model; ``head`` ignores them.
+        chain: k, the number of links of a chained method (cola, rac, c3la, random_c3la);
+            must be 1 for the others.
+        seed: the run's seed: A's initialisation, random selectors and window orders come
+            from ``torch.Generator().manual_seed(seed)``, in module order.
+        head: patterns of the head modules, which train in full in every method; default:
+            a module called ``classifier``, ``score`` or ``head`` if there is one; ``()``
+            for none.
+        rslora: s = alpha / sqrt(r).
+        lr_ratio: LoRA+ ratio lr_B / lr (default 16); only for ``lora_plus``.
+
+    Returns:
+        An :class:`~genbound.adapters.handle.AdapterHandle`.
+    """
+    variant = get_variant(method)
+    if variant.name not in TRAINABLE:
+        raise GenboundError(
+            f"apply: variant {variant.name!r} can be analysed but not trained by genbound; "
+            f"expected one of {', '.join(TRAINABLE)}."
+        )
+    _check_scalars(variant.name, variant.chained, variant.structure, rank, chain, lr_ratio, alpha)
+    heads = find_heads(model, head)
+    if variant.name == "head" and not heads:
+        raise GenboundError(
+            "apply: method 'head' trains only the head; expected a module called "
+            f"{' / '.join(DEFAULT_HEADS)} or head=[patterns], found none; top-level modules "
+            f"are: {_top_level(model)}."
+        )
+    layer_names: list[str] = []
+    if variant.name == "fft" and targets is None:
+        layer_names = []
+    elif variant.name != "head":
+        if not targets:
+            raise GenboundError(
+                f"apply: method {variant.name!r} needs targets=[module patterns]; found "
+                f"{targets!r}. Linear layers of the model include: {_linear_names(model)}."
+            )
+        if isinstance(targets, str):
+            targets = [targets]
+        layer_names = find_targets(model, targets, heads)
+        if not layer_names:
+            raise GenboundError(
+                f"apply: expected targets {list(targets)} to match nn.Linear or Conv1D layers "
+                f"(outside the head {heads}), found none. Linear layers of the model include: "
+                f"{_linear_names(model)}."
+            )
+    if variant.structure in ("lowrank", "selector", "columns"):
+        for name in layer_names:
+            _check_layer(
+                variant.name, variant.structure, name, model.get_submodule(name), rank, chain
+            )
+
+    # -- arguments are valid: change the model ------------------------------------------
+    alpha = float(rank if alpha is None else alpha) if rank else alpha
+    scale = None
+    if rank:
+        scale = alpha / (math.sqrt(rank) if rslora else rank)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(int(seed))
+    layers = {}
+    dense: list[DenseTensor] = []
+    if variant.name == "fft":
+        dense = _fft_tensors(model, layer_names, heads)
+    elif variant.name != "head":
+        maker = importlib.import_module(f"genbound.adapters.{variant.name}").make_layer
+        for name in layer_names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            layer = maker(
+                getattr(parent, child), rank=rank, scale=scale, chain=chain, generator=gen
+            )
+            setattr(parent, child, layer)
+            layers[name] = layer
+    if variant.name != "fft" or targets is not None:
+        dense += _head_tensors(model, heads)
+    for d in dense:
+        d.parameter.requires_grad_(True)
+    hparams = {
+        "rank": rank,
+        "alpha": alpha,
+        "scale": scale,
+        "rslora": bool(rslora),
+        "chain": int(chain),
+        "selector_seed": int(seed) if variant.random_selection or variant.name == "paca" else None,
+        "targets": list(targets) if targets is not None else None,
+        "layers": layer_names,
+        "head": heads,
+    }
+    if variant.name == "lora_plus":
+        from genbound.adapters.lora_plus import DEFAULT_LR_RATIO
+
+        lr_ratio = DEFAULT_LR_RATIO if lr_ratio is None else float(lr_ratio)
+        hparams["lr_ratio"] = lr_ratio
+    log.info("%s: %d layers adapted, head %s", variant.name, len(layers), heads)
+    return AdapterHandle(
+        model=model,
+        variant=variant,
+        layers=layers,
+        dense=dense,
+        hparams=hparams,
+        seed=int(seed),
+        chain=int(chain),
+        lr_ratio=lr_ratio,
+        heads=heads,
+        generator=gen,
+    )
+
+
+# -- checks ---------------------------------------------------------------------------
+def _check_scalars(name, chained, structure, rank, chain, lr_ratio, alpha) -> None:
+    needs_rank = structure in ("lowrank", "selector", "columns")
+    if needs_rank and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+        raise GenboundError(
+            f"apply: method {name!r} needs rank=r, a positive integer; found {rank!r}."
+        )
+    if not isinstance(chain, int) or isinstance(chain, bool) or chain < 1:
+        raise GenboundError(f"apply: expected chain=k, a positive integer; found {chain!r}.")
+    if chain != 1 and not chained:
+        raise GenboundError(
+            f"apply: method {name!r} is not chained; expected chain=1, found chain={chain}. "
+            "Chained methods: cola, rac, c3la, random_c3la."
+        )
+    if lr_ratio is not None and (name != "lora_plus" or not lr_ratio > 0):
+        raise GenboundError(
+            f"apply: lr_ratio is the LoRA+ ratio lr_B / lr; expected a positive number with "
+            f"method 'lora_plus', found lr_ratio={lr_ratio!r} with method {name!r}."
+        )
+    if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
+        raise GenboundError(f"apply: expected alpha, a positive number; found {alpha!r}.")
+
+
+def _check_layer(method, structure, name, module, rank, chain) -> None:
+    n, m, _ = linear_shape(module)
+    if structure == "lowrank" and rank > min(n, m):
+        raise GenboundError(
+            f"apply: rank {rank} is larger than layer {name!r} ({n} outputs x {m} inputs); "
+            f"expected rank <= {min(n, m)}."
+        )
+    if structure in ("selector", "columns") and rank * chain > m:
+        what = f"k r = {chain} x {rank} = {rank * chain}" if chain > 1 else f"rank {rank}"
+        raise GenboundError(
+            f"apply: method {method!r} selects {what} input columns of layer {name!r}, which "
+            f"has only m = {m} inputs; expected k r <= {m}."
+        )
+
+
+def _top_level(model: nn.Module) -> str:
+    return ", ".join(n for n, _ in model.named_children()) or "none"
+
+
+def _linear_names(model: nn.Module, limit: int = 8) -> str:
+    names = [n for n, mod in model.named_modules() if n and is_linear(mod)]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return (", ".join(names[:limit]) or "none") + more
+
+
+# -- dense tensors ----------------------------------------------------------------------
+def _dense_of_module(prefix: str, module: nn.Module, head: bool) -> list[DenseTensor]:
+    out = []
+    for pname, p in module.named_parameters(recurse=False):
+        full = f"{prefix}.{pname}" if prefix else pname
+        if p.ndim > 2:
+            raise GenboundError(
+                f"apply: tensor {full!r} has {p.ndim} dimensions; expected vectors and matrices "
+                "only (genbound's updates are n x m)."
+            )
+        weight = pname == "weight" and p.ndim == 2
+        transposed = weight and (is_conv1d(module) or isinstance(module, nn.Embedding))
+        name = prefix if weight and (is_linear(module) or transposed) else full
+        out.append(DenseTensor(name, full, p, p.detach().clone(), transposed, head))
+    return out
+
+
+def _head_tensors(model: nn.Module, heads: list[str]) -> list[DenseTensor]:
+    out = []
+    for h in heads:
+        for sub, module in model.get_submodule(h).named_modules():
+            out += _dense_of_module(f"{h}.{sub}" if sub else h, module, head=True)
+    return out
+
+
+def _fft_tensors(model: nn.Module, layer_names: list[str], heads: list[str]) -> list[DenseTensor]:
+    if layer_names:
+        return [t for n in layer_names for t in _dense_of_module(n, model.get_submodule(n), False)]
+    out, seen = [], set()
+    for name, module in model.named_modules():
+        in_head = any(name == h or name.startswith(h + ".") for h in heads)
+        for t in _dense_of_module(name, module, head=in_head):
+            if id(t.parameter) not in seen:  # tied weights train once
+                seen.add(id(t.parameter))
+                out.append(t)
+    return out
