@@ -13,6 +13,20 @@ Every result is a frozen dataclass carrying its inputs, the assumptions it rests
 a ``vacuous`` flag where a bound can exceed its range, and warnings.
 """
 
+from genbound.bounds.compression import (
+    CODEBOOK_MODES,
+    CodeLength,
+    CompressionBoundResult,
+    CompressionCandidate,
+    PartCode,
+    Quantization,
+    code_length,
+    compression_bound,
+    kt_code_length_bits,
+    lloyd_codebook,
+    pac_bayes_kl_bound,
+    quantize,
+)
 from genbound.bounds.kl import binary_kl, kl_inverse
 from genbound.bounds.mi import (
     LOSSES,
@@ -43,26 +57,38 @@ from genbound.bounds.theorem1 import (
 )
 
 __all__ = [
+    "CODEBOOK_MODES",
     "EXTENSION_VARIANTS",
     "LOSSES",
     "PAPER_VARIANTS",
     "TRANSFORMER_CAVEAT",
     "BoundRow",
     "BoundTable",
+    "CodeLength",
+    "CompressionBoundResult",
+    "CompressionCandidate",
     "LayerCount",
     "LossSpec",
     "MIBoundResult",
+    "PartCode",
+    "Quantization",
     "Theorem1Norms",
     "Theorem1Result",
     "binary_kl",
     "bound_table",
+    "code_length",
+    "compression_bound",
     "kl_inverse",
+    "kt_code_length_bits",
     "layer_counts",
+    "lloyd_codebook",
     "loss_spec",
     "mi_bound",
     "mi_bound_value",
     "occam_bound_value",
     "order_layers",
+    "pac_bayes_kl_bound",
+    "quantize",
     "theorem1",
     "theorem1_from_checkpoint",
     "theorem1_norms",
