@@ -1,0 +1,288 @@
+"""A small training loop for the demo and tests: AdamW, linear warmup and decay, chain
+resets for chained adapters, evaluation in eval mode after every epoch.
+
+Data are ``torch.utils.data.Dataset`` objects whose items are tuples ``(*inputs, label)``
+(a ``TensorDataset``), or a tuple of tensors ``(*inputs, labels)``. The model is called as
+``model(*inputs)`` and returns logits (a tensor, a tuple whose first item is the logits,
+or an object with ``.logits``), unless ``forward(model, inputs)`` is given.
+
+What ``fit`` leaves behind, stated here because nothing is restored: the model holds the
+final weights (no best-epoch restore), is in eval mode, and, for chained adapters, its
+base weights hold the merged links. The global RNG state is restored (dropout draws use
+a forked RNG seeded with ``seed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from genbound.adapters.handle import AdapterHandle
+from genbound.errors import GenboundError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Forward = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    Attributes:
+        history: one dict per epoch: ``epoch``, ``step``, ``lr``, ``seconds``,
+            ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` (means over
+            examples, eval mode; None where not computed).
+        steps: optimizer steps taken.
+        chain_steps: steps after which a chain reset ran.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    chain_steps: list[int] = field(default_factory=list)
+
+    def last(self, key: str) -> float | None:
+        return self.history[-1].get(key) if self.history else None
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.last("train_loss")
+
+    @property
+    def test_loss(self) -> float | None:
+        return self.last("test_loss")
+
+    @property
+    def train_acc(self) -> float | None:
+        return self.last("train_acc")
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.last("test_acc")
+
+    def metrics(self) -> dict[str, Any]:
+        """The ``metrics`` object of a run manifest (final values plus the history)."""
+        out = {k: self.last(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc")}
+        return {
+            **out,
+            "steps": self.steps,
+            "chain_steps": self.chain_steps,
+            "history": self.history,
+        }
+
+
+def as_dataset(data: Dataset | Sequence[torch.Tensor]) -> Dataset:
+    """A Dataset as is; a tuple/list of tensors ``(*inputs, labels)`` as a TensorDataset."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        return TensorDataset(*data)
+    raise GenboundError(
+        "fit: expected a torch Dataset or a tuple of tensors (*inputs, labels); "
+        f"found {type(data).__name__}."
+    )
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model output (tensor, tuple, or object with ``.logits``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    raise GenboundError(
+        f"fit: expected the model to return logits (a tensor, a tuple or an object with "
+        f".logits); found {type(output).__name__}. Pass forward=..."
+    )
+
+
+def _per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Dataset | Sequence[torch.Tensor],
+    *,
+    batch_size: int = 256,
+    loss_fn: LossFn | None = None,
+    forward: Forward | None = None,
+) -> tuple[float, float | None]:
+    """(mean loss, accuracy) over the examples of ``data``, in eval mode.
+
+    ``loss_fn(logits, labels)`` returns one loss per example (default: cross-entropy);
+    accuracy is None unless logits have one more dimension than labels. Leaves the model
+    in eval mode.
+    """
+    model.eval()
+    loss_fn = loss_fn or _per_example_ce
+    total, correct, count = 0.0, 0, 0
+    has_acc = True
+    for batch in DataLoader(as_dataset(data), batch_size=batch_size, shuffle=False):
+        *inputs, labels = batch
+        logits = forward(model, inputs) if forward else logits_of(model(*inputs))
+        losses = loss_fn(logits, labels)
+        total += float(losses.double().sum())
+        count += labels.shape[0]
+        if logits.ndim == labels.ndim + 1:
+            correct += int((logits.argmax(-1) == labels).sum())
+        else:
+            has_acc = False
+    if count == 0:
+        raise GenboundError("evaluate: expected at least one example, found an empty dataset.")
+    return total / count, (correct / count if has_acc else None)
+
+
+def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup from 0 over ``warmup_steps``, then linear decay to 0."""
+
+    def mult(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return mult
+
+
+def fit(
+    model_or_handle: nn.Module | AdapterHandle,
+    train_data: Dataset | Sequence[torch.Tensor],
+    test_data: Dataset | Sequence[torch.Tensor] | None = None,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 32,
+    weight_decay: float = 0.0,
+    warmup: float = 0.06,
+    loss_fn: LossFn | None = None,
+    forward: Forward | None = None,
+    chain_every_epochs: int | None = None,
+    seed: int = 0,
+    trajectory_every: int | None = None,
+    eval_train: bool = True,
+    eval_batch_size: int = 256,
+) -> FitResult:
+    """Train with AdamW and a linear warmup/decay schedule; evaluate after every epoch.
+
+    Args:
+        model_or_handle: an :class:`AdapterHandle` (its parameter groups, LoRA+ ratio and
+            chain schedule are used) or a model (its ``requires_grad`` parameters train).
+        train_data, test_data: see the module docstring; ``test_data`` may be None.
+        epochs, lr, batch_size, weight_decay: the usual; ``warmup`` is a fraction of steps.
+        loss_fn: ``loss_fn(logits, labels) -> per-example losses``; default cross-entropy.
+        forward: ``forward(model, inputs) -> logits`` when ``model(*inputs)`` is not right.
+        chain_every_epochs: for chained adapters, reset every E epochs (then the number of
+            links, ceil(epochs / E), must equal the handle's k); default: the k - 1 resets
+            spread evenly over the steps (:meth:`AdapterHandle.reset_steps`).
+        seed: shuffling and dropout draws (the global RNG state is restored on return).
+        trajectory_every: with a handle, snapshot the trainable parameters at step 0, every
+            this many steps, and at the end (saved by ``handle.save``).
+        eval_train: also evaluate on the training set each epoch (eval mode).
+
+    Returns:
+        A :class:`FitResult`.
+    """
+    handle = model_or_handle if isinstance(model_or_handle, AdapterHandle) else None
+    model = handle.model if handle else model_or_handle
+    if not isinstance(epochs, int) or epochs < 1 or not lr > 0 or batch_size < 1:
+        raise GenboundError(
+            "fit: expected epochs >= 1, lr > 0 and batch_size >= 1; found "
+            f"epochs={epochs!r}, lr={lr!r}, batch_size={batch_size!r}."
+        )
+    train_set = as_dataset(train_data)
+    loss_fn = loss_fn or _per_example_ce
+    gen = torch.Generator().manual_seed(int(seed))
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
+    steps_per_epoch = len(loader)
+    total = epochs * steps_per_epoch
+    resets = _reset_steps(handle, chain_every_epochs, epochs, steps_per_epoch, total)
+
+    if handle:
+        groups = handle.param_groups(lr, weight_decay)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+    if not any(g["params"] for g in groups):
+        raise GenboundError("fit: expected trainable parameters, found none.")
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total, int(warmup * total)))
+
+    result = FitResult()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if handle and trajectory_every:
+            handle.snapshot(0)
+        step = 0
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            for batch in loader:
+                *inputs, labels = batch
+                opt.zero_grad(set_to_none=True)
+                logits = forward(model, inputs) if forward else logits_of(model(*inputs))
+                loss_fn(logits, labels).mean().backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if handle and trajectory_every and (step % trajectory_every == 0 or step == total):
+                    handle.snapshot(step)
+                if step in resets:
+                    for p in handle.chain_step():
+                        opt.state.pop(p, None)  # fresh AdamW moments for the new link
+                    result.chain_steps.append(step)
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "step": step,
+                "lr": sched.get_last_lr()[0],
+                "seconds": time.perf_counter() - t0,
+            }
+            for key, data in (("train", train_set if eval_train else None), ("test", test_data)):
+                if data is None:
+                    record[f"{key}_loss"] = record[f"{key}_acc"] = None
+                    continue
+                lo, acc = evaluate(
+                    model, data, batch_size=eval_batch_size, loss_fn=loss_fn, forward=forward
+                )
+                record[f"{key}_loss"], record[f"{key}_acc"] = lo, acc
+            log.info("epoch %d: %s", epoch, record)
+            result.history.append(record)
+    result.steps = step
+    model.eval()
+    return result
+
+
+def _reset_steps(handle, every, epochs, steps_per_epoch, total) -> set[int]:
+    if handle is None or not handle.chained:
+        if every is not None:
+            raise GenboundError(
+                "fit: chain_every_epochs needs a handle of a chained method (cola, rac, c3la, "
+                "random_c3la); found "
+                + ("a plain model." if handle is None else f"{handle.variant.name!r}.")
+            )
+        return set()
+    k_left = handle.chain - handle.links_done
+    if every is None:
+        if total < k_left:
+            raise GenboundError(
+                f"fit: a chain of {k_left} links needs at least {k_left} steps; found {total}."
+            )
+        return {round(j * total / k_left) for j in range(1, k_left)}
+    if not isinstance(every, int) or every < 1 or math.ceil(epochs / every) != k_left:
+        raise GenboundError(
+            f"fit: chain_every_epochs={every!r} over {epochs} epochs gives "
+            f"{math.ceil(epochs / every) if isinstance(every, int) and every > 0 else '?'} links; "
+            f"expected the handle's k = {k_left}."
+        )
+    return {e * steps_per_epoch for e in range(every, epochs, every)}
