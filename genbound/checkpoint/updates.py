@@ -26,6 +26,15 @@ import numpy as np
 import torch
 
 from genbound.errors import GenboundError
+from genbound.linalg import (
+    ThinSVD,
+    coalesce_columns,
+    dense_svd,
+    dense_svdvals,
+    lowrank_svd,
+    lowrank_svdvals,
+    selector_svd,
+)
 
 if TYPE_CHECKING:
     from genbound.checkpoint.base import BaseModel
@@ -98,7 +107,19 @@ class Update(ABC):
         """Singular values of dW, float64, descending (see module docstring)."""
         if not self.is_matrix:
             return np.array([float(torch.linalg.vector_norm(self._delta64()))])
-        return dense_singular_values(self._delta64())
+        return dense_svdvals(self._delta64())
+
+    def svd(self) -> ThinSVD:
+        """Thin SVD of dW (float64): U (n x rank), S, V (m x rank)."""
+        return dense_svd(self._delta64())
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """dW @ x for x (m x p), float64, without forming dW where factors exist."""
+        return self._delta64() @ x.to(torch.float64)
+
+    def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
+        """dW^T @ y for y (n x p), float64."""
+        return self._delta64().T @ y.to(torch.float64)
 
     def spectral_norm(self) -> float:
         """||dW||_2 (largest singular value)."""
@@ -116,29 +137,6 @@ class Update(ABC):
         if self.transposed:
             w = w.T
         return w.to(dtype)
-
-
-def dense_singular_values(x: torch.Tensor) -> np.ndarray:
-    """Singular values of a dense matrix (float64, descending), wide matrices transposed."""
-    a = x.detach().to(torch.float64).cpu().numpy()
-    if a.shape[0] < a.shape[1]:
-        a = a.T
-    if a.size == 0:
-        return np.zeros(0)
-    return np.linalg.svd(a, compute_uv=False)
-
-
-def lowrank_singular_values(B: torch.Tensor, A: torch.Tensor, scale: float) -> np.ndarray:
-    """Singular values of ``scale * B @ A`` from the QR factors of B and A^T.
-
-    B is n x r, A is r x m. With B = Q_B R_B and A^T = Q_A R_A, the product is
-    Q_B (R_B R_A^T) Q_A^T, whose singular values are those of the small core.
-    """
-    _, rb = torch.linalg.qr(B.detach().to(torch.float64))
-    _, ra = torch.linalg.qr(A.detach().to(torch.float64).T)
-    core = rb @ ra.T
-    s = torch.linalg.svdvals(core).numpy() * abs(float(scale))
-    return s[: min(B.shape[0], A.shape[1], B.shape[1])]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -167,7 +165,20 @@ class LowRankUpdate(Update):
         return self.scale * (self.B.to(torch.float64) @ self.A.to(torch.float64))
 
     def singular_values(self) -> np.ndarray:
-        return lowrank_singular_values(self.B, self.A, self.scale)
+        return lowrank_svdvals(self.B, self.A, self.scale)
+
+    def svd(self) -> ThinSVD:
+        return lowrank_svd(self.B, self.A, self.scale)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (
+            self.B.to(torch.float64) @ (self.A.to(torch.float64) @ x.to(torch.float64))
+        )
+
+    def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
+        return self.scale * (
+            self.A.to(torch.float64).T @ (self.B.to(torch.float64).T @ y.to(torch.float64))
+        )
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -202,13 +213,6 @@ class SelectorUpdate(Update):
         e[torch.arange(self.indices.numel()), self.indices] = 1.0
         return e
 
-    def _coalesced(self) -> torch.Tensor:
-        """B with the columns of repeated indices summed: (n x unique(r))."""
-        uniq, inverse = torch.unique(self.indices, return_inverse=True)
-        out = torch.zeros(self.B.shape[0], uniq.numel(), dtype=torch.float64)
-        out.index_add_(1, inverse, self.B.to(torch.float64))
-        return out
-
     def _delta64(self) -> torch.Tensor:
         d = torch.zeros(self.shape, dtype=torch.float64)
         d.index_add_(1, self.indices, self.scale * self.B.to(torch.float64))
@@ -216,7 +220,21 @@ class SelectorUpdate(Update):
 
     def singular_values(self) -> np.ndarray:
         # The selected columns are orthonormal once coalesced: svd(dW) = |s| svd(B).
-        return dense_singular_values(self._coalesced()) * abs(float(self.scale))
+        c, _ = coalesce_columns(self.B, self.indices)
+        return dense_svdvals(c) * abs(float(self.scale))
+
+    def svd(self) -> ThinSVD:
+        return selector_svd(self.B, self.indices, self.shape[1], self.scale)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (self.B.to(torch.float64) @ x.to(torch.float64)[self.indices])
+
+    def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.shape[1], y.shape[1], dtype=torch.float64)
+        out.index_add_(
+            0, self.indices, self.scale * (self.B.to(torch.float64).T @ y.to(torch.float64))
+        )
+        return out
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -247,7 +265,10 @@ class ChainUpdate(Update):
         return total
 
     def stacked_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(B_stack n x R, A_stack R x m) with dW = B_stack @ A_stack, or None if a link is dense."""
+        """(B_stack n x R, A_stack R x m) with dW = B_stack @ A_stack, or None if a link is dense.
+
+        Selector links contribute rows of the identity to A_stack (R x m, small: R = k r).
+        """
         bs, as_ = [], []
         for link in self.links:
             if isinstance(link, LowRankUpdate):
@@ -260,11 +281,37 @@ class ChainUpdate(Update):
                 return None
         return torch.cat(bs, dim=1), torch.cat(as_, dim=0)
 
+    def _selector_only(self) -> SelectorUpdate | None:
+        """All links are selectors: the chain is one selector over the concatenated columns."""
+        if not all(isinstance(x, SelectorUpdate) for x in self.links):
+            return None
+        b = torch.cat([x.scale * x.B.to(torch.float64) for x in self.links], dim=1)
+        idx = torch.cat([x.indices for x in self.links])
+        return SelectorUpdate(name=self.name, param=self.param, shape=self.shape, B=b, indices=idx)
+
     def singular_values(self) -> np.ndarray:
+        sel = self._selector_only()
+        if sel is not None:
+            return sel.singular_values()
         stacked = self.stacked_factors()
         if stacked is None:
-            return dense_singular_values(self._delta64())
-        return lowrank_singular_values(stacked[0], stacked[1], 1.0)
+            return dense_svdvals(self._delta64())
+        return lowrank_svdvals(stacked[0], stacked[1], 1.0)
+
+    def svd(self) -> ThinSVD:
+        sel = self._selector_only()
+        if sel is not None:
+            return sel.svd()
+        stacked = self.stacked_factors()
+        if stacked is None:
+            return dense_svd(self._delta64())
+        return lowrank_svd(stacked[0], stacked[1], 1.0)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(link.matmul(x) for link in self.links)
+
+    def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
+        return sum(link.rmatmul(y) for link in self.links)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
