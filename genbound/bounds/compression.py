@@ -77,11 +77,15 @@ def lloyd_codebook(
     Deterministic: the levels start at the quantiles (j + 1/2) / num_levels and the
     assignment uses the midpoints between sorted levels; an empty cell keeps its level.
     Runs until the levels stop changing or ``max_iter``. O(n log n) once (the sort) plus
-    O(num_levels log n) per iteration.
+    O(num_levels log n) per iteration. With at most ``num_levels`` distinct values, the
+    levels are those values (padded by repeating the largest), and 0 iterations are run.
     """
     x = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
     if x.size == 0:
         raise GenboundError("quantize: expected at least one value to fit a codebook; found none.")
+    distinct = np.unique(x)
+    if distinct.size <= num_levels:  # every value gets its own level: zero distortion
+        return np.concatenate([distinct, np.full(num_levels - distinct.size, distinct[-1])]), 0
     cs = np.concatenate([[0.0], np.cumsum(x)])
     c = np.quantile(x, (np.arange(num_levels) + 0.5) / num_levels)
     it = 0

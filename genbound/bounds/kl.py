@@ -29,6 +29,11 @@ def binary_kl(q: float, p: float) -> float:
     for name, v in (("q", q), ("p", p)):
         if not 0.0 <= v <= 1.0:
             raise GenboundError(f"binary_kl: {name} must be a probability in [0, 1]; found {v!r}.")
+    if 0.0 < q < 1.0 and 0.0 < p < 1.0:
+        # log1p of the exact difference keeps kl accurate to a few ulps when p is near q
+        # (the two terms cancel to first order in p - q).
+        d = q - p
+        return q * math.log1p(d / p) + (1.0 - q) * math.log1p(-d / (1.0 - p))
     return _xlogy_ratio(q, p) + _xlogy_ratio(1.0 - q, 1.0 - p)
 
 
