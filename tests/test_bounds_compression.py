@@ -263,3 +263,66 @@ def test_compression_bound_precomputed_and_errors():
         compression_bound(t, {1: 0.3}, 0, bits=(1,))
     with pytest.raises(GenboundError, match="delta"):
         compression_bound(t, {1: 0.3}, 10, bits=(1,), delta=1.5)
+
+
+def test_trainable_tensors_of_a_checkpoint():
+    from genbound.bounds import trainable_tensors
+    from genbound.checkpoint import (
+        ChainUpdate,
+        Checkpoint,
+        DenseUpdate,
+        Hyperparams,
+        LowRankUpdate,
+        SelectorUpdate,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    lo = LowRankUpdate(
+        name="l0",
+        param="l0.weight",
+        shape=(5, 4),
+        B=torch.randn(5, 2, generator=g),
+        A=torch.randn(2, 4, generator=g),
+        scale=2.0,
+        trained=("B",),
+    )
+    sel = SelectorUpdate(
+        name="l1",
+        param="l1.weight",
+        shape=(5, 4),
+        B=torch.randn(5, 2, generator=g),
+        indices=torch.tensor([0, 3]),
+    )
+    chain = ChainUpdate(
+        name="l2",
+        param="l2.weight",
+        shape=(5, 4),
+        links=(
+            LowRankUpdate(
+                name="l2",
+                param="l2.weight",
+                shape=(5, 4),
+                B=torch.randn(5, 1, generator=g),
+                A=torch.randn(1, 4, generator=g),
+                scale=1.0,
+            ),
+        ),
+    )
+    head = torch.randn(3, 4, generator=g)
+    dense = DenseUpdate(
+        name="head", param="head.weight", shape=(3, 4), value=lambda: head, new=True
+    )
+    ups = {u.name: u for u in (lo, sel, chain, dense)}
+    ckpt = Checkpoint(
+        path="mem",
+        format="genbound",
+        variant="lora",
+        hparams=Hyperparams(),
+        updates=ups,
+        dtype=torch.float32,
+    )
+    t = trainable_tensors(ckpt)
+    assert set(t) == {"l0::B", "l1::B", "l2::link0::B", "l2::link0::A", "head::delta"}
+    assert torch.equal(t["l0::B"], lo.B) and torch.equal(t["l1::B"], sel.B)
+    assert torch.equal(t["head::delta"], head.double())
+    assert sum(v.numel() for v in t.values()) == ckpt.num_trainable

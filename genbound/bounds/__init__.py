@@ -26,6 +26,7 @@ from genbound.bounds.compression import (
     lloyd_codebook,
     pac_bayes_kl_bound,
     quantize,
+    trainable_tensors,
 )
 from genbound.bounds.kl import binary_kl, kl_inverse
 from genbound.bounds.mi import (
@@ -92,4 +93,5 @@ __all__ = [
     "theorem1",
     "theorem1_from_checkpoint",
     "theorem1_norms",
+    "trainable_tensors",
 ]

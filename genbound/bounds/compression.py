@@ -37,12 +37,17 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from genbound.bounds.kl import kl_inverse
 from genbound.errors import GenboundError
+
+if TYPE_CHECKING:
+    from genbound.checkpoint.model import Checkpoint
+    from genbound.checkpoint.updates import Update
 
 __all__ = [
     "CODEBOOK_MODES",
@@ -57,6 +62,7 @@ __all__ = [
     "lloyd_codebook",
     "pac_bayes_kl_bound",
     "quantize",
+    "trainable_tensors",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,47 @@ log = logging.getLogger(__name__)
 CODEBOOK_MODES = ("shared", "per_tensor")
 _FLOAT_OF_BITS = {16: np.float16, 32: np.float32}
 LN2 = math.log(2.0)
+
+
+# -- what is coded -----------------------------------------------------------------------
+
+
+def _trained_factors(prefix: str, u: Update) -> dict[str, torch.Tensor]:
+    from genbound.checkpoint.updates import (
+        ChainUpdate,
+        DenseUpdate,
+        DoraUpdate,
+        LowRankUpdate,
+        SelectorUpdate,
+    )
+
+    if isinstance(u, ChainUpdate):
+        out = {}
+        for i, link in enumerate(u.links):
+            out.update(_trained_factors(f"{prefix}::link{i}", link))
+        return out
+    if isinstance(u, DoraUpdate):
+        return {**_trained_factors(prefix, u.lowrank), f"{prefix}::magnitude": u.magnitude}
+    if isinstance(u, LowRankUpdate | SelectorUpdate):
+        return {f"{prefix}::{f}": u.factors[f] for f in u.trained if f in u.factors}
+    if isinstance(u, DenseUpdate):
+        return {f"{prefix}::delta": u.delta(torch.float64)}
+    raise GenboundError(f"compression: update {u.name!r} of kind {u.kind!r} is not supported.")
+
+
+def trainable_tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """The tensors a decoder needs besides W0 and the seed: ``"{update}::{factor}"`` -> tensor.
+
+    Low-rank and selector updates give their trained factors (``::B``, ``::A``); chains
+    give every link's (``::link{i}::B``); DoRA adds ``::magnitude``; dense updates (full
+    fine-tuning, heads, ``modules_to_save``) give dW (``::delta``, math orientation,
+    float64; the value itself for a new tensor without a stored reference). Frozen
+    factors (a random A, selector indices) are not included: the seed determines them.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, u in checkpoint.updates.items():
+        out.update(_trained_factors(name, u))
+    return out
 
 
 # -- quantization -----------------------------------------------------------------------
