@@ -1,7 +1,7 @@
 """Lazy, validated access to tensors on disk.
 
-A :class:`TensorFile` opens a ``.safetensors`` file (memory-mapped; only the header
-is read on open) or a torch ``.pt``/``.bin`` file (``weights_only=True``,
+A :class:`TensorFile` opens a ``.safetensors`` file (only the header is read on open;
+each tensor's bytes are memory-mapped when it is read, copied, and unmapped) or a torch ``.pt``/``.bin`` file (``weights_only=True``,
 memory-mapped when the file is in torch's zip format). Tensors are read one at a
 time on request. Every failure is a :class:`~genbound.errors.CheckpointError`
 naming the file and key.
@@ -14,10 +14,10 @@ import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import safe_open
 
-from genbound.errors import CheckpointError, input_error
+from genbound.errors import input_error
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -52,7 +52,7 @@ class TensorFile:
             raise input_error(
                 self.path, "not a file", expected="a tensor file", found="a directory"
             )
-        self._st = None
+        self._is_safetensors = False
         self._torch: Mapping[str, torch.Tensor] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, torch.dtype] = {}
@@ -70,22 +70,66 @@ class TensorFile:
 
     # -- opening ---------------------------------------------------------------
     def _open_safetensors(self) -> None:
-        try:
-            self._st = safe_open(str(self.path), framework="pt")
-            for key in self._st.keys():
-                sl = self._st.get_slice(key)
-                self._shapes[key] = tuple(int(d) for d in sl.get_shape())
-                self._dtypes[key] = _SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
-        except CheckpointError:
-            raise
-        except Exception as exc:  # safetensors raises its own Rust-side error types
-            size = self.path.stat().st_size
-            raise input_error(
+        """Parse the header (8-byte length, then JSON); tensor bytes are mapped on demand."""
+        size = self.path.stat().st_size
+
+        def corrupt(found: str) -> Exception:
+            return input_error(
                 self.path,
                 "cannot read safetensors file (truncated or corrupt?)",
                 expected="a complete safetensors file whose header covers its data",
-                found=f"{size} bytes and the error: {exc}",
-            ) from None
+                found=f"{size} bytes; {found}",
+            )
+
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise corrupt("no header length")
+                n = int.from_bytes(head, "little")
+                if n > size - 8:
+                    raise corrupt(f"a header of {n} bytes that does not fit")
+                header = json.loads(fh.read(n))
+        except OSError as exc:
+            raise input_error(self.path, "cannot read file", found=str(exc)) from None
+        except (ValueError, UnicodeDecodeError):
+            raise corrupt("a header that is not JSON") from None
+        self._data_start = 8 + n
+        self._meta = header.pop("__metadata__", None) or {}
+        self._offsets: dict[str, tuple[int, int]] = {}
+        for key, info in header.items():
+            try:
+                begin, end = (int(x) for x in info["data_offsets"])
+                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+            except (KeyError, TypeError, ValueError):
+                raise corrupt(f"an unreadable header entry for {key!r}") from None
+            if self._data_start + end > size:
+                raise corrupt(f"tensor {key!r} ends at byte {self._data_start + end}")
+            self._offsets[key] = (begin, end)
+            self._shapes[key] = shape
+            self._dtypes[key] = dtype
+        self._is_safetensors = True
+
+    def _read_safetensors(self, key: str) -> torch.Tensor:
+        """Map just this tensor's bytes, copy them out, and unmap (resident memory stays
+        near one tensor however large the file)."""
+        begin, end = self._offsets[key]
+        dtype, shape = self._dtypes[key], self._shapes[key]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        view = np.memmap(
+            self.path,
+            dtype=np.uint8,
+            mode="r",
+            offset=self._data_start + begin,
+            shape=(end - begin,),
+        )
+        try:
+            buf = torch.from_numpy(np.array(view))  # one copy; the map is released below
+        finally:
+            del view
+        return buf.view(dtype).reshape(shape)
 
     def _open_torch(self) -> None:
         try:
@@ -142,13 +186,13 @@ class TensorFile:
         return self._dtypes[key]
 
     def metadata(self) -> dict[str, str]:
-        return dict(self._st.metadata() or {}) if self._st is not None else {}
+        return dict(self._meta) if self._is_safetensors else {}
 
     def __getitem__(self, key: str) -> torch.Tensor:
         """Read one tensor (a fresh CPU tensor), checked for NaN and Inf."""
         self._require(key)
         try:
-            t = self._st.get_tensor(key) if self._st is not None else self._torch[key]
+            t = self._read_safetensors(key) if self._is_safetensors else self._torch[key]
         except Exception as exc:
             raise input_error(self.path, "cannot read tensor", key=key, found=str(exc)) from None
         check_finite(t, self.path, key)
@@ -165,7 +209,6 @@ class TensorFile:
             )
 
     def close(self) -> None:
-        self._st = None
         self._torch = None
 
     def __enter__(self) -> TensorFile:
