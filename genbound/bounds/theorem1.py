@@ -228,8 +228,7 @@ def theorem1(
         )
 
     la, lb, lab, ll, lc = _log(a), _log(b), _log(a + b), _log(lip), _log(off)
-    with np.errstate(divide="ignore"):
-        ln = math.log(c0) if c0 > 0 else _NEG_INF
+    ln = math.log(c0) if c0 > 0 else _NEG_INF
     ld = le = _NEG_INF
     ns, ds, es = [ln], [ld], [le]
     for l_ in range(num_layers):
