@@ -196,16 +196,52 @@ class LowRankLayer(AdaptedLayer):
         return scale * (t["B"].double() @ t["A"].double())
 
 
+class _SelectorLinear(torch.autograd.Function):
+    """y = x W0^T + b + s x[:, idx] B^T for a frozen W0, fused (x is (N x m), 2-D).
+
+    Forward: one addmm for the base and an in-place addmm of the (N x r) gathered columns.
+    Backward: grad_x = g W0 with s (g B) added into its ``idx`` columns in place, and
+    grad_B = s g^T x[:, idx]. Only the (N x r) gathered inputs are saved; no (N x m)
+    temporary is allocated besides grad_x itself.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, B, idx, scale, transposed):
+        w = weight if transposed else weight.T  # (m x n)
+        xs = x.index_select(1, idx)
+        y = torch.addmm(bias, x, w) if bias is not None else x @ w
+        y.addmm_(xs, B.T, alpha=scale)
+        ctx.save_for_backward(weight, B, xs, idx)
+        ctx.scale, ctx.transposed = scale, transposed
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        weight, B, xs, idx = ctx.saved_tensors
+        grad_x = grad_B = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ (weight.T if ctx.transposed else weight)
+            grad_x.index_add_(1, idx, g @ B, alpha=ctx.scale)
+        if ctx.needs_input_grad[3]:
+            grad_B = (g.T @ xs).mul_(ctx.scale)
+        return grad_x, None, None, grad_B, None, None, None
+
+
 class SelectorLayer(AdaptedLayer):
     """dW[:, indices] = s B: A = E^T selects r input columns, applied as a gather.
 
-    ``plan`` gives the (r,) int64 column indices of each link; the forward is
+    ``plan`` gives the (r,) int64 column indices of each link; the adapter's output is
     ``x.index_select(-1, indices) @ B.T * s`` (no dense selector, no matmul with it).
-    B (n x r) is zero at the start of each link.
+    B (n x r) is zero at the start of each link. When the base weight and bias are frozen
+    (always, after ``apply``) the base layer and the gather run as one fused autograd
+    function (:class:`_SelectorLinear`); set ``fused = False`` to compare against the
+    unfused path.
     """
 
     kind = "selector"
     trained = ("B",)
+    #: use the fused base + gather function when the base layer is frozen.
+    fused: ClassVar[bool] = True
 
     def __init__(self, base: nn.Module, *, rank: int, scale: float, plan: list[torch.Tensor]):
         super().__init__(base, rank=rank, scale=scale)
@@ -222,6 +258,24 @@ class SelectorLayer(AdaptedLayer):
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         return x.index_select(-1, self.indices) @ self.B.T * self.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base
+        frozen = not base.weight.requires_grad and (
+            base.bias is None or not base.bias.requires_grad
+        )
+        if not (self.fused and frozen) or torch.is_autocast_enabled() or x.dtype != self.B.dtype:
+            return base(x) + self.update(x)
+        y = _SelectorLinear.apply(
+            x.reshape(-1, self.m),
+            base.weight,
+            base.bias,
+            self.B,
+            self.indices,
+            self.scale,
+            self.transposed,
+        )
+        return y.reshape(*x.shape[:-1], self.n)
 
     def link_tensors(self) -> dict[str, torch.Tensor]:
         return {"B": self.B.detach().clone(), "indices": self.indices.detach().cpu().clone()}
