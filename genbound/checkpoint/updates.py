@@ -128,6 +128,8 @@ class Update(ABC):
 
     def base_weight(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """W0 in math orientation (zeros for a tensor new to the model)."""
+        if self.is_new:
+            return torch.zeros(self.shape, dtype=dtype)
         if self.base is None:
             raise GenboundError(
                 f"update {self.name!r} needs the base model's weight {self.param!r}, "
