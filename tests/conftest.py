@@ -95,10 +95,7 @@ def build_peft(tmp_path, model_fn, config_kwargs, *, name="adapter", seed=1):
     return base_dir, adapter_dir, merged
 
 
-@pytest.fixture
-def bert_lora(tmp_path):
-    return build_peft(
-        tmp_path,
-        tiny_bert,
-        dict(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"]),
-    )
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Keep genbound's on-disk caches out of the user's home during tests."""
+    os.environ["GENBOUND_CACHE"] = str(tmp_path_factory.mktemp("genbound-cache"))

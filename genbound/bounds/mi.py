@@ -25,7 +25,6 @@ from genbound.errors import GenboundError
 
 if TYPE_CHECKING:
     from genbound.checkpoint.model import Checkpoint
-    from genbound.checkpoint.updates import Update
 
 __all__ = [
     "LOSSES",
@@ -178,26 +177,11 @@ class LayerCount:
     by_formula: bool
 
 
-def _formula_count(checkpoint: Checkpoint, u: Update) -> tuple[int, bool]:
-    # Same rules as Checkpoint.num_trainable_by_formula, per update.
-    from genbound.checkpoint.updates import ChainUpdate, DenseUpdate, DoraUpdate
-
-    if isinstance(u, DenseUpdate) or not u.is_matrix:
-        return u.num_trainable, False
-    spec = checkpoint.spec
-    links = u.links if isinstance(u, ChainUpdate) else (u,)
-    factored = [x.lowrank if isinstance(x, DoraUpdate) else x for x in links]
-    r = next((x.factors["B"].shape[1] for x in factored if "B" in x.factors), u.rank)
-    k = checkpoint.hparams.chain if spec.chained else 1
-    n, m = u.shape
-    return spec.trainable_per_layer(n, m, r, k), True
-
-
 def layer_counts(checkpoint: Checkpoint) -> tuple[LayerCount, ...]:
     """Per-update counts of D, actual and by formula, in the checkpoint's order."""
     out = []
     for name, u in checkpoint.updates.items():
-        d_formula, by_formula = _formula_count(checkpoint, u)
+        d_formula, by_formula = checkpoint.formula_count(u)
         out.append(LayerCount(name, u.kind, tuple(u.shape), u.num_trainable, d_formula, by_formula))
     return tuple(out)
 

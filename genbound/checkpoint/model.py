@@ -97,26 +97,26 @@ class Checkpoint:
         """D counted from the stored trainable tensors (heads and saved modules included)."""
         return sum(u.num_trainable for u in self.updates.values())
 
-    def num_trainable_by_formula(self) -> int:
-        """D from the variant's registry formula for each adapted layer.
+    def formula_count(self, update: Update) -> tuple[int, bool]:
+        """(D of one update from the variant's registry formula, whether the formula applied).
 
         Adapted matrices (low-rank, selector, chain and DoRA updates) use
-        ``Variant.trainable_per_layer(n, m, r, k)``; every other tensor (heads,
-        biases, ``modules_to_save``, full fine-tuning) counts its elements.
+        ``Variant.trainable_per_layer(n, m, r, k)``; every other tensor (heads, biases,
+        ``modules_to_save``, full fine-tuning) counts its elements, and the flag is False.
         """
+        if isinstance(update, DenseUpdate) or not update.is_matrix:
+            return update.num_trainable, False
         spec = self.spec
-        total = 0
-        for u in self.updates.values():
-            if isinstance(u, DenseUpdate) or not u.is_matrix:
-                total += u.num_trainable
-                continue
-            links = u.links if isinstance(u, ChainUpdate) else (u,)
-            factored = [x.lowrank if isinstance(x, DoraUpdate) else x for x in links]
-            r = next((x.factors["B"].shape[1] for x in factored if "B" in x.factors), u.rank)
-            k = self.hparams.chain if spec.chained else 1
-            n, m = u.shape
-            total += spec.trainable_per_layer(n, m, r, k)
-        return total
+        links = update.links if isinstance(update, ChainUpdate) else (update,)
+        factored = [x.lowrank if isinstance(x, DoraUpdate) else x for x in links]
+        r = next((x.factors["B"].shape[1] for x in factored if "B" in x.factors), update.rank)
+        k = self.hparams.chain if spec.chained else 1
+        n, m = update.shape
+        return spec.trainable_per_layer(n, m, r, k), True
+
+    def num_trainable_by_formula(self) -> int:
+        """D from the variant's registry formula, summed over updates (see :meth:`formula_count`)."""
+        return sum(self.formula_count(u)[0] for u in self.updates.values())
 
     def requires_base(self) -> BaseModel:
         """The base model, or a clear error saying how to provide it."""
