@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from fractions import Fraction
@@ -281,6 +282,7 @@ def _checkpoint(tmp_path, with_base=True):
     if with_base:
         save_file(base_state, str(tmp_path / "model.safetensors"))
         base = BaseModel(tmp_path)
+        updates = {k: dataclasses.replace(u, base=base) for k, u in updates.items()}
     ckpt = Checkpoint(
         path=tmp_path,
         format="genbound",
