@@ -91,28 +91,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _report(ckpt, out: Path, *, force: bool) -> Path:
     from genbound.cli.progress import track
-    from genbound.report import write_report
+    from genbound.report import ensure_writable, write_report
+    from genbound.spectra import analyze_spectra
 
+    ensure_writable(out, force=force)  # fail before the work, not after
+    spectra = analyze_spectra(ckpt, progress=lambda it, n: track(it, n, "spectra"))
+    return write_report(ckpt, out, spectra, force=force)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
     ckpt = _load(args)
     out = args.out or (args.path if args.path.is_dir() else args.path.parent) / "genbound-report"
-    done = write_report(ckpt, out, force=args.force, progress=lambda it, n: track(it, n, "spectra"))
+    done = _report(ckpt, out, force=args.force)
     print(f"report written to {done}/report.md (and report.json)")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from genbound.cli.progress import track
     from genbound.demo import build_demo_checkpoint
-    from genbound.report import write_report
 
     ckpt_dir = build_demo_checkpoint(args.out, force=args.force)
     print(f"built checkpoint {ckpt_dir}")
     ckpt = _load(argparse.Namespace(path=ckpt_dir, base=None, adapter=None, n_train=None))
-    done = write_report(
-        ckpt, args.out / "report", force=True, progress=lambda it, n: track(it, n, "spectra")
-    )
+    done = _report(ckpt, args.out / "report", force=True)
     print(f"report written to {done}/report.md (and report.json)")
     return 0
 

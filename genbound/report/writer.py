@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
-from genbound.report.summary import UpdateSummary
+from genbound.report.serialize import jsonable
+from genbound.spectra import LayerSpectrum, SpectraResult
 
 SCHEMA = "genbound.report/1"
 
@@ -25,32 +24,52 @@ def checkpoint_info(ckpt: Checkpoint) -> dict:
         "format": ckpt.format,
         "variant": ckpt.variant,
         "adapter_name": ckpt.adapter_name,
-        "hparams": {
-            "rank": hp.rank,
-            "alpha": hp.alpha,
-            "scale": hp.scale,
-            "rslora": hp.rslora,
-            "chain": hp.chain,
-            "selector_seed": hp.selector_seed,
-            "targets": list(hp.targets),
-            **{
-                k: v
-                for k, v in hp.extra.items()
-                if isinstance(v, (int, float, str, bool, list, dict, type(None)))
-            },
-        },
+        "hparams": jsonable(
+            {
+                "rank": hp.rank,
+                "alpha": hp.alpha,
+                "scale": hp.scale,
+                "rslora": hp.rslora,
+                "chain": hp.chain,
+                "selector_seed": hp.selector_seed,
+                "targets": list(hp.targets),
+                **hp.extra,
+            }
+        ),
         "dtype": str(ckpt.dtype).removeprefix("torch."),
         "bits_per_param": ckpt.bits_per_param,
         "n_train": ckpt.n_train,
         "base_model": str(ckpt.base.path) if ckpt.base is not None else None,
         "num_trainable": ckpt.num_trainable,
         "num_trainable_by_formula": ckpt.num_trainable_by_formula(),
-        "metrics": {k: v for k, v in ckpt.metrics.items() if not k.endswith("_history")},
+        "metrics": jsonable({k: v for k, v in ckpt.metrics.items() if not k.endswith("_history")}),
         "notes": list(ckpt.notes),
     }
 
 
-def render_markdown(info: dict, updates: list[UpdateSummary]) -> str:
+def layer_json(ckpt: Checkpoint, layer: LayerSpectrum) -> dict:
+    """One update's entry: structure, trainable count and every spectral measure."""
+    u = ckpt.updates[layer.name]
+    out = {
+        "name": layer.name,
+        "kind": layer.kind,
+        "shape": list(layer.shape),
+        "rank": u.rank,
+        "trainable": u.num_trainable,
+    }
+    out.update(jsonable(layer, skip=frozenset({"name", "kind", "shape", "top", "U"})))
+    if layer.top is not None:
+        out["top"] = {
+            "method": layer.top.method,
+            "converged": layer.top.converged,
+            "steps": layer.top.steps,
+            "max_residual": float(layer.top.residuals.max(initial=0.0)),
+            "tol": layer.top.tol,
+        }
+    return out
+
+
+def render_markdown(info: dict, spectra: SpectraResult) -> str:
     lines = [
         f"# genbound report: {info['variant']} ({info['format']})",
         "",
@@ -61,52 +80,66 @@ def render_markdown(info: dict, updates: list[UpdateSummary]) -> str:
         f"- stored dtype: {info['dtype']} ({info['bits_per_param']} bits per parameter)",
         f"- training examples: {info['n_train'] if info['n_train'] is not None else 'unknown'}",
         "",
-        "| module | kind | shape | rank | trainable | ‖dW‖₂ | ‖dW‖_F |",
-        "|---|---|---|---|---|---|---|",
+        "| module | kind | shape | ‖dW‖₂ | ‖dW‖_F | stable rank | eff. rank | ‖dW‖₂/‖W0‖₂ | intruders (eps 0.5) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for u in updates:
-        spec = f"{u.spectral_norm:.4g}" if u.spectral_norm is not None else "needs base"
-        frob = f"{u.frobenius_norm:.4g}" if u.frobenius_norm is not None else "needs base"
-        shape = " x ".join(map(str, u.shape))
-        lines.append(
-            f"| `{u.name}` | {u.kind} | {shape} | {u.rank} | {u.trainable:,} | {spec} | {frob} |"
+    for x in spectra.layers:
+        rel = f"{x.relative_spectral:.3g}" if x.relative_spectral is not None else "n/a"
+        intr = (
+            f"{x.intruders.count_at(0.5)} / {x.intruders.k}"
+            if x.intruders is not None and 0.5 in x.intruders.eps
+            else "n/a"
         )
+        shape = " x ".join(map(str, x.shape))
+        lines.append(
+            f"| `{x.name}` | {x.kind} | {shape} | {x.spectral_norm:.4g} | {x.frobenius_norm:.4g} | "
+            f"{x.stable_rank:.3g} | {x.effective_rank:.3g} | {rel} | {intr} |"
+        )
+    if spectra.skipped:
+        lines += [
+            "",
+            "Not matrices (no spectrum): " + ", ".join(f"`{n}`" for n, _ in spectra.skipped),
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    ckpt: Checkpoint,
-    out_dir: str | Path,
-    *,
-    force: bool = False,
-    progress: Callable[[Iterable[UpdateSummary], int], Iterable[UpdateSummary]] | None = None,
-) -> Path:
-    """Compute the data-free summary of ``ckpt`` and write ``report.json`` and ``report.md``.
-
-    The folder appears whole or not at all; an existing report is replaced only with
-    ``force=True``. ``progress`` may wrap the per-update iterator (the CLI's bar).
-    """
+def ensure_writable(out_dir: str | Path, *, force: bool) -> Path:
+    """Refuse (before any work) to replace an existing report unless ``force``."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise GenboundError(f"{out}: a report already exists there; pass --force to replace it.")
-    from genbound.report.summary import summarize_updates
+    return out
 
-    start = time.perf_counter()
-    it = summarize_updates(ckpt)
-    updates = list(progress(it, len(ckpt.updates)) if progress else it)
+
+def write_report(
+    ckpt: Checkpoint, out_dir: str | Path, spectra: SpectraResult, *, force: bool = False
+) -> Path:
+    """Write ``report.json`` and ``report.md`` for ``ckpt`` with its computed ``spectra``.
+
+    The folder appears whole or not at all; an existing report is replaced only with
+    ``force=True``.
+    """
+    out = ensure_writable(out_dir, force=force)
     info = checkpoint_info(ckpt)
     doc = {
         "schema": SCHEMA,
         "genbound_version": genbound.__version__,
         "checkpoint": info,
-        "updates": [u.to_json() for u in updates],
-        "timings_s": {"spectra": time.perf_counter() - start},
+        "updates": [layer_json(ckpt, x) for x in spectra.layers],
+        "skipped_updates": [{"name": n, "why": why} for n, why in spectra.skipped],
+        "spectra_settings": {
+            "k": spectra.k,
+            "eps": list(spectra.eps),
+            "cache_hits": spectra.cache_hits,
+            "cache_misses": spectra.cache_misses,
+        },
+        "timings_s": {"spectra": spectra.seconds},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (tmp / "report.md").write_text(render_markdown(info, updates))
+        (tmp / "report.md").write_text(render_markdown(info, spectra))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
