@@ -350,3 +350,32 @@ def test_save_after_merge_and_existing_dir(tmp_path):
     h.merge()
     with pytest.raises(GenboundError, match="merged"):
         h.save(tmp_path / "run2")
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_fused_gather_matches_unfused(conv1d, monkeypatch):
+    """The fused base + gather autograd function gives the unfused outputs and gradients."""
+    from genbound.adapters.layers import SelectorLayer
+
+    torch.manual_seed(0)
+    if conv1d:
+        from transformers.pytorch_utils import Conv1D
+
+        base = Conv1D(7, 12).double()
+        with torch.no_grad():
+            base.weight.normal_()
+            base.bias.normal_()
+    else:
+        base = nn.Linear(12, 7).double()
+    layer = SelectorLayer(base, rank=3, scale=1.7, plan=[torch.tensor([1, 5, 9])]).double()
+    with torch.no_grad():
+        layer.B.normal_()
+    x = torch.randn(2, 4, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, B: layer(x), (x, layer.B))
+    outs = []
+    for fused in (True, False):
+        monkeypatch.setattr(SelectorLayer, "fused", fused)
+        y = layer(x)
+        outs.append((y, *torch.autograd.grad((y**2).sum(), [x, layer.B])))
+    for a, b in zip(*outs, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
