@@ -342,6 +342,13 @@ def test_bad_arguments_leave_model_untouched(method, kw, match):
     assert isinstance(model.fc1, nn.Linear)
 
 
+def test_apply_twice_is_refused():
+    model = MLP()
+    ga.apply(model, "lora", rank=R, targets=["fc1"])
+    with pytest.raises(GenboundError, match="without adapters"):
+        ga.apply(model, "cla", rank=R, targets=["fc2"])
+
+
 def test_save_after_merge_and_existing_dir(tmp_path):
     h = ga.apply(MLP(), "lora", rank=R, targets=["fc1"])
     h.save(tmp_path / "run")

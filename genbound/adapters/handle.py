@@ -216,6 +216,9 @@ class AdapterHandle:
 
         Adapted layers are saved as their factors (a ``chain`` of links for chained
         methods), dense tensors as ``delta`` (fft) or ``value`` + ``initial`` (heads).
+        Snapshots (:meth:`snapshot`) go to ``trajectory.safetensors``, keyed by the
+        parameters' names in the wrapped model (``fc1.B``, ``classifier.weight``).
+        ``hparams.chain`` is the number of links actually started (``chain_planned``: k).
         """
         from genbound.checkpoint.native import write_run
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from genbound.adapters.handle import AdapterHandle, DenseTensor
-from genbound.adapters.layers import is_conv1d, is_linear, linear_shape
+from genbound.adapters.layers import AdaptedLayer, is_conv1d, is_linear, linear_shape
 from genbound.adapters.registry import get_variant
 from genbound.errors import GenboundError
 
@@ -130,6 +130,12 @@ def apply(
             f"expected one of {', '.join(TRAINABLE)}."
         )
     _check_scalars(variant.name, variant.chained, variant.structure, rank, chain, lr_ratio, alpha)
+    wrapped = [n for n, mod in model.named_modules() if isinstance(mod, AdaptedLayer)]
+    if wrapped:
+        raise GenboundError(
+            f"apply: expected a model without adapters, found {len(wrapped)} adapted layers "
+            f"({wrapped[0]}, ...); merge() the previous handle or start from a fresh model."
+        )
     heads = find_heads(model, head)
     if variant.name == "head" and not heads:
         raise GenboundError(
