@@ -386,3 +386,32 @@ def test_fused_gather_matches_unfused(conv1d, monkeypatch):
         outs.append((y, *torch.autograd.grad((y**2).sum(), [x, layer.B])))
     for a, b in zip(*outs, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_gpt2_chain_merges_transposed_weights():
+    model = tiny_gpt2()
+    h = ga.apply(model, "random_c3la", rank=4, targets=["c_fc"], chain=2, head=(), seed=0)
+    x = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        for layer in h.layers.values():
+            layer.B.normal_(std=0.1)
+        before = model(x).logits
+        h.chain_step()
+        after = model(x).logits
+    assert (after - before).abs().max() <= 1e-5
+    assert all(len(layer.finished) == 1 for layer in h.layers.values())
+
+
+def test_fft_whole_tiny_bert(tmp_path):
+    model = tiny_bert()
+    model.save_pretrained(tmp_path / "base")
+    h = ga.apply(model, "fft")
+    assert h.num_trainable == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        for p in h.trainable_parameters():
+            p.add_(0.01)
+    ckpt = load_checkpoint(h.save(tmp_path / "run", base_model=tmp_path / "base"))
+    assert ckpt.num_trainable == ckpt.num_trainable_by_formula() == h.num_trainable
+    emb = ckpt.updates["bert.embeddings.word_embeddings"]
+    assert emb.transposed and emb.shape == (32, 64)
+    assert torch.allclose(emb.delta(), torch.full((32, 64), 0.01), atol=1e-6)

@@ -119,3 +119,16 @@ def test_fit_plain_model_and_trajectory(tmp_path):
     assert [s for s, _ in h.snapshots] == [0, 2, 3]
     ckpt = load_checkpoint(h.save(tmp_path / "run"))
     assert ckpt.trajectory["steps"] == [0, 2, 3]
+
+
+def test_fit_hugging_face_model_with_masks():
+    from conftest import tiny_bert
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 64, (24, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[:, 8:] = 0
+    y = (ids[:, 0] % 3).long()
+    h = ga.apply(tiny_bert(), "cla", rank=4, targets=["query", "value"], seed=0)
+    res = fit(h, (ids, mask, y), (ids, mask, y), epochs=2, lr=1e-2, batch_size=8)
+    assert len(res.history) == 2 and res.test_acc is not None
