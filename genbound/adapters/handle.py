@@ -8,7 +8,6 @@ live model's ``base.weight`` already holds the merged ones.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -299,56 +298,11 @@ class AdapterHandle:
     def export_peft(
         self, out_dir: str | Path, *, base_model_name_or_path: str | None = None
     ) -> Path:
-        """Write a PEFT LoRA adapter folder that ``PeftModel.from_pretrained`` loads.
+        """Write a PEFT LoRA adapter folder (lora, lora_plus, asym); see
+        :func:`genbound.adapters.peft_export.export_peft`."""
+        from genbound.adapters.peft_export import export_peft
 
-        Only for ``lora``, ``lora_plus`` and ``asym`` (dW = s B A, one link). Heads are
-        saved as ``modules_to_save``. Asym's frozen A is stored as an ordinary ``lora_A``.
-        """
-        if self.variant.name not in ("lora", "lora_plus", "asym"):
-            raise GenboundError(
-                f"export_peft: expected a lora, lora_plus or asym run, found "
-                f"{self.variant.name!r}; other variants are not PEFT LoRA adapters."
-            )
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, torch.Tensor] = {}
-        for name, layer in self.layers.items():
-            tensors[f"base_model.model.{name}.lora_A.weight"] = layer.A.detach().clone()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = layer.B.detach().clone()
-        heads = sorted(self.heads)
-        for d in self.dense:
-            if d.head:
-                tensors[f"base_model.model.{d.param}"] = d.parameter.detach().clone()
-        transposed = {layer.transposed for layer in self.layers.values()}
-        hp = self.hparams
-        config = {
-            "peft_type": "LORA",
-            "task_type": None,
-            "r": hp["rank"],
-            "lora_alpha": hp["alpha"],
-            "use_rslora": bool(hp.get("rslora")),
-            "target_modules": sorted(self.layers),
-            "modules_to_save": heads or None,
-            "fan_in_fan_out": transposed == {True},
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "init_lora_weights": True,
-            "base_model_name_or_path": base_model_name_or_path,
-            "inference_mode": True,
-        }
-        if len(transposed) > 1:
-            raise GenboundError(
-                "export_peft: expected all adapted layers to be Linear or all Conv1D (PEFT's "
-                "fan_in_fan_out is global), found both."
-            )
-        (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(
-            {k: v.contiguous().cpu() for k, v in tensors.items()},
-            str(out / "adapter_model.safetensors"),
-        )
-        return out
+        return export_peft(self, out_dir, base_model_name_or_path=base_model_name_or_path)
 
 
 def _dtype_name(tensors: Mapping[str, torch.Tensor]) -> str:
