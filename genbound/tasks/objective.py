@@ -17,6 +17,8 @@ from torch import nn
 
 #: ``loss(model, batch) -> (B,)`` per-example losses (float, differentiable).
 PerExampleLoss = Callable[[nn.Module, Any], torch.Tensor]
+#: ``forward(model, batch) -> (B, K)`` logits.
+Forward = Callable[[nn.Module, Any], torch.Tensor]
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +45,8 @@ class Objective:
         trainable: names of the parameters that were trained (the adapter subspace), as in
             ``model.named_parameters()``.
         description: what model and data this is (for reports).
+        forward: ``forward(model, batch) -> (B, K)`` logits, for error rates (default:
+            ``model(inputs)``, or its ``.logits``).
     """
 
     model: nn.Module
@@ -50,6 +54,11 @@ class Objective:
     loss: PerExampleLoss
     trainable: tuple[str, ...]
     description: str = ""
+    forward: Forward | None = None
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """(B, K) logits of ``batch``."""
+        return (self.forward or model_logits)(self.model, batch)
 
     @property
     def num_examples(self) -> int:
@@ -64,9 +73,13 @@ class Objective:
         return total / max(self.num_examples, 1)
 
 
-def cross_entropy_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-example cross-entropy of ``model(inputs)`` (logits (B, K), or an object with
-    ``.logits``) against ``batch.labels``."""
+def model_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """``model(inputs)`` as (B, K) logits (a dict of inputs is passed as keywords; an
+    output with ``.logits`` is unwrapped)."""
     out = model(**batch.inputs) if isinstance(batch.inputs, dict) else model(batch.inputs)
-    logits = out.logits if hasattr(out, "logits") else out
-    return nn.functional.cross_entropy(logits, batch.labels, reduction="none")
+    return out.logits if hasattr(out, "logits") else out
+
+
+def cross_entropy_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Per-example cross-entropy of :func:`model_logits` against ``batch.labels``."""
+    return nn.functional.cross_entropy(model_logits(model, batch), batch.labels, reduction="none")

@@ -1,0 +1,212 @@
+"""A Hugging Face sequence classifier run on labelled texts, with cached lower layers.
+
+The fine-tuned model is rebuilt from a checkpoint (base weights plus every update) in
+eval mode. For BERT-family encoders (``<base>.embeddings``, ``<base>.encoder.layer``,
+optional ``<base>.pooler``) whose updates all lie at or above layer L, the hidden states
+entering layer L are computed once, without gradients, and the objective evaluates only
+layers L.. plus the pooler and the classifier on them: every later forward, Hessian-vector
+product and landscape point costs a fraction of a full pass. Other architectures are
+evaluated in full (the objective's description says which).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from genbound.checkpoint.model import Checkpoint
+from genbound.errors import GenboundError
+from genbound.tasks.objective import Batch, Objective, cross_entropy_loss
+from genbound.tasks.rebuild import load_updates_into
+from genbound.tasks.texts import LabelledTexts
+
+log = logging.getLogger(__name__)
+
+_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+
+
+def first_adapted_layer(names: Sequence[str]) -> int | None:
+    """The lowest encoder layer index any updated tensor belongs to; None if an update lies
+    below the encoder's layers (embeddings), 10**9 if all lie above them (head only)."""
+    lowest = 10**9
+    for name in names:
+        m = _LAYER.search(name)
+        if m:
+            lowest = min(lowest, int(m.group(1)))
+        elif "embeddings" in name:
+            return None
+    return lowest
+
+
+class EncoderSuffix(nn.Module):
+    """Layers L.. of a BERT-family encoder, its pooler and the classification head.
+
+    Takes ``hidden`` (B, T, H), the hidden states entering layer L, and ``attention_mask``
+    (B, T); returns logits (B, K). Shares its modules (and so its parameters) with the full
+    model it was cut from.
+    """
+
+    def __init__(self, model: nn.Module, start: int):
+        super().__init__()
+        base = model.base_model
+        self.config = model.config
+        self.layers = nn.ModuleList(list(base.encoder.layer)[start:])
+        self.pooler = getattr(base, "pooler", None)
+        self.dropout = getattr(model, "dropout", nn.Identity())
+        self.classifier = model.classifier
+        self.start = start
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        for layer in self.layers:
+            out = layer(hidden, mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        pooled = self.pooler(hidden) if self.pooler is not None else hidden[:, 0]
+        return self.classifier(self.dropout(pooled))
+
+
+@dataclass(frozen=True)
+class TextClassificationTask:
+    """Sequence classification of labelled texts with a Hugging Face model.
+
+    Attributes:
+        base_path: the pretrained model folder (read offline).
+        train, test: the data.
+        max_length: tokens per text (longer texts are truncated).
+        batch_size: examples per batch (batches are length-bucketed: texts of similar length
+            share a batch, so little is padded).
+        cache_activations: evaluate only the layers above the first adapted one on cached
+            hidden states (BERT-family encoders).
+    """
+
+    base_path: Path
+    train: LabelledTexts
+    test: LabelledTexts
+    max_length: int = 64
+    batch_size: int = 64
+    cache_activations: bool = True
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.train.label_names)
+
+    def build_model(
+        self, checkpoint: Checkpoint | None = None, *, attn_implementation: str = "sdpa"
+    ) -> nn.Module:
+        """The base model with the checkpoint's updates, in eval mode (a fresh model)."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.base_path, num_labels=self.num_labels, attn_implementation=attn_implementation
+            )
+        except OSError as exc:
+            raise GenboundError(f"{self.base_path}: cannot load the base model ({exc}).") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if checkpoint is not None:
+            load_updates_into(model, checkpoint)
+        return model.eval()
+
+    def tokenized_batches(self, data: LabelledTexts) -> list[Batch]:
+        """Length-bucketed batches of ``input_ids``/``attention_mask`` (fixed order)."""
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.base_path)
+        enc = tok(list(data.texts), truncation=True, max_length=self.max_length)
+        lengths = torch.tensor([len(ids) for ids in enc["input_ids"]])
+        order = torch.argsort(lengths, stable=True)
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size].tolist()
+            width = int(lengths[idx].max())
+            ids = torch.full((len(idx), width), tok.pad_token_id or 0, dtype=torch.int64)
+            mask = torch.zeros((len(idx), width), dtype=torch.int64)
+            for row, i in enumerate(idx):
+                seq = enc["input_ids"][i]
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            batches.append(Batch({"input_ids": ids, "attention_mask": mask}, data.labels[idx]))
+        return batches
+
+    def objectives(self, checkpoint: Checkpoint | None) -> tuple[Objective, Objective]:
+        """(train, test) objectives of the fine-tuned model; both share one model."""
+        model = self.build_model(checkpoint)
+        names = list(checkpoint.updates) if checkpoint is not None else []
+        trainable = _trainable_names(model, checkpoint)
+        start = first_adapted_layer(names) if self.cache_activations else None
+        n_layers = len(model.base_model.encoder.layer) if _is_bert_family(model) else None
+        if start is None or n_layers is None:
+            desc = f"{type(model).__name__} from {self.base_path}, full forward"
+            train, test = self.tokenized_batches(self.train), self.tokenized_batches(self.test)
+            return (
+                Objective(model, train, cross_entropy_loss, trainable, desc + " (train)"),
+                Objective(model, test, cross_entropy_loss, trainable, desc + " (test)"),
+            )
+        start = min(start, n_layers)
+        suffix = EncoderSuffix(model, start).eval()
+        suffix_names = _suffix_names(model, suffix, trainable)
+        desc = f"{type(model).__name__} from {self.base_path}, layers {start}..{n_layers - 1} on cached inputs"
+        out = []
+        for split, data in (("train", self.train), ("test", self.test)):
+            batches = [self._cache(model, b, start) for b in self.tokenized_batches(data)]
+            out.append(
+                Objective(suffix, batches, cross_entropy_loss, suffix_names, f"{desc} ({split})")
+            )
+        return out[0], out[1]
+
+    @torch.no_grad()
+    def _cache(self, model: nn.Module, batch: Batch, start: int) -> Batch:
+        """The hidden states entering layer ``start`` for one batch (frozen lower layers)."""
+        out = model.base_model(**batch.inputs, output_hidden_states=True)
+        hidden = out.hidden_states[start].detach().clone()
+        return Batch(
+            {"hidden": hidden, "attention_mask": batch.inputs["attention_mask"]}, batch.labels
+        )
+
+
+def _is_bert_family(model: nn.Module) -> bool:
+    base = getattr(model, "base_model", None)
+    return (
+        base is not None
+        and hasattr(base, "embeddings")
+        and hasattr(getattr(base, "encoder", None), "layer")
+        and hasattr(model, "classifier")
+    )
+
+
+def _trainable_names(model: nn.Module, checkpoint: Checkpoint | None) -> tuple[str, ...]:
+    """Model parameter names that the checkpoint updated (the trained subspace, merged)."""
+    if checkpoint is None:
+        return ()
+    from genbound.tasks.rebuild import resolve_parameter
+
+    names = {n for n, _ in model.named_parameters()}
+    found = (resolve_parameter(names, u.param) for u in checkpoint.updates.values())
+    return tuple(n for n in found if n is not None)
+
+
+def _suffix_names(model: nn.Module, suffix: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
+    """The suffix's own names for the given full-model parameters (those it contains)."""
+    by_id = {id(p): n for n, p in suffix.named_parameters()}
+    full = dict(model.named_parameters())
+    return tuple(by_id[id(full[n])] for n in names if n in full and id(full[n]) in by_id)

@@ -1,0 +1,152 @@
+"""Tasks: the rebuilt model equals PEFT's merged model, cached suffixes equal full passes, the gap
+equals a hand loop over examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_adapters, tiny_bert
+
+from genbound import load_checkpoint
+from genbound.errors import GenboundError
+from genbound.gap import empirical_gap
+from genbound.tasks.hf_text import TextClassificationTask, first_adapted_layer
+from genbound.tasks.texts import LabelledTexts, read_labelled
+
+WORDS = [
+    "good",
+    "bad",
+    "fine",
+    "awful",
+    "great",
+    "meh",
+    "ok",
+    "sad",
+    "happy",
+    "film",
+    "day",
+    "food",
+]
+
+
+def _base_with_tokenizer(tmp_path):
+    from transformers import BertTokenizerFast
+
+    base_dir = tmp_path / "base"
+    tiny_bert().save_pretrained(base_dir)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(base_dir)
+    return base_dir
+
+
+def _texts(n, seed):
+    g = np.random.default_rng(seed)
+    texts = tuple(" ".join(g.choice(WORDS, size=g.integers(1, 9))) for _ in range(n))
+    return LabelledTexts(
+        texts, torch.tensor(g.integers(0, 3, size=n)), ("neg", "neu", "pos"), "random"
+    )
+
+
+def _peft_checkpoint(tmp_path, base_dir, targets, layers=None):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3)
+    pm = get_peft_model(
+        model,
+        LoraConfig(
+            r=2, target_modules=targets, layers_to_transform=layers, modules_to_save=["classifier"]
+        ),
+    )
+    randomize_adapters(pm, scale=0.5)
+    pm.save_pretrained(tmp_path / "adapter")
+    return load_checkpoint(tmp_path / "adapter", n_train=10), pm.merge_and_unload().eval()
+
+
+@pytest.mark.parametrize("layers", [[1], None], ids=["top-layer-cached", "all-layers-full"])
+def test_objective_matches_merged_peft_model_and_hand_gap(tmp_path, layers):
+    base_dir = _base_with_tokenizer(tmp_path)
+    ckpt, merged = _peft_checkpoint(tmp_path, base_dir, ["query", "value"], layers)
+    train, test = _texts(10, 0), _texts(7, 1)
+    task = TextClassificationTask(base_dir, train, test, batch_size=4)
+    tr, te = task.objectives(ckpt)
+    assert ("cached" in tr.description) == (layers == [1])
+    # every trained tensor is visible to analyses under the objective's own names
+    params = dict(tr.model.named_parameters())
+    assert tr.trainable and all(n in params for n in tr.trainable)
+    # per-example reference: the PEFT-merged model, one text at a time
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+
+    def hand(data):
+        losses, errors = [], []
+        with torch.no_grad():
+            for text, label in zip(data.texts, data.labels, strict=True):
+                logits = merged(**tok(text, return_tensors="pt")).logits[0].double()
+                losses.append(float(torch.nn.functional.cross_entropy(logits[None], label[None])))
+                errors.append(float(logits.argmax() != label))
+        return np.array(losses), np.array(errors)
+
+    (ltr, etr), (lte, ete) = hand(train), hand(test)
+    gap = empirical_gap(tr, te)
+    assert gap.train.n == 10 and gap.test.n == 7
+    assert gap.train.loss == pytest.approx(ltr.mean(), rel=1e-5)
+    assert gap.test.loss == pytest.approx(lte.mean(), rel=1e-5)
+    assert gap.loss_gap == pytest.approx(lte.mean() - ltr.mean(), rel=1e-4, abs=1e-6)
+    assert gap.error_gap == pytest.approx(ete.mean() - etr.mean(), abs=1e-12)
+    se = math.hypot(ltr.std(ddof=1) / math.sqrt(10), lte.std(ddof=1) / math.sqrt(7))
+    assert gap.loss_gap_stderr == pytest.approx(se, rel=1e-4)
+    assert not tr.model.training  # eval mode throughout
+
+
+def test_first_adapted_layer():
+    assert (
+        first_adapted_layer(
+            [
+                "bert.encoder.layer.4.attention.self.query",
+                "bert.encoder.layer.5.output.dense",
+                "classifier.weight",
+            ]
+        )
+        == 4
+    )
+    assert (
+        first_adapted_layer(["bert.embeddings.word_embeddings", "bert.encoder.layer.3.x"]) is None
+    )
+    assert first_adapted_layer(["classifier.weight"]) == 10**9
+
+
+def test_read_labelled_csv_jsonl_and_errors(tmp_path):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("text,sentiment\nnice day,positive\nawful,negative\nfine,neutral\n")
+    data = read_labelled(csv_path, text_column="text", label_column="sentiment")
+    assert data.label_names == ("negative", "neutral", "positive") and data.labels.tolist() == [
+        2,
+        0,
+        1,
+    ]
+    jl = tmp_path / "d.jsonl"
+    jl.write_text('{"t": "a", "y": 1}\n{"t": "b", "y": 0}\n')
+    data = read_labelled(jl, text_column="t", label_column="y")
+    assert data.labels.tolist() == [1, 0] and data.label_names == ("0", "1")
+    with pytest.raises(GenboundError, match=r"column missing.*'label'.*\['sentiment', 'text'\]"):
+        read_labelled(csv_path, text_column="text", label_column="label")
+    with pytest.raises(GenboundError, match="unknown labels"):
+        read_labelled(
+            csv_path,
+            text_column="text",
+            label_column="sentiment",
+            label_names=["negative", "positive"],
+        )
+    latin = tmp_path / "l.csv"
+    latin.write_bytes("text,y\ncaf\xe9,1\n".encode("latin-1"))
+    with pytest.raises(GenboundError, match="latin-1"):
+        read_labelled(latin, text_column="text", label_column="y")
+    assert read_labelled(latin, text_column="text", label_column="y", encoding="latin-1").texts == (
+        "café",
+    )
