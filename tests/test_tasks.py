@@ -67,10 +67,14 @@ def _peft_checkpoint(tmp_path, base_dir, targets, layers=None):
     return load_checkpoint(tmp_path / "adapter", n_train=10), pm.merge_and_unload().eval()
 
 
-@pytest.mark.parametrize("layers", [[1], None], ids=["top-layer-cached", "all-layers-full"])
-def test_objective_matches_merged_peft_model_and_hand_gap(tmp_path, layers):
+@pytest.mark.parametrize(
+    ("targets", "layers"),
+    [(["query", "value"], [1]), (["word_embeddings", "value"], None)],
+    ids=["top-layer-cached", "embeddings-full-forward"],
+)
+def test_objective_matches_merged_peft_model_and_hand_gap(tmp_path, targets, layers):
     base_dir = _base_with_tokenizer(tmp_path)
-    ckpt, merged = _peft_checkpoint(tmp_path, base_dir, ["query", "value"], layers)
+    ckpt, merged = _peft_checkpoint(tmp_path, base_dir, targets, layers)
     train, test = _texts(10, 0), _texts(7, 1)
     task = TextClassificationTask(base_dir, train, test, batch_size=4)
     tr, te = task.objectives(ckpt)
