@@ -1,0 +1,294 @@
+"""Spectral algorithms over a symmetric operator: Lanczos, Hutch++ and SLQ density.
+
+An operator has ``size``, ``matvec(v)`` / ``matmat(V)`` on float64 vectors, ``project(V)``
+(its domain; identity for plain parameters) and ``num_products``. Every random draw uses
+a private ``torch.Generator`` seeded by ``seed``, never the global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Top-k eigenvalues (largest algebraic first) of the Hessian.
+
+    Attributes:
+        eigenvalues: (k,) float64, descending.
+        residuals: (k,) ||H y - theta y|| / |theta| of each Ritz pair.
+        converged: every residual <= tol.
+        tol: the residual tolerance.
+        iterations: Lanczos steps (= Hessian-vector products).
+        num_products: products the estimate used.
+        seed: seed of the starting vector.
+        parameterization: ``"factors (A, B)"`` or ``"merged dW"``.
+        params: which parameters (``"trainable"``, ``"all"``, patterns).
+        dimension: dimension of the space (the tangent space for merged dW).
+        vectors: (size x k) Ritz vectors (float64), when asked for.
+        notes: anything skipped.
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    converged: bool
+    tol: float
+    iterations: int
+    num_products: int
+    seed: int
+    parameterization: str = ""
+    params: str = ""
+    dimension: int = 0
+    vectors: torch.Tensor | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """Trace estimate by Hutch++ with its standard error.
+
+    Attributes:
+        trace: the estimate.
+        stderr: standard error of the Hutchinson part (the sketch part is exact).
+        sketch_trace: tr(Q^T H Q) of the low-rank part.
+        num_products, seed, parameterization, params, dimension, notes: as in EigenResult.
+        samples: the residual Hutchinson samples.
+    """
+
+    trace: float
+    stderr: float
+    sketch_trace: float
+    num_products: int
+    seed: int
+    parameterization: str = ""
+    params: str = ""
+    dimension: int = 0
+    samples: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DensityResult:
+    """Spectral density by stochastic Lanczos quadrature.
+
+    Attributes:
+        nodes: (probes, steps) Ritz values per probe.
+        weights: (probes, steps) quadrature weights per probe (each row sums to 1).
+        grid: (G,) eigenvalue grid; density: (G,) Gaussian-broadened density on it
+            (integrates to 1); sigma: the broadening.
+        trace: dimension * mean of sum(weights * nodes) (an SLQ trace estimate).
+        num_products, seed, parameterization, params, dimension, notes: as in EigenResult.
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    sigma: float
+    trace: float
+    num_products: int
+    seed: int
+    parameterization: str = ""
+    params: str = ""
+    dimension: int = 0
+    notes: tuple[str, ...] = ()
+
+
+def _unit(op, gen: torch.Generator) -> torch.Tensor:
+    v = op.project(torch.randn(op.size, 1, generator=gen, dtype=torch.float64))[:, 0]
+    return v / torch.linalg.vector_norm(v)
+
+
+def _rademacher(op, p: int, gen: torch.Generator) -> torch.Tensor:
+    z = torch.randint(0, 2, (op.size, p), generator=gen, dtype=torch.int64)
+    return op.project(z.to(torch.float64) * 2 - 1)
+
+
+def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int, *, keep_basis: bool = True, check=None):
+    """Lanczos with full reorthogonalisation from the unit vector v0.
+
+    Returns (alpha, beta, Q): T has diagonal alpha (j,) and off-diagonal beta[:j-1];
+    beta[j-1] is the residual coupling of the last step; Q (size x j) the basis.
+    ``check(alpha, beta)`` after each step may return True to stop early.
+    """
+    q = [v0]
+    alpha: list[float] = []
+    beta: list[float] = []
+    dim = getattr(op, "dimension", op.size)
+    for j in range(min(steps, dim)):
+        w = op.matvec(q[j])
+        a = float(w @ q[j])
+        alpha.append(a)
+        basis = torch.stack(q, dim=1)
+        w = w - basis @ (basis.T @ w)  # full reorthogonalisation, twice
+        w = w - basis @ (basis.T @ w)
+        b = float(torch.linalg.vector_norm(w))
+        beta.append(b)
+        if check is not None and check(alpha, beta):
+            break
+        if b <= 1e-12 * max(abs(a), 1e-300) or j + 1 >= dim:
+            break
+        q.append(w / b)
+    basis = torch.stack(q[: len(alpha)], dim=1) if keep_basis else None
+    return np.array(alpha), np.array(beta), basis
+
+
+def _tridiag(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    j = len(alpha)
+    t = np.diag(alpha)
+    if j > 1:
+        t += np.diag(beta[: j - 1], 1) + np.diag(beta[: j - 1], -1)
+    return t
+
+
+def _ritz(alpha, beta, k):
+    evals, evecs = np.linalg.eigh(_tridiag(np.asarray(alpha), np.asarray(beta)))
+    order = np.argsort(evals)[::-1][:k]
+    theta = evals[order]
+    res = np.abs(beta[len(alpha) - 1] * evecs[-1, order]) / np.maximum(np.abs(theta), 1e-300)
+    return theta, res, evecs[:, order]
+
+
+def lanczos(
+    op,
+    k: int = 1,
+    *,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    min_iter: int | None = None,
+    seed: int = 0,
+    return_vectors: bool = False,
+) -> EigenResult:
+    """Top-k (largest algebraic) eigenpairs of a symmetric operator by Lanczos.
+
+    Iterates until every top-k Ritz pair has relative residual ||H y - theta y|| / |theta|
+    <= tol, or ``max_iter`` steps (default min(dimension, max(100, 10 k))). At least
+    ``min_iter`` steps (default k + 2) are taken: a Krylov space of 2 vectors is never
+    reported as converged unless it is invariant.
+    """
+    dim = getattr(op, "dimension", op.size)
+    k = max(1, min(int(k), dim))
+    max_iter = min(dim, max_iter if max_iter is not None else max(100, 10 * k))
+    min_iter = min(max_iter, min_iter if min_iter is not None else k + 2)
+    gen = torch.Generator().manual_seed(int(seed))
+    start = op.num_products
+
+    def check(alpha, beta):
+        if len(alpha) < min_iter:
+            return False
+        _, res, _ = _ritz(alpha, beta, k)
+        return bool(np.all(res <= tol))
+
+    alpha, beta, basis = lanczos_tridiagonal(
+        op, _unit(op, gen), max_iter, keep_basis=True, check=check
+    )
+    theta, res, s = _ritz(alpha, beta, k)
+    invariant = beta[-1] <= 1e-12 * max(np.max(np.abs(alpha)), 1e-300)
+    vecs = basis @ torch.from_numpy(s) if return_vectors else None
+    return EigenResult(
+        eigenvalues=theta,
+        residuals=res,
+        converged=bool(np.all(res <= tol) or invariant or len(alpha) >= dim),
+        tol=tol,
+        iterations=len(alpha),
+        num_products=op.num_products - start,
+        seed=int(seed),
+        parameterization=getattr(op, "parameterization", ""),
+        params=getattr(op, "params_description", ""),
+        dimension=dim,
+        vectors=vecs,
+        notes=tuple(getattr(op, "skipped", ())),
+    )
+
+
+def hutchpp(op, num_products: int = 30, *, seed: int = 0) -> TraceResult:
+    """Trace by Hutch++ (Meyer et al. 2021) with ``num_products`` products.
+
+    A third of the budget sketches Q = orth(H S), a third gives tr(Q^T H Q) exactly, the
+    rest estimates the trace of the deflated operator with Rademacher probes
+    (I - Q Q^T) g; the standard error is that of their mean. Needs num_products >= 3.
+    """
+    m = max(3, int(num_products))
+    s = m // 3
+    h = m - 2 * s
+    gen = torch.Generator().manual_seed(int(seed))
+    start = op.num_products
+    S = _rademacher(op, s, gen)
+    Q, _ = torch.linalg.qr(op.matmat(S))
+    Q = op.project(Q)
+    sketch = float(torch.trace(Q.T @ op.matmat(Q)))
+    G = _rademacher(op, h, gen)
+    G = G - Q @ (Q.T @ G)
+    samples = (G * op.matmat(G)).sum(dim=0).numpy()
+    rest = float(samples.mean())
+    stderr = float(samples.std(ddof=1) / math.sqrt(h)) if h > 1 else float("inf")
+    return TraceResult(
+        trace=sketch + rest,
+        stderr=stderr,
+        sketch_trace=sketch,
+        num_products=op.num_products - start,
+        seed=int(seed),
+        parameterization=getattr(op, "parameterization", ""),
+        params=getattr(op, "params_description", ""),
+        dimension=getattr(op, "dimension", op.size),
+        samples=samples,
+        notes=tuple(getattr(op, "skipped", ())),
+    )
+
+
+def slq_density(
+    op,
+    num_probes: int = 4,
+    num_steps: int = 30,
+    *,
+    seed: int = 0,
+    grid_size: int = 512,
+    sigma: float | None = None,
+) -> DensityResult:
+    """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+
+    For each Rademacher probe (normalised, in the operator's domain) ``num_steps`` Lanczos
+    steps give nodes (Ritz values) and weights (squared first components). The density on
+    a grid spanning the nodes is their Gaussian broadening with ``sigma`` (default 1 % of
+    the node range).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    dim = getattr(op, "dimension", op.size)
+    start = op.num_products
+    nodes = np.full((num_probes, num_steps), np.nan)
+    weights = np.zeros((num_probes, num_steps))
+    for i in range(num_probes):
+        z = _rademacher(op, 1, gen)[:, 0]
+        z = z / torch.linalg.vector_norm(z)
+        alpha, beta, _ = lanczos_tridiagonal(op, z, num_steps, keep_basis=False)
+        evals, evecs = np.linalg.eigh(_tridiag(alpha, beta))
+        nodes[i, : len(evals)] = evals
+        weights[i, : len(evals)] = evecs[0] ** 2
+    finite = nodes[np.isfinite(nodes)]
+    lo, hi = float(finite.min()), float(finite.max())
+    width = max(hi - lo, 1e-12 * max(abs(hi), 1.0))
+    sigma = float(sigma) if sigma is not None else 0.01 * width
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size)
+    ok = np.isfinite(nodes)
+    nd, wt = nodes[ok], weights[ok] / num_probes
+    dens = (wt[None, :] * np.exp(-0.5 * ((grid[:, None] - nd[None, :]) / sigma) ** 2)).sum(1)
+    dens /= sigma * math.sqrt(2 * math.pi)
+    trace = dim * float((np.nan_to_num(nodes) * weights).sum() / num_probes)
+    return DensityResult(
+        nodes=nodes,
+        weights=weights,
+        grid=grid,
+        density=dens,
+        sigma=sigma,
+        trace=trace,
+        num_products=op.num_products - start,
+        seed=int(seed),
+        parameterization=getattr(op, "parameterization", ""),
+        params=getattr(op, "params_description", ""),
+        dimension=dim,
+        notes=tuple(getattr(op, "skipped", ())),
+    )

@@ -1,0 +1,452 @@
+"""Hessian-vector products of an :class:`~genbound.tasks.objective.Objective`.
+
+Two coordinate systems:
+
+* :class:`HessianOperator`: the Hessian of the mean loss with respect to chosen
+  parameters (the trained adapter factors by default, so in (A, B) coordinates for LoRA).
+* :class:`MergedHessianOperator`: the Hessian with respect to the merged weight W of each
+  adapted layer, restricted to the tangent space T of updates the adapter can reach
+  (LoRA: T = {s (dB A + B dA)}; B-only variants: T = {s dB A}), so a number does not
+  depend on how dW = s B A is factored. Other selected parameters (a trained head) keep
+  their own coordinates.
+
+The mean loss is the sum of per-example losses over all batches divided by the number
+of examples, so a short last batch is not over-weighted. Products are float64 vectors
+(flat, in the order of :attr:`names`); the model computes in its own dtype.
+
+Use an operator inside ``with op:`` (entry points do): that enters
+:func:`~genbound.curvature.context.analysis_mode` and, with ``cache_graphs``, keeps each
+batch's gradient graph for all products (one forward and backward per batch in total,
+then one double backward per batch and product). A product outside ``with`` opens a
+session for itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from genbound.curvature.context import analysis_mode
+from genbound.errors import GenboundError
+
+FACTORS = "factors (A, B)"
+MERGED = "merged dW"
+
+
+def select_parameters(
+    model: nn.Module, trainable: Sequence[str], params: str | Sequence[str] = "trainable"
+) -> tuple[list[str], str]:
+    """Names of the parameters ``params`` selects, and a description of the selection.
+
+    ``"trainable"``: the objective's trainable names; ``"all"``: every parameter; a list of
+    glob patterns (``"*.lora_B.*"``) or regular expressions (prefixed ``"re:"``).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if isinstance(params, str) and params == "trainable":
+        known = set(names)
+        missing = [n for n in trainable if n not in known]
+        if missing:
+            raise GenboundError(
+                f"The objective names trainable parameters the model does not have "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                f"expected names as in model.named_parameters()."
+            )
+        chosen = [n for n in names if n in set(trainable)]
+        desc = "trainable"
+    elif isinstance(params, str) and params == "all":
+        chosen, desc = names, "all"
+    else:
+        pats = [params] if isinstance(params, str) else list(params)
+        chosen = [n for n in names if any(_match(p, n) for p in pats)]
+        desc = "pattern " + ", ".join(pats)
+    if not chosen:
+        raise GenboundError(
+            f"The parameter selection {params!r} matches no parameter of the model; "
+            f"expected 'trainable' (with a non-empty objective.trainable), 'all', or glob "
+            f"patterns such as '*.lora_B.*' (prefix 're:' for a regular expression)."
+        )
+    return chosen, desc
+
+
+def _match(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+class _Base:
+    """Shared machinery: inputs to differentiate, graph cache, session handling."""
+
+    parameterization: str = FACTORS
+
+    def __init__(self, objective, cache_graphs: bool = True):
+        self.objective = objective
+        self.model: nn.Module = objective.model
+        self.cache_graphs = bool(cache_graphs)
+        self.num_products = 0
+        self._graphs: list[tuple[torch.Tensor, ...]] | None = None
+        self._session: contextlib.ExitStack | None = None
+        n = objective.num_examples
+        if n <= 0:
+            raise GenboundError("The objective has no examples; expected at least one batch.")
+        self._n = n
+
+    # -- to define -------------------------------------------------------------------
+    def _inputs(self) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _prepare(self, stack: contextlib.ExitStack) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """Projection onto the operator's domain (identity here)."""
+        return v
+
+    # -- session -----------------------------------------------------------------------
+    def __enter__(self):
+        if self._session is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(analysis_mode(self.model))
+            self._prepare(stack)
+            self._session = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._graphs = None
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.close()
+
+    # -- products ----------------------------------------------------------------------
+    def _batch_grads(self, batch) -> tuple[torch.Tensor, ...]:
+        inputs = self._inputs()
+        with torch.enable_grad():
+            loss = self.objective.loss(self.model, batch).sum() / self._n
+            return torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
+
+    def _grads(self):
+        """Yield each batch's gradient (with graph), cached across products if allowed."""
+        if self._graphs is not None:
+            yield from self._graphs
+            return
+        keep = [] if self.cache_graphs and self._session is not None else None
+        for batch in self.objective.batches:
+            g = self._batch_grads(batch)
+            if keep is not None:
+                keep.append(g)
+            yield g
+        if keep is not None:
+            self._graphs = keep
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        """H V for V (size x p) float64; returns (size x p) float64."""
+        if vs.ndim != 2 or vs.shape[0] != self.size:
+            raise GenboundError(
+                f"Hessian products take vectors of length {self.size} (as columns); "
+                f"found shape {tuple(vs.shape)}."
+            )
+        if self._session is None:
+            with self:
+                return self.matmat(vs)
+        vs = self.project(vs)
+        inputs = self._inputs()
+        chunks = self._split(vs)
+        out = torch.zeros_like(vs, dtype=torch.float64)
+        for g in self._grads():
+            used = [
+                (gi, x, c) for gi, x, c in zip(g, inputs, chunks, strict=True) if gi is not None
+            ]
+            if not used:
+                continue
+            gs = [u[0] for u in used]
+            xs = [u[1] for u in used]
+            for j in range(vs.shape[1]):
+                outs = [u[2][j] for u in used]
+                hv = torch.autograd.grad(
+                    gs, xs, grad_outputs=outs, retain_graph=True, allow_unused=True
+                )
+                out[:, j] += self._flat(hv, xs)
+        self.num_products += vs.shape[1]
+        return self.project(out)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat float64 vector v (size,)."""
+        return self.matmat(v.reshape(-1, 1))[:, 0]
+
+    def _split(self, vs: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per input, the p columns reshaped to the input's shape and dtype."""
+        chunks, start = [], 0
+        for x in self._inputs():
+            k = x.numel()
+            block = vs[start : start + k]
+            chunks.append([block[:, j].reshape(x.shape).to(x.dtype) for j in range(vs.shape[1])])
+            start += k
+        return chunks
+
+    def _flat(self, hv, xs) -> torch.Tensor:
+        ids = {id(x): h for x, h in zip(xs, hv, strict=True)}
+        parts = []
+        for x in self._inputs():
+            h = ids.get(id(x))
+            parts.append(
+                torch.zeros(x.numel(), dtype=torch.float64)
+                if h is None
+                else h.detach().reshape(-1).to(torch.float64)
+            )
+        return torch.cat(parts)
+
+
+class HessianOperator(_Base):
+    """Hessian of the objective's mean loss with respect to selected parameters.
+
+    Args:
+        objective: model, batches, per-example loss, trainable names.
+        params: ``"trainable"`` (default), ``"all"`` or a list of glob / ``"re:"`` patterns.
+        cache_graphs: keep every batch's gradient graph for the session (memory: one
+            double-backward graph per batch); False recomputes it for every product.
+    """
+
+    parameterization = FACTORS
+
+    def __init__(self, objective, params: str | Sequence[str] = "trainable", *, cache_graphs=True):
+        super().__init__(objective, cache_graphs)
+        self.names, self.params_description = select_parameters(
+            self.model, objective.trainable, params
+        )
+        lookup = dict(self.model.named_parameters())
+        self._params = [lookup[n] for n in self.names]
+        self.shapes = [tuple(p.shape) for p in self._params]
+        self.size = sum(p.numel() for p in self._params)
+        self.dimension = self.size
+        self.dtype = self._params[0].dtype
+
+    def _inputs(self) -> list[torch.Tensor]:
+        return self._params
+
+    def _prepare(self, stack: contextlib.ExitStack) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in self._params:
+            p.requires_grad_(True)
+
+
+# -- merged dW -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AdaptedModule:
+    """An adapted layer as the merged operator sees it.
+
+    Attributes:
+        name: module path.
+        module: the adapted module (its output gets ``x @ E^T`` added).
+        n, m: outputs and inputs of the merged weight.
+        kind: ``"peft-lora"``, ``"lowrank"`` or ``"selector"``.
+        factor_names: parameter names of the factors (``"B"``, ``"A"`` as present).
+        trained: which factors are in the selection (``("A", "B")``, ``("B",)``, ``("A",)``).
+        qb: orthonormal basis of col(B) (n x rb), or None when B is not trained.
+        qa: orthonormal basis of row(A) as columns (m x ra), or None when A is not trained.
+        cols: for a selector, the selected input columns (the row space of A = E^T).
+    """
+
+    name: str
+    module: nn.Module
+    n: int
+    m: int
+    kind: str
+    factor_names: dict
+    trained: tuple[str, ...]
+    qb: torch.Tensor | None
+    qa: torch.Tensor | None
+    cols: torch.Tensor | None
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """P_T X for X (p x n x m), float64."""
+        if self.cols is not None:  # selector: dW = dB E^T keeps only the selected columns
+            out = torch.zeros_like(x)
+            out[..., self.cols] = x[..., self.cols]
+            return out
+        out = torch.zeros_like(x)
+        xa = None
+        if self.qa is not None:  # X P_A
+            xa = (x @ self.qa) @ self.qa.T
+            out = out + xa
+        if self.qb is not None:  # P_B X (minus the overlap P_B X P_A)
+            out = out + self.qb @ (self.qb.T @ x)
+            if xa is not None:
+                out = out - self.qb @ (self.qb.T @ xa)
+        return out
+
+    @property
+    def tangent_dimension(self) -> int:
+        if self.cols is not None:
+            return int(self.cols.numel()) * self.n
+        ra = 0 if self.qa is None else self.qa.shape[1]
+        rb = 0 if self.qb is None else self.qb.shape[1]
+        return ra * self.n + rb * self.m - ra * rb
+
+
+def _basis(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the column space of x (float64), by SVD with a rank cutoff."""
+    u, s, _ = torch.linalg.svd(x.detach().double(), full_matrices=False)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return u[:, :0]
+    keep = s > s[0] * max(x.shape) * torch.finfo(x.dtype).eps
+    return u[:, keep]
+
+
+def find_adapted(
+    model: nn.Module, selected: Sequence[str]
+) -> tuple[list[AdaptedModule], list[str]]:
+    """Adapted modules with a selected factor, and notes on modules that were skipped.
+
+    Recognised by duck typing: PEFT LoRA layers (``lora_A``/``lora_B`` ModuleDicts and
+    ``scaling``, one active adapter, no DoRA), genbound low-rank layers (``B``, ``A``,
+    ``base``) and selector layers (``B``, ``indices``, ``base``).
+    """
+    selected = set(selected)
+    found, notes = [], []
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        own = {n for n, _ in mod.named_parameters(recurse=True)}
+        if not any(prefix + n in selected for n in own):
+            continue
+        if isinstance(getattr(mod, "lora_A", None), nn.ModuleDict) and hasattr(mod, "lora_B"):
+            active = [a for a in _active(mod) if a in mod.lora_A]
+            dora = getattr(mod, "lora_magnitude_vector", None)
+            if len(active) != 1 or (dora is not None and active and active[0] in dora):
+                notes.append(
+                    f"{name}: PEFT layer with {len(active)} active adapters or DoRA, skipped"
+                )
+                continue
+            a = active[0]
+            fn = {"A": f"{prefix}lora_A.{a}.weight", "B": f"{prefix}lora_B.{a}.weight"}
+            A, B = mod.lora_A[a].weight, mod.lora_B[a].weight
+            found.append(_make(name, mod, "peft-lora", fn, A, B, None, selected))
+        elif hasattr(mod, "B") and hasattr(mod, "base") and isinstance(mod.B, torch.Tensor):
+            fn = {"B": f"{prefix}B"}
+            if hasattr(mod, "indices") and not hasattr(mod, "A"):
+                found.append(_make(name, mod, "selector", fn, None, mod.B, mod.indices, selected))
+            elif isinstance(getattr(mod, "A", None), torch.Tensor):
+                if isinstance(mod.A, nn.Parameter):
+                    fn["A"] = f"{prefix}A"
+                found.append(_make(name, mod, "lowrank", fn, mod.A, mod.B, None, selected))
+            else:
+                notes.append(f"{name}: adapter layer of unknown structure, skipped")
+    return found, notes
+
+
+def _active(mod: nn.Module) -> list[str]:
+    act = getattr(mod, "active_adapters", None)
+    if act is None:
+        act = getattr(mod, "active_adapter", None)
+    if isinstance(act, str):
+        return [act]
+    return list(act or [])
+
+
+def _make(name, mod, kind, fn, A, B, cols, selected) -> AdaptedModule:
+    n = B.shape[0]
+    m = A.shape[1] if A is not None else _inputs_of(mod)
+    trained = tuple(k for k in ("A", "B") if k in fn and fn[k] in selected)
+    qb = _basis(B) if "A" in trained else None
+    qa = None
+    if "B" in trained and cols is None:
+        qa = _basis(A.T)
+    return AdaptedModule(
+        name=name,
+        module=mod,
+        n=int(n),
+        m=int(m),
+        kind=kind,
+        factor_names=fn,
+        trained=trained,
+        qb=qb,
+        qa=qa,
+        cols=cols.detach().to(torch.int64).clone() if cols is not None and "B" in trained else None,
+    )
+
+
+def _inputs_of(mod: nn.Module) -> int:
+    if hasattr(mod, "m"):
+        return int(mod.m)
+    base = getattr(mod, "base", None) or getattr(mod, "base_layer", None)
+    return int(getattr(base, "in_features", 0) or base.weight.shape[1])
+
+
+class MergedHessianOperator(_Base):
+    """Hessian with respect to the merged weights of adapted layers, on their tangent spaces.
+
+    Coordinates: for each adapted layer (in model order) its (n x m) dW, row-major,
+    then every other selected parameter (a head) as in :class:`HessianOperator`. Products
+    apply P_T before and after, so the operator is P_T H_W P_T: its non-zero spectrum is
+    the Hessian restricted to the updates the adapter can reach. :attr:`skipped` lists
+    adapted modules of unknown structure (left out, with their parameters).
+    """
+
+    parameterization = MERGED
+
+    def __init__(self, objective, params: str | Sequence[str] = "trainable", *, cache_graphs=True):
+        super().__init__(objective, cache_graphs)
+        chosen, self.params_description = select_parameters(self.model, objective.trainable, params)
+        self.layers, self.skipped = find_adapted(self.model, chosen)
+        factor_names = set()
+        for layer in self.layers:
+            factor_names.update(layer.factor_names.values())
+        skipped_prefixes = tuple(s.split(":")[0] + "." for s in self.skipped)
+        lookup = dict(self.model.named_parameters())
+        self.other_names = [
+            n for n in chosen if n not in factor_names and not n.startswith(skipped_prefixes)
+        ]
+        self._others = [lookup[n] for n in self.other_names]
+        dtype = next(iter(lookup.values())).dtype
+        self._E = [
+            torch.zeros(lay.n, lay.m, dtype=dtype, requires_grad=True) for lay in self.layers
+        ]
+        self.names = [f"{lay.name} (dW)" for lay in self.layers] + self.other_names
+        self.size = sum(e.numel() for e in self._E) + sum(p.numel() for p in self._others)
+        self.dimension = sum(lay.tangent_dimension for lay in self.layers) + sum(
+            p.numel() for p in self._others
+        )
+        self.dtype = dtype
+        if not self.layers:
+            raise GenboundError(
+                "Merged-dW curvature needs adapted layers with known factors (PEFT LoRA, "
+                "genbound low-rank or selector layers) among the selected parameters; none "
+                "was found" + (f" ({'; '.join(self.skipped)})" if self.skipped else "") + "."
+            )
+
+    def _inputs(self) -> list[torch.Tensor]:
+        return [*self._E, *self._others]
+
+    def _prepare(self, stack: contextlib.ExitStack) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in self._others:
+            p.requires_grad_(True)
+        for layer, e in zip(self.layers, self._E, strict=True):
+            handle = layer.module.register_forward_hook(_adder(e))
+            stack.callback(handle.remove)
+
+    def project(self, vs: torch.Tensor) -> torch.Tensor:
+        out, start = vs.clone(), 0
+        p = vs.shape[1]
+        for layer in self.layers:
+            k = layer.n * layer.m
+            block = vs[start : start + k].T.reshape(p, layer.n, layer.m)
+            out[start : start + k] = layer.project(block.double()).reshape(p, k).T
+            start += k
+        return out
+
+
+def _adder(e: torch.Tensor):
+    def hook(module, args, output):
+        return output + nn.functional.linear(args[0], e)
+
+    return hook
