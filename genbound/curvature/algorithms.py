@@ -223,9 +223,13 @@ def hutchpp(op, num_products: int = 30, *, seed: int = 0) -> TraceResult:
     sketch = float(torch.trace(Q.T @ op.matmat(Q)))
     G = _rademacher(op, h, gen)
     G = G - Q @ (Q.T @ G)
-    samples = (G * op.matmat(G)).sum(dim=0).numpy()
-    rest = float(samples.mean())
-    stderr = float(samples.std(ddof=1) / math.sqrt(h)) if h > 1 else float("inf")
+    if Q.shape[1] >= getattr(op, "dimension", op.size):
+        # the sketch spans the whole domain: tr(Q^T H Q) is the trace, exactly
+        samples, rest, stderr = np.zeros(0), 0.0, 0.0
+    else:
+        samples = (G * op.matmat(G)).sum(dim=0).numpy()
+        rest = float(samples.mean())
+        stderr = float(samples.std(ddof=1) / math.sqrt(h)) if h > 1 else float("inf")
     return TraceResult(
         trace=sketch + rest,
         stderr=stderr,

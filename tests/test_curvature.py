@@ -1,0 +1,246 @@
+"""genbound.curvature against exact Hessians (torch.func.hessian) and PyHessian."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from genbound.adapters.asym import AsymLayer
+from genbound.adapters.lora import LoraLayer
+from genbound.curvature import (
+    FACTORS,
+    MERGED,
+    HessianOperator,
+    MergedHessianOperator,
+    hessian_density,
+    hessian_trace,
+    top_eigenvalues,
+)
+from genbound.errors import GenboundError
+from genbound.tasks.objective import Batch, Objective, cross_entropy_loss
+
+
+def mlp_objective(dtype=torch.float64, sizes=(40, 40, 20), seed=0):
+    torch.manual_seed(seed)
+    n = sum(sizes)
+    X = torch.randn(n, 8, dtype=dtype)
+    y = torch.randint(0, 3, (n,))
+    model = nn.Sequential(nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 3)).to(dtype)
+    batches, start = [], 0
+    for s in sizes:
+        batches.append(Batch(X[start : start + s], y[start : start + s]))
+        start += s
+    names = tuple(n for n, _ in model.named_parameters())
+    return Objective(model, batches, cross_entropy_loss, names), X, y
+
+
+def exact_hessian(model, X, y, names):
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
+
+    def f(flat):
+        ps, i = {}, 0
+        for n, s, k in zip(names, shapes, sizes, strict=True):
+            ps[n] = flat[i : i + k].reshape(s)
+            i += k
+        out = torch.func.functional_call(model, ps, (X,))
+        return nn.functional.cross_entropy(out, y)
+
+    return torch.func.hessian(f)(flat0)
+
+
+def test_top_eigenvalue_and_trace_match_exact_hessian():
+    obj, X, y = mlp_objective()
+    H = exact_hessian(obj.model, X, y, obj.trainable)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    r = top_eigenvalues(obj, k=1)
+    assert r.converged and r.iterations > 2 and r.parameterization == FACTORS
+    assert abs(r.eigenvalues[0] - ev[-1]) <= 0.005 * abs(ev[-1])
+    r3 = top_eigenvalues(obj, k=3, tol=1e-6)
+    assert r3.converged
+    np.testing.assert_allclose(r3.eigenvalues, ev[::-1][:3], rtol=1e-6)
+    t = hessian_trace(obj, num_products=60, seed=3)
+    exact = float(torch.trace(H))
+    assert t.num_products == 60 and t.stderr > 0
+    assert abs(t.trace - exact) <= 3 * t.stderr
+
+
+def test_batches_weighted_by_size_and_graph_cache_agrees():
+    obj, X, y = mlp_objective(sizes=(90, 10))
+    one = Objective(obj.model, [Batch(X, y)], cross_entropy_loss, obj.trainable)
+    v = torch.randn(HessianOperator(obj).size, 3, dtype=torch.float64)
+    with HessianOperator(obj) as op:
+        a = op.matmat(v)
+        a2 = op.matmat(v)  # served from the cached graphs
+    b = HessianOperator(one, cache_graphs=False).matmat(v)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a, a2)
+    H = exact_hessian(obj.model, X, y, obj.trainable)
+    torch.testing.assert_close(a, H @ v, rtol=1e-9, atol=1e-12)
+
+
+def test_reproducible_and_pattern_selection():
+    obj, *_ = mlp_objective()
+    a = top_eigenvalues(obj, k=2, seed=5)
+    b = top_eigenvalues(obj, k=2, seed=5)
+    np.testing.assert_array_equal(a.eigenvalues, b.eigenvalues)
+    d1, d2 = hessian_density(obj, seed=1), hessian_density(obj, seed=1)
+    np.testing.assert_array_equal(d1.density, d2.density)
+    r = top_eigenvalues(obj, params=["2.*"])
+    assert r.params == "pattern 2.*" and r.dimension == 12 * 3 + 3
+    r = top_eigenvalues(obj, params=["re:^0\\.weight$"])
+    assert r.dimension == 96
+    with pytest.raises(GenboundError):
+        top_eigenvalues(obj, params=["nothing.*"])
+    with pytest.raises(GenboundError):
+        top_eigenvalues(obj, parameterization="cartesian")
+
+
+def test_density_integrates_to_one_and_traces():
+    obj, X, y = mlp_objective()
+    H = exact_hessian(obj.model, X, y, obj.trainable)
+    d = hessian_density(obj, num_probes=8, num_steps=40, seed=0)
+    step = d.grid[1] - d.grid[0]
+    assert abs(d.density.sum() * step - 1.0) < 1e-3
+    np.testing.assert_allclose(d.weights.sum(1), 1.0, rtol=1e-10)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    assert d.nodes[np.isfinite(d.nodes)].max() == pytest.approx(ev[-1], rel=1e-6)
+    assert d.trace == pytest.approx(float(torch.trace(H)), rel=0.5)
+
+
+def test_top_eigenvalue_matches_pyhessian():
+    pyhessian = pytest.importorskip("pyhessian")
+    obj, X, y = mlp_objective(dtype=torch.float32, sizes=(100,))
+    model = obj.model
+    saved_mode = [m.training for m in model.modules()]
+    ours = top_eigenvalues(obj, k=1, params="all", tol=1e-4)
+    torch.manual_seed(0)
+    hes = pyhessian.hessian(model, nn.CrossEntropyLoss(), data=(X, y), cuda=False)
+    theirs, _ = hes.eigenvalues(maxIter=200, tol=1e-5, top_n=1)
+    for m, t in zip(model.modules(), saved_mode, strict=True):  # PyHessian never restores
+        m.training = t
+    for p in model.parameters():
+        p.grad = None
+    assert abs(ours.eigenvalues[0] - theirs[0]) <= 0.01 * abs(theirs[0])
+
+
+# -- merged dW ---------------------------------------------------------------------------
+
+
+def adapted_objective(layer_cls=LoraLayer, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    X = torch.randn(80, 6, dtype=dtype)
+    y = torch.randint(0, 3, (80,))
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    model[0] = layer_cls(model[0], rank=2, scale=0.5, generator=g)
+    with torch.no_grad():
+        model[0].B.normal_(generator=g)
+    trainable = tuple(
+        n for n, p in model.named_parameters() if p.requires_grad and n.startswith("0.")
+    )
+    batches = [Batch(X[:50], y[:50]), Batch(X[50:], y[50:])]
+    return Objective(model, batches, cross_entropy_loss, trainable), X, y
+
+
+def exact_w_hessian(model, X, y):
+    """Hessian of the mean loss with respect to E added to layer 0's weight, (nm x nm)."""
+    layer = model[0]
+
+    def f(e):
+        h = layer(X) + X @ e.reshape(layer.n, layer.m).T
+        return nn.functional.cross_entropy(model[2](model[1](h)), y)
+
+    return torch.func.hessian(f)(torch.zeros(layer.n * layer.m, dtype=X.dtype))
+
+
+def projector_matrix(op):
+    lay = op.layers[0]
+    eye = torch.eye(lay.n * lay.m, dtype=torch.float64)
+    return lay.project(eye.reshape(-1, lay.n, lay.m)).reshape(lay.n * lay.m, -1).T
+
+
+@pytest.mark.parametrize("layer_cls", [LoraLayer, AsymLayer])
+def test_merged_curvature_matches_projected_w_hessian(layer_cls):
+    obj, X, y = adapted_objective(layer_cls)
+    layer = obj.model[0]
+    op = MergedHessianOperator(obj)
+    P = projector_matrix(op)
+    torch.testing.assert_close(P @ P, P, atol=1e-10, rtol=0)
+    # T is exactly the span of dW's derivatives with respect to the trained factors
+    B, A, s = layer.B.detach(), layer.A.detach(), layer.scale
+    cols = []
+    for i in range(B.numel()):
+        dB = torch.zeros_like(B).reshape(-1)
+        dB[i] = 1
+        cols.append((s * dB.reshape(B.shape) @ A).reshape(-1))
+    if layer_cls is LoraLayer:
+        for i in range(A.numel()):
+            dA = torch.zeros_like(A).reshape(-1)
+            dA[i] = 1
+            cols.append((s * B @ dA.reshape(A.shape)).reshape(-1))
+    J = torch.stack(cols, 1)
+    torch.testing.assert_close(P @ J, J, atol=1e-10, rtol=0)
+    assert op.dimension == int(torch.linalg.matrix_rank(J))
+    H = exact_w_hessian(obj.model, X, y).detach()
+    ev = torch.linalg.eigvalsh(P @ H @ P).numpy()
+    r = top_eigenvalues(obj, k=2, parameterization="merged", tol=1e-8)
+    assert r.parameterization == MERGED and r.converged
+    np.testing.assert_allclose(r.eigenvalues, ev[::-1][:2], rtol=1e-6)
+    t = hessian_trace(obj, num_products=24, parameterization="merged", seed=1)
+    assert t.stderr > 0 and abs(t.trace - float(torch.trace(P @ H @ P))) <= 3 * t.stderr
+
+
+def test_merged_curvature_does_not_depend_on_the_factorisation():
+    obj, *_ = adapted_objective()
+    layer = obj.model[0]
+    twin = copy.deepcopy(obj.model)
+    M = torch.tensor([[2.0, 1.0], [0.0, 0.25]], dtype=torch.float64)
+    with torch.no_grad():
+        twin[0].B.copy_(layer.B @ M)
+        twin[0].A.copy_(torch.linalg.solve(M, layer.A))
+    obj2 = Objective(twin, obj.batches, obj.loss, obj.trainable)
+    a = top_eigenvalues(obj, k=2, parameterization="merged", tol=1e-9)
+    b = top_eigenvalues(obj2, k=2, parameterization="merged", tol=1e-9)
+    np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=1e-6)
+    fa = top_eigenvalues(obj, k=1, tol=1e-9).eigenvalues[0]
+    fb = top_eigenvalues(obj2, k=1, tol=1e-9).eigenvalues[0]
+    assert abs(fa - fb) > 1e-3 * abs(fa)  # (A, B) curvature depends on the factoring
+
+
+def test_merged_curvature_on_peft_lora_equals_genbound_layer():
+    peft = pytest.importorskip("peft")
+    obj, *_ = adapted_objective()
+    layer = obj.model[0]
+    base = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    with torch.no_grad():
+        base[0].weight.copy_(layer.base.weight)
+        base[0].bias.copy_(layer.base.bias)
+        base[2].load_state_dict(obj.model[2].state_dict())
+    cfg = peft.LoraConfig(r=2, lora_alpha=1.0, target_modules=["0"])  # scale 0.5
+    pm = peft.get_peft_model(base, cfg)
+    lora = pm.base_model.model[0]
+    with torch.no_grad():
+        lora.lora_A["default"].weight.copy_(layer.A)
+        lora.lora_B["default"].weight.copy_(layer.B)
+    trainable = tuple(n for n, p in pm.named_parameters() if p.requires_grad)
+    pobj = Objective(pm, obj.batches, cross_entropy_loss, trainable)
+    assert pobj.mean_loss() == pytest.approx(obj.mean_loss(), rel=1e-12)
+    a = top_eigenvalues(obj, k=2, parameterization="merged", tol=1e-9)
+    b = top_eigenvalues(pobj, k=2, parameterization="merged", tol=1e-9)
+    np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=1e-6)
+    fa = top_eigenvalues(obj, k=2, tol=1e-9)
+    fb = top_eigenvalues(pobj, k=2, tol=1e-9)
+    np.testing.assert_allclose(fa.eigenvalues, fb.eigenvalues, rtol=1e-6)
+
+
+def test_lanczos_never_reports_two_iterations_as_converged():
+    obj, *_ = mlp_objective()
+    r = top_eigenvalues(obj, k=1, max_iter=2)
+    assert r.iterations == 2 and not r.converged
