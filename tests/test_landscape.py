@@ -183,7 +183,6 @@ def test_summary_numbers_on_a_quadratic():
     L0 = float((w**2).sum())
     expect = land.losses - L0
     assert land.flat_fraction == pytest.approx(float(np.mean(np.abs(expect) <= 0.5)))
-    b = 2 * float(w[0, 1] * 2.0)
     assert land.ascent == pytest.approx(4 * 0.16, rel=1e-5)  # the linear terms cancel
     d2 = {"weight": torch.tensor([[1.0, 0.0, 0.0]])}
     land2 = landscape_2d(obj, directions=[d, d2], steps=7, extent=1.0, rho=0.3)
