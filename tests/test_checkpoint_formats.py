@@ -297,3 +297,12 @@ def test_loading_reads_no_base_weights(tmp_path, monkeypatch):
     assert reads == []
     ckpt.updates["bert.encoder.layer.1.attention.self.query"].delta()  # DoRA needs its own W0 only
     assert reads == ["bert.encoder.layer.1.attention.self.query.weight"]
+
+
+def test_new_head_rebuilds_to_its_trained_value(tmp_path):
+    """W0 of a new tensor is its recorded initial value, so W0 + dW is the trained value."""
+    run, _ = _run_fixture(tmp_path)
+    ckpt = load_checkpoint(run)
+    head = ckpt.updates["head"]
+    t = load_file(str(run / "updates.safetensors"))
+    assert torch.equal((head.base_weight(torch.float64) + head.delta(torch.float64)).float(), t["headV"])

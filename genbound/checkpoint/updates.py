@@ -12,7 +12,8 @@ Conventions (all update types):
 * ``singular_values()`` returns float64 numpy arrays in descending order, of length
   ``min(n, m, rank)`` where ``rank`` is the structural rank bound of the update.
 * A tensor that the base model does not have (a new classification head) has
-  ``W0 = 0`` by convention and ``is_new=True``.
+  ``is_new=True`` and W0 = its recorded initial value (``DenseUpdate.reference``), or
+  W0 = 0 when none was recorded.
 """
 
 from __future__ import annotations
@@ -346,6 +347,12 @@ class DenseUpdate(Update):
     @property
     def is_new(self) -> bool:
         return self.new
+
+    def base_weight(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """W0: the recorded initial value when there is one (a new head), else as for any update."""
+        if self.reference is not None:
+            return self._stored64(self.reference).to(dtype)
+        return super().base_weight(dtype)
 
     def _stored64(self, loader: Loader) -> torch.Tensor:
         t = loader().to(torch.float64)

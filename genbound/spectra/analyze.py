@@ -142,7 +142,7 @@ def layer_spectrum(
         esd=fit_power_law(s),
     )
     if not relative:
-        why = "tensor new to the model (W0 = 0)" if update.is_new else "no base model"
+        why = "tensor new to the model (no pretrained W0)" if update.is_new else "no base model"
         return LayerSpectrum(**common, unavailable=why)
     q = int(min(k, np.sum(svd.S > 1e-12 * max(spec, 1e-300)), base.U.shape[1]))
     cos = principal_cosines(svd.U[:, :q], base.U[:, :q]) if q else np.zeros(0)
