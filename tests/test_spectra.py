@@ -87,24 +87,37 @@ def test_rank_measures_and_relative_norms_match_numpy():
     assert isinstance(res.esd, NotApplicable) and "4 nonzero eigenvalues" in res.esd.reason
 
 
-@pytest.mark.parametrize("dense_threshold", [10_000, 0], ids=["dense", "block-krylov"])
-def test_top_singular_matches_numpy(dense_threshold):
-    n, m = 300, 200
+TOPK_METHODS = [
+    (10_000, None, "dense-svd"),
+    (0, None, "block-krylov"),
+    (0, 10_000, "lanczos-gram"),
+    (0, 50, "lanczos-gram"),
+]
+TOPK_IDS = ["dense", "block-krylov", "lanczos-gram-exact-base", "lanczos-gram-float32-base"]
+
+
+@pytest.mark.parametrize(
+    ("dense_threshold", "exact_threshold", "method"), TOPK_METHODS, ids=TOPK_IDS
+)
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300)], ids=["n>m", "n<m"])
+def test_top_singular_matches_numpy(dense_threshold, exact_threshold, method, shape):
+    n, m = shape
     w0 = _decaying(n, m, 0).float()
     u = LowRankUpdate(
         name="w", param="w.weight", shape=(n, m), B=_rand(n, 3, 1), A=_rand(3, m, 2), scale=0.05
     )
-    top = top_singular(w0, u, 10, dense_threshold=dense_threshold)
+    base = compute_base_spectrum(w0, exact_threshold=exact_threshold) if exact_threshold else None
+    top = top_singular(w0, u, 10, base=base, dense_threshold=dense_threshold)
     w = w0.double().numpy() + u.delta(torch.float64).numpy()
     uu, ss, _ = np.linalg.svd(w)
-    assert top.converged and top.method == ("dense-svd" if dense_threshold else "block-krylov")
+    assert top.converged and top.method == method
     np.testing.assert_allclose(top.S, ss[:10], rtol=1e-5)
     cos = np.abs(np.sum(top.U.numpy() * uu[:, :10], axis=0))
     np.testing.assert_allclose(cos, 1.0, atol=1e-4)
     assert np.all(top.residuals <= top.tol)
 
 
-@pytest.mark.parametrize("dense_threshold", [10_000, 0], ids=["dense", "block-krylov"])
+@pytest.mark.parametrize("dense_threshold", [10_000, 0], ids=["dense", "lanczos-gram"])
 def test_intruders_match_brute_force(dense_threshold):
     n, m, k = 300, 200, 8
     eps = (0.2, 0.4, 0.5, 0.7, 0.9)
@@ -117,7 +130,9 @@ def test_intruders_match_brute_force(dense_threshold):
     res = layer_spectrum(big, w0, base, k=k, eps=eps, dense_threshold=dense_threshold)
     w = w0.double().numpy() + big.delta(torch.float64).numpy()
     counts, shares = _brute_intruders(w0.double().numpy(), w, k, eps)
-    assert res.top.converged
+    assert res.top.converged and res.top.method == (
+        "dense-svd" if dense_threshold else "lanczos-gram"
+    )
     assert res.intruders.counts == tuple(counts)
     np.testing.assert_allclose(res.intruders.energy_share, shares, rtol=1e-6, atol=1e-9)
     assert res.intruders.counts[-1] >= 2  # the new directions are found

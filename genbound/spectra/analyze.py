@@ -146,7 +146,7 @@ def layer_spectrum(
         return LayerSpectrum(**common, unavailable=why)
     q = int(min(k, np.sum(svd.S > 1e-12 * max(spec, 1e-300)), base.U.shape[1]))
     cos = principal_cosines(svd.U[:, :q], base.U[:, :q]) if q else np.zeros(0)
-    top = top_singular(w0, update, k, dense_threshold=dense_threshold, seed=seed)
+    top = top_singular(w0, update, k, base=base, dense_threshold=dense_threshold, seed=seed)
     base_spec, base_frob = base.spectral_norm, base.frobenius_norm
     return LayerSpectrum(
         **common,

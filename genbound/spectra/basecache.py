@@ -29,7 +29,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class BaseSpectrum:
         U: left singular vectors (n x r0), float32, for the r0 kept values.
         method: ``"svd-float64"`` or ``"gram-eigh-float32"``.
         n_dropped: directions not kept (numerically zero singular values).
+        V: for n > m, all m right singular vectors (m x m, float32): with U (n <= m, then
+            n x n) it gives a full orthonormal basis of the smaller side, in which
+            (W0 + dW)'s Gram matrix is diagonal plus low rank (see ``genbound.spectra.topk``).
     """
 
     key: str
@@ -49,6 +52,13 @@ class BaseSpectrum:
     U: np.ndarray
     method: str
     n_dropped: int = 0
+    V: np.ndarray | None = None
+
+    def small_side_basis(self, n: int, m: int) -> np.ndarray | None:
+        """The full orthonormal basis of the smaller side (U0 if n <= m, else V0), if stored."""
+        if n <= m:
+            return self.U if self.U.shape[1] == n else None
+        return self.V if self.V is not None and self.V.shape == (m, m) else None
 
     @property
     def spectral_norm(self) -> float:
@@ -75,9 +85,10 @@ def compute_base_spectrum(
     key = key or content_key(w0)
     n, m = w0.shape
     if min(n, m) <= exact_threshold:
-        u, s, _ = torch.linalg.svd(w0.detach().to(torch.float64), full_matrices=False)
+        u, s, vh = torch.linalg.svd(w0.detach().to(torch.float64), full_matrices=False)
+        v = vh.T.to(torch.float32).contiguous().numpy() if n > m else None
         return BaseSpectrum(
-            key=key, S=s.numpy(), U=u.to(torch.float32).numpy(), method="svd-float64"
+            key=key, S=s.numpy(), U=u.to(torch.float32).numpy(), method="svd-float64", V=v
         )
     w = w0.detach().to(torch.float32)
     if n <= m:
@@ -97,6 +108,7 @@ def compute_base_spectrum(
         U=u.contiguous().numpy(),
         method="gram-eigh-float32",
         n_dropped=int(s.numel() - keep),
+        V=v.contiguous().numpy(),
     )
 
 
@@ -136,6 +148,7 @@ class BaseSpectrumCache:
                         U=z["U"],
                         method=str(z["method"]),
                         n_dropped=int(z["n_dropped"]),
+                        V=z["V"] if "V" in z.files else None,
                     )
                 self.hits += 1
                 return spec
@@ -146,12 +159,14 @@ class BaseSpectrumCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+            extra = {"V": spec.V} if spec.V is not None else {}
             np.savez(
                 tmp,
                 S=spec.S,
                 U=spec.U,
                 method=np.array(spec.method),
                 n_dropped=np.array(spec.n_dropped),
+                **extra,
             )
             tmp.replace(path)
         return spec
