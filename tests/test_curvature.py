@@ -244,3 +244,15 @@ def test_lanczos_never_reports_two_iterations_as_converged():
     obj, *_ = mlp_objective()
     r = top_eigenvalues(obj, k=1, max_iter=2)
     assert r.iterations == 2 and not r.converged
+
+
+def test_eigenvalue_tolerance_stops_earlier_and_bounds_the_error():
+    obj, X, y = mlp_objective()
+    H = exact_hessian(obj.model, X, y, obj.trainable)
+    top = float(torch.linalg.eigvalsh(H)[-1])
+    strict = top_eigenvalues(obj, k=1, tol=1e-6)
+    loose = top_eigenvalues(obj, k=1, value_tol=1e-4)
+    assert loose.converged and loose.value_tol == 1e-4
+    assert loose.iterations <= strict.iterations
+    assert abs(loose.eigenvalues[0] - top) <= 1e-4 * abs(top)
+    assert loose.value_bounds[0] <= 1e-4

@@ -21,8 +21,13 @@ class EigenResult:
     Attributes:
         eigenvalues: (k,) float64, descending.
         residuals: (k,) ||H y - theta y|| / |theta| of each Ritz pair.
-        converged: every residual <= tol.
+        value_bounds: (k,) bound on each eigenvalue's relative error,
+            min(||r||, ||r||^2 / gap) / |theta| (gap: distance to the nearest other Ritz
+            value; the quadratic bound of Kato-Temple type).
+        converged: every residual <= tol (or, with ``value_tol``, every value bound <=
+            value_tol).
         tol: the residual tolerance.
+        value_tol: the eigenvalue tolerance, when one was asked for.
         iterations: Lanczos steps (= Hessian-vector products).
         num_products: products the estimate used.
         seed: seed of the starting vector.
@@ -45,6 +50,8 @@ class EigenResult:
     dimension: int = 0
     vectors: torch.Tensor | None = None
     notes: tuple[str, ...] = ()
+    value_bounds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    value_tol: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,11 +153,20 @@ def _tridiag(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
 
 
 def _ritz(alpha, beta, k):
+    """Top-k Ritz values, relative residuals, eigenvectors of T and relative value bounds."""
     evals, evecs = np.linalg.eigh(_tridiag(np.asarray(alpha), np.asarray(beta)))
     order = np.argsort(evals)[::-1][:k]
     theta = evals[order]
-    res = np.abs(beta[len(alpha) - 1] * evecs[-1, order]) / np.maximum(np.abs(theta), 1e-300)
-    return theta, res, evecs[:, order]
+    res_abs = np.abs(beta[len(alpha) - 1] * evecs[-1, order])
+    scale = np.maximum(np.abs(theta), 1e-300)
+    if len(evals) > 1:
+        others = np.abs(evals[None, :] - theta[:, None])
+        others[np.arange(len(order)), order] = np.inf
+        gap = others.min(axis=1)
+        bound = np.minimum(res_abs, res_abs**2 / np.maximum(gap, 1e-300))
+    else:
+        bound = res_abs
+    return theta, res_abs / scale, evecs[:, order], bound / scale
 
 
 def lanczos(
@@ -160,6 +176,7 @@ def lanczos(
     tol: float = 1e-3,
     max_iter: int | None = None,
     min_iter: int | None = None,
+    value_tol: float | None = None,
     seed: int = 0,
     return_vectors: bool = False,
 ) -> EigenResult:
@@ -168,7 +185,10 @@ def lanczos(
     Iterates until every top-k Ritz pair has relative residual ||H y - theta y|| / |theta|
     <= tol, or ``max_iter`` steps (default min(dimension, max(100, 10 k))). At least
     ``min_iter`` steps (default k + 2) are taken: a Krylov space of 2 vectors is never
-    reported as converged unless it is invariant.
+    reported as converged unless it is invariant. With ``value_tol`` the stopping rule is
+    instead on the eigenvalues: every top-k value's relative error bound
+    min(||r||, ||r||^2 / gap) / |theta| <= value_tol (the gap to the nearest other Ritz
+    value stands in for the true gap, as usual).
     """
     dim = getattr(op, "dimension", op.size)
     k = max(1, min(int(k), dim))
@@ -180,19 +200,22 @@ def lanczos(
     def check(alpha, beta):
         if len(alpha) < min_iter:
             return False
-        _, res, _ = _ritz(alpha, beta, k)
+        _, res, _, bound = _ritz(alpha, beta, k)
+        if value_tol is not None:
+            return bool(np.all(bound <= value_tol))
         return bool(np.all(res <= tol))
 
     alpha, beta, basis = lanczos_tridiagonal(
         op, _unit(op, gen), max_iter, keep_basis=True, check=check
     )
-    theta, res, s = _ritz(alpha, beta, k)
+    theta, res, s, bound = _ritz(alpha, beta, k)
+    ok = np.all(bound <= value_tol) if value_tol is not None else np.all(res <= tol)
     invariant = beta[-1] <= 1e-12 * max(np.max(np.abs(alpha)), 1e-300)
     vecs = basis @ torch.from_numpy(s) if return_vectors else None
     return EigenResult(
         eigenvalues=theta,
         residuals=res,
-        converged=bool(np.all(res <= tol) or invariant or len(alpha) >= dim),
+        converged=bool(ok or invariant or len(alpha) >= dim),
         tol=tol,
         iterations=len(alpha),
         num_products=op.num_products - start,
@@ -202,6 +225,8 @@ def lanczos(
         dimension=dim,
         vectors=vecs,
         notes=tuple(getattr(op, "skipped", ())),
+        value_bounds=bound,
+        value_tol=value_tol,
     )
 
 

@@ -46,6 +46,7 @@ def top_eigenvalues(
     parameterization: str = "factors",
     tol: float = 1e-3,
     max_iter: int | None = None,
+    value_tol: float | None = None,
     seed: int = 0,
     return_vectors: bool = False,
     cache_graphs: bool = True,
@@ -55,7 +56,15 @@ def top_eigenvalues(
     with hessian_operator(
         objective, params, parameterization=parameterization, cache_graphs=cache_graphs
     ) as op:
-        return lanczos(op, k, tol=tol, max_iter=max_iter, seed=seed, return_vectors=return_vectors)
+        return lanczos(
+            op,
+            k,
+            tol=tol,
+            max_iter=max_iter,
+            value_tol=value_tol,
+            seed=seed,
+            return_vectors=return_vectors,
+        )
 
 
 def hessian_trace(
