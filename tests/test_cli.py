@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import build_peft, tiny_bert
 from helpers import numpy_svals
@@ -47,3 +48,25 @@ def test_report_json_holds_singular_values(tmp_path, capsys):
         np.testing.assert_allclose(entry["singular_values"], ref[:3], rtol=1e-10)
         assert entry["trainable"] == 3 * 64
     assert (tmp_path / "rep" / "report.md").read_text().count("| `bert.encoder") == 2
+
+
+def test_report_bounds_and_skip_reasons(tmp_path, capsys):
+    import math
+
+    _, ad, _ = build_peft(tmp_path, tiny_bert, dict(r=2, target_modules=["query"]))
+    assert main(["report", str(ad), "--out", str(tmp_path / "no-n")]) == 0
+    doc = json.loads((tmp_path / "no-n" / "report.json").read_text())
+    assert doc["bounds"]["mi"] is None and "N" in doc["skipped"]["mi_bound"]
+    assert isinstance(doc["bounds"]["theorem1"]["log10_phi_dW"], float)
+    assert main(["report", str(ad), "--n-train", "1000", "--out", str(tmp_path / "n")]) == 0
+    doc = json.loads((tmp_path / "n" / "report.json").read_text())
+    mi = doc["bounds"]["mi"]
+    d = 2 * 2 * (32 + 32)  # 2 layers x r (m + n)
+    assert mi["d_actual"] == d
+    assert mi["bound"] == pytest.approx(
+        math.sqrt(2 * 0.25 * 32 * math.log(2) * d / 1000), rel=1e-12
+    )
+    assert mi["vacuous"] is True  # 0-1 loss, B = 1: a bound of 2.1 says nothing, and says so
+    assert "mi_bound" not in doc["skipped"]
+    md = (tmp_path / "n" / "report.md").read_text()
+    assert "MI bound on the expected 0-1 gap" in md and "vacuous" in md

@@ -94,11 +94,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _report(ckpt, out: Path, *, force: bool) -> Path:
     from genbound.cli.progress import track
     from genbound.report import ensure_writable, write_report
-    from genbound.spectra import analyze_spectra
+    from genbound.report.measures import data_free_measures
 
     ensure_writable(out, force=force)  # fail before the work, not after
-    spectra = analyze_spectra(ckpt, progress=lambda it, n: track(it, n, "spectra"))
-    return write_report(ckpt, out, spectra, force=force)
+    measures = data_free_measures(ckpt, progress=lambda it, n: track(it, n, "spectra"))
+    return write_report(ckpt, out, measures, force=force)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -10,8 +10,9 @@ from pathlib import Path
 import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
+from genbound.report.measures import DataFreeMeasures
 from genbound.report.serialize import jsonable
-from genbound.spectra import LayerSpectrum, SpectraResult
+from genbound.spectra import LayerSpectrum
 
 SCHEMA = "genbound.report/1"
 
@@ -69,7 +70,32 @@ def layer_json(ckpt: Checkpoint, layer: LayerSpectrum) -> dict:
     return out
 
 
-def render_markdown(info: dict, spectra: SpectraResult) -> str:
+def bounds_markdown(measures: DataFreeMeasures) -> list[str]:
+    lines = ["", "## Bounds (data-free)", ""]
+    mi = measures.mi
+    if mi is not None:
+        verdict = "vacuous" if mi.vacuous else "non-vacuous"
+        lines += [
+            f"- MI bound on the expected 0-1 gap: {mi.bound:.4g} ({verdict}; D = {mi.d_actual:,} trained scalars, "
+            f"q = {mi.q:g} bits, N = {mi.n_train:,}); Occam form at delta = {mi.delta:g}: {mi.occam_bound:.4g}.",
+        ]
+        if mi.d_difference:
+            lines.append(
+                f"- D from the {mi.variant} formula: {mi.d_formula:,} ({mi.difference_note})."
+            )
+    if measures.theorem1 is not None:
+        t = measures.theorem1
+        lines.append(
+            f"- Theorem 1 (corrected): log10 Phi_dW = {t.log10_phi_dW:.4g}, log10 Phi_W0 = {t.log10_phi_W0:.4g} "
+            "(only the ordering across methods on one model means anything for transformers)."
+        )
+    for part, why in measures.skipped.items():
+        lines.append(f"- {part}: not computed: {why}")
+    return lines
+
+
+def render_markdown(info: dict, measures: DataFreeMeasures) -> str:
+    spectra = measures.spectra
     lines = [
         f"# genbound report: {info['variant']} ({info['format']})",
         "",
@@ -79,6 +105,8 @@ def render_markdown(info: dict, spectra: SpectraResult) -> str:
         f"{info['num_trainable_by_formula']:,} from the {info['variant']} formula",
         f"- stored dtype: {info['dtype']} ({info['bits_per_param']} bits per parameter)",
         f"- training examples: {info['n_train'] if info['n_train'] is not None else 'unknown'}",
+        "",
+        "## Spectra",
         "",
         "| module | kind | shape | ‖dW‖₂ | ‖dW‖_F | stable rank | eff. rank | ‖dW‖₂/‖W0‖₂ | intruders (eps 0.5) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -100,6 +128,7 @@ def render_markdown(info: dict, spectra: SpectraResult) -> str:
             "",
             "Not matrices (no spectrum): " + ", ".join(f"`{n}`" for n, _ in spectra.skipped),
         ]
+    lines += bounds_markdown(measures)
     return "\n".join(lines) + "\n"
 
 
@@ -112,15 +141,16 @@ def ensure_writable(out_dir: str | Path, *, force: bool) -> Path:
 
 
 def write_report(
-    ckpt: Checkpoint, out_dir: str | Path, spectra: SpectraResult, *, force: bool = False
+    ckpt: Checkpoint, out_dir: str | Path, measures: DataFreeMeasures, *, force: bool = False
 ) -> Path:
-    """Write ``report.json`` and ``report.md`` for ``ckpt`` with its computed ``spectra``.
+    """Write ``report.json`` and ``report.md`` for ``ckpt`` with its computed ``measures``.
 
     The folder appears whole or not at all; an existing report is replaced only with
     ``force=True``.
     """
     out = ensure_writable(out_dir, force=force)
     info = checkpoint_info(ckpt)
+    spectra = measures.spectra
     doc = {
         "schema": SCHEMA,
         "genbound_version": genbound.__version__,
@@ -133,13 +163,18 @@ def write_report(
             "cache_hits": spectra.cache_hits,
             "cache_misses": spectra.cache_misses,
         },
-        "timings_s": {"spectra": spectra.seconds},
+        "bounds": {
+            "mi": jsonable(measures.mi) if measures.mi is not None else None,
+            "theorem1": jsonable(measures.theorem1) if measures.theorem1 is not None else None,
+        },
+        "skipped": dict(measures.skipped),
+        "timings_s": dict(measures.seconds),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (tmp / "report.md").write_text(render_markdown(info, spectra))
+        (tmp / "report.md").write_text(render_markdown(info, measures))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
