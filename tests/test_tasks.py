@@ -154,3 +154,33 @@ def test_read_labelled_csv_jsonl_and_errors(tmp_path):
     assert read_labelled(latin, text_column="text", label_column="y", encoding="latin-1").texts == (
         "café",
     )
+
+
+def test_compression_bound_on_task_matches_hand_evaluation(tmp_path):
+    from genbound.bounds import kl_inverse
+    from genbound.bounds.compression import with_trainable_tensors
+    from genbound.bounds.evaluated import compression_bound_on
+
+    base_dir = _base_with_tokenizer(tmp_path)
+    ckpt, _ = _peft_checkpoint(tmp_path, base_dir, ["query", "value"], [1])
+    train = _texts(12, 3)
+    task = TextClassificationTask(base_dir, train, _texts(4, 4), batch_size=5)
+    tr, _ = task.objectives(ckpt)
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    res = compression_bound_on(ckpt, tr, bits=(1, 3), num_classes=3)
+    # the objective's model is left bit-exact
+    assert all(torch.equal(p, before[n]) for n, p in tr.model.named_parameters())
+    for cand in res.candidates:
+        # an independent evaluation: a fresh model built from the quantized checkpoint, text by text
+        model = task.build_model(with_trainable_tensors(ckpt, cand.quantization.tensors()))
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        with torch.no_grad():
+            errs = [
+                float(model(**tok(t, return_tensors="pt")).logits[0].argmax() != y)
+                for t, y in zip(train.texts, train.labels, strict=True)
+            ]
+        assert cand.train_error == pytest.approx(np.mean(errs), abs=1e-12)
+        assert cand.bound == pytest.approx(kl_inverse(cand.train_error, cand.rhs), abs=1e-12)
+    assert res.n_train == 12 and res.bound == min(c.bound for c in res.candidates)

@@ -113,6 +113,65 @@ def trainable_tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     return out
 
 
+def with_trainable_tensors(
+    checkpoint: Checkpoint, tensors: Mapping[str, torch.Tensor]
+) -> Checkpoint:
+    """A copy of ``checkpoint`` whose trained tensors are replaced by ``tensors`` (same keys as
+    :func:`trainable_tensors`, e.g. their quantized values). W0 stays what it was."""
+    import dataclasses
+
+    updates = {name: _replace_factors(name, u, tensors) for name, u in checkpoint.updates.items()}
+    return dataclasses.replace(checkpoint, updates=updates)
+
+
+def _replace_factors(prefix: str, u: Update, tensors: Mapping[str, torch.Tensor]) -> Update:
+    import dataclasses
+
+    from genbound.checkpoint.updates import (
+        ChainUpdate,
+        DenseUpdate,
+        DoraUpdate,
+        LowRankUpdate,
+        SelectorUpdate,
+    )
+
+    if isinstance(u, ChainUpdate):
+        links = tuple(
+            _replace_factors(f"{prefix}::link{i}", x, tensors) for i, x in enumerate(u.links)
+        )
+        return dataclasses.replace(u, links=links)
+    if isinstance(u, DoraUpdate):
+        return dataclasses.replace(
+            u,
+            lowrank=_replace_factors(prefix, u.lowrank, tensors),
+            magnitude=tensors[f"{prefix}::magnitude"].to(u.magnitude.dtype),
+        )
+    if isinstance(u, LowRankUpdate | SelectorUpdate):
+        new = {
+            f: tensors[f"{prefix}::{f}"].to(u.factors[f].dtype) for f in u.trained if f in u.factors
+        }
+        return dataclasses.replace(u, **new)
+    if isinstance(u, DenseUpdate):
+        w0 = u.base_weight(torch.float64)
+        delta = tensors[f"{prefix}::delta"].to(torch.float64)
+
+        def stored(x: torch.Tensor) -> torch.Tensor:
+            return x.T.contiguous() if u.transposed else x
+
+        return DenseUpdate(
+            name=u.name,
+            param=u.param,
+            shape=u.shape,
+            transposed=u.transposed,
+            base=u.base,
+            value=lambda: stored(w0 + delta),
+            reference=lambda: stored(w0),
+            new=u.new,
+            trainable=u.num_trainable,
+        )
+    raise GenboundError(f"compression: update {u.name!r} of kind {u.kind!r} is not supported.")
+
+
 # -- quantization -----------------------------------------------------------------------
 
 

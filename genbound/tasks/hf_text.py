@@ -46,34 +46,31 @@ def first_adapted_layer(names: Sequence[str]) -> int | None:
 
 
 class EncoderSuffix(nn.Module):
-    """Layers L.. of a BERT-family encoder, its pooler and the classification head.
+    """Layers L.. of a BERT-family classifier, its pooler and head, on cached hidden states.
 
     Takes ``hidden`` (B, T, H), the hidden states entering layer L, and ``attention_mask``
-    (B, T); returns logits (B, K). Shares its modules (and so its parameters) with the full
-    model it was cut from.
+    (B, T); returns logits (B, K). The full model is registered as ``model``, so parameter
+    names are the model's own behind a ``model.`` prefix; the layers below L are not run.
     """
 
     def __init__(self, model: nn.Module, start: int):
         super().__init__()
-        base = model.base_model
-        self.config = model.config
-        self.layers = nn.ModuleList(list(base.encoder.layer)[start:])
-        self.pooler = getattr(base, "pooler", None)
-        self.dropout = getattr(model, "dropout", nn.Identity())
-        self.classifier = model.classifier
+        self.model = model
         self.start = start
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
 
+        base = self.model.base_model
         mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
+            config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
-        for layer in self.layers:
+        for layer in list(base.encoder.layer)[self.start :]:
             out = layer(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
-        pooled = self.pooler(hidden) if self.pooler is not None else hidden[:, 0]
-        return self.classifier(self.dropout(pooled))
+        pooler = getattr(base, "pooler", None)
+        pooled = pooler(hidden) if pooler is not None else hidden[:, 0]
+        return self.model.classifier(getattr(self.model, "dropout", nn.Identity())(pooled))
 
 
 @dataclass(frozen=True)
@@ -164,7 +161,7 @@ class TextClassificationTask:
             )
         start = min(start, n_layers)
         suffix = EncoderSuffix(model, start).eval()
-        suffix_names = _suffix_names(model, suffix, trainable)
+        suffix_names = tuple(f"model.{n}" for n in trainable)
         desc = f"{type(model).__name__} from {self.base_path}, layers {start}..{n_layers - 1} on cached inputs"
         out = []
         for split, data in (("train", self.train), ("test", self.test)):
@@ -203,10 +200,3 @@ def _trainable_names(model: nn.Module, checkpoint: Checkpoint | None) -> tuple[s
     names = {n for n, _ in model.named_parameters()}
     found = (resolve_parameter(names, u.param) for u in checkpoint.updates.values())
     return tuple(n for n in found if n is not None)
-
-
-def _suffix_names(model: nn.Module, suffix: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
-    """The suffix's own names for the given full-model parameters (those it contains)."""
-    by_id = {id(p): n for n, p in suffix.named_parameters()}
-    full = dict(model.named_parameters())
-    return tuple(by_id[id(full[n])] for n in names if n in full and id(full[n]) in by_id)

@@ -1,0 +1,57 @@
+"""Bounds that need the model run on its training data (the compression PAC-Bayes bound)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from genbound.bounds.compression import (
+    CompressionBoundResult,
+    compression_bound,
+    trainable_tensors,
+    with_trainable_tensors,
+)
+from genbound.checkpoint.model import Checkpoint
+from genbound.gap import evaluate
+from genbound.tasks.objective import Objective
+from genbound.tasks.rebuild import load_updates_into
+from genbound.tasks.state import preserved_state
+
+
+def train_error_with(
+    train: Objective, checkpoint: Checkpoint, tensors: Mapping[str, torch.Tensor]
+) -> float:
+    """Mean 0-1 error over ``train`` with the checkpoint's trained tensors replaced by ``tensors``.
+
+    The objective's model is restored bit-exact afterwards.
+    """
+    with preserved_state(train.model, parameters=True):
+        load_updates_into(train.model, with_trainable_tensors(checkpoint, tensors))
+        _, errors = evaluate(train)
+    return float(errors.mean())
+
+
+def compression_bound_on(
+    checkpoint: Checkpoint,
+    train: Objective,
+    *,
+    n_train: int | None = None,
+    bits: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8),
+    delta: float = 0.05,
+    num_classes: int | None = None,
+) -> CompressionBoundResult:
+    """The compression bound of ``checkpoint``, its quantized train error measured on ``train``.
+
+    ``train`` must be the objective over the whole training set of N examples (N from
+    ``n_train``, else the objective's size).
+    """
+    n = n_train if n_train is not None else train.num_examples
+    return compression_bound(
+        trainable_tensors(checkpoint),
+        lambda q: train_error_with(train, checkpoint, q),
+        n,
+        bits=bits,
+        delta=delta,
+        num_classes=num_classes,
+    )
