@@ -67,12 +67,14 @@ def part_a(workdir: Path) -> None:
     adapter = workdir / "minilm-lora16"
     pm.save_pretrained(adapter)
 
-    t_ours = math.inf
+    t_ours = t_svals = math.inf
     for _ in range(5):  # best of 5 (both tools get their best run)
         t0 = time.perf_counter()
         ckpt = load_checkpoint(adapter)
+        t1 = time.perf_counter()
         ours = {name: u.singular_values() for name, u in ckpt.updates.items()}
-        t_ours = min(t_ours, time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        t_ours, t_svals = min(t_ours, t2 - t0), min(t_svals, t2 - t1)
 
     import logging
 
@@ -103,9 +105,16 @@ def part_a(workdir: Path) -> None:
     our_svmax = sorted(float(s[0]) for s in ours.values())
     scale = ckpt.hparams.scale
     print("A. MiniLM, LoRA r=16 on 36 layers: singular values of every update")
-    print(f"   genbound (load + factor-space SVD): {t_ours:.3f} s")
     print(
-        f"   weightwatcher 0.7.7 analyze(peft=True): {t_ww:.2f} s   ->  genbound is {t_ww / t_ours:.0f}x faster"
+        f"   genbound, best of 5: {t_ours:.3f} s from the adapter folder (load + factor-space SVD), "
+        f"{t_svals:.3f} s for the SVDs of the loaded checkpoint"
+    )
+    print(
+        f"   weightwatcher 0.7.7 analyze(peft=True) on the loaded PEFT model, best of 2: {t_ww:.2f} s"
+    )
+    print(
+        f"   -> genbound is {t_ww / t_ours:.0f}x faster including its load, {t_ww / t_svals:.0f}x on the "
+        "same footing as weightwatcher (model already in memory); goal >= 100x"
     )
     print(
         f"   genbound vs numpy SVD of merge_and_unload() - W0: max relative error {worst:.2e} (goal 1e-5)"
