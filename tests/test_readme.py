@@ -25,3 +25,45 @@ def test_ci_runs_the_readme_test_command():
     _, test = _readme_commands()
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci.splitlines()
+
+
+def test_readme_training_example_runs(tmp_path):
+    """The README's training snippet, on a small MLP whose layers are called query and value."""
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    import genbound
+    from genbound import adapters
+    from genbound.train import fit
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query = nn.Linear(16, 16)
+            self.value = nn.Linear(16, 16)
+            self.classifier = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.classifier(torch.relu(self.value(torch.relu(self.query(x)))))
+
+    torch.manual_seed(0)
+    model = Net()
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(tmp_path / "base.safetensors"),
+    )
+    x_train, y_train = torch.randn(64, 16), torch.randint(0, 3, (64,))
+    x_test, y_test = torch.randn(32, 16), torch.randint(0, 3, (32,))
+    handle = adapters.apply(model, "c3la", rank=4, targets=["query", "value"], chain=3, seed=0)
+    result = fit(handle, (x_train, y_train), (x_test, y_test), epochs=3, lr=1e-3, batch_size=32)
+    handle.save(
+        tmp_path / "run",
+        base_model=tmp_path / "base.safetensors",
+        n_train=len(y_train),
+        metrics=result.metrics(),
+    )
+    ckpt = genbound.load_checkpoint(tmp_path / "run")
+    q = ckpt.updates["query"]
+    assert q.kind == "chain" and len(q.links) == 3
+    assert torch.allclose(q.delta(), handle.delta_weights()["query"].float(), atol=1e-6)
