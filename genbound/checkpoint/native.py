@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from genbound.checkpoint.updates import (
     Update,
 )
 from genbound.errors import GenboundError, input_error
+from genbound.io import atomic_directory
 
 MANIFEST = "genbound.json"
 SCHEMA = "genbound.run/1"
@@ -69,13 +68,8 @@ def write_run(
     if run_dir.exists() and not overwrite:
         raise GenboundError(f"{run_dir}: already exists; pass overwrite=True to replace it.")
     full = {"schema": SCHEMA, **manifest, "tensor_file": TENSORS}
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
-    try:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS)
-        )
-        for name, content in (extra_files or {}).items():
+    with atomic_directory(run_dir) as tmp:
+        for name, content in {TENSORS: tensors, **(extra_files or {})}.items():
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in content.items()}, str(tmp / name)
             )
@@ -84,12 +78,6 @@ def write_run(
             load_run(tmp, base=None, base_arg=True)
         except GenboundError as exc:
             raise type(exc)(str(exc).replace(str(tmp), str(run_dir))) from None
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        tmp.rename(run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return run_dir
 
 

@@ -36,34 +36,25 @@ def load_state_dicts(finetuned: Path, *, base: BaseModel | None) -> Checkpoint:
             continue
         name = key[: -len(".weight")] if key.endswith(".weight") and len(shape) == 2 else key
         base_key = base.resolve(key)
-        if base_key is None:
-            updates[name] = DenseUpdate(
-                name=name,
-                param=key,
-                shape=shape,
-                base=base,
-                value=lambda k=key: tuned.tensor(k),
-                new=True,
-            )
-            dtypes.add(value.dtype)
-            continue
-        if tuple(base.shape(base_key)) != tuple(shape):
-            raise input_error(
-                base.path,
-                "base tensor shape does not match the fine-tuned model",
-                key=base_key,
-                expected=f"shape {tuple(shape)} (as in {finetuned})",
-                found=f"shape {tuple(base.shape(base_key))}",
-            )
-        if torch.equal(value, base.tensor(base_key).to(value.dtype)):
-            continue
+        if base_key is not None:
+            if tuple(base.shape(base_key)) != tuple(shape):
+                raise input_error(
+                    base.path,
+                    "base tensor shape does not match the fine-tuned model",
+                    key=base_key,
+                    expected=f"shape {tuple(shape)} (as in {finetuned})",
+                    found=f"shape {tuple(base.shape(base_key))}",
+                )
+            if torch.equal(value, base.tensor(base_key).to(value.dtype)):
+                continue
         updates[name] = DenseUpdate(
             name=name,
             param=key,
             shape=shape,
             base=base,
             value=lambda k=key: tuned.tensor(k),
-            relative=True,
+            relative=base_key is not None,
+            new=base_key is None,
         )
         dtypes.add(value.dtype)
     if not updates:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
+from genbound.io import atomic_directory
 from genbound.report.measures import DataFreeMeasures
 from genbound.report.serialize import jsonable
 from genbound.spectra import LayerSpectrum
@@ -170,15 +169,7 @@ def write_report(
         "skipped": dict(measures.skipped),
         "timings_s": dict(measures.seconds),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
         (tmp / "report.md").write_text(render_markdown(info, measures))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
