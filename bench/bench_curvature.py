@@ -280,7 +280,9 @@ def run_pyhessian(model, crit, inputs, labels, args, _steps):
     counter = _count(h)
     (ev,), t_eig = timed(lambda: h.eigenvalues(maxIter=100, tol=args.tol, top_n=1)[0])
     n_eig = counter[0]
-    tr, t_tr = timed(lambda: h.trace(maxIter=args.trace_products, tol=0.0))
+    # tol=-inf: its stopping test divides by the signed running mean (no abs), so with a
+    # negative mean even tol=0 stops after 2 probes
+    tr, t_tr = timed(lambda: h.trace(maxIter=args.trace_products, tol=float("-inf")))
     _restore(model, modes)
     note = f"(setup {setup:.1f} s, power iteration {n_eig} products; Hutchinson {len(tr)})"
     return ev, setup + t_eig, float(np.mean(tr)), t_tr, note

@@ -112,8 +112,12 @@ class _Base:
     def __enter__(self):
         if self._session is None:
             stack = contextlib.ExitStack()
-            stack.enter_context(analysis_mode(self.model))
-            self._prepare(stack)
+            try:
+                stack.enter_context(analysis_mode(self.model))
+                self._prepare(stack)
+            except BaseException:
+                stack.close()
+                raise
             self._session = stack
         return self
 
@@ -160,7 +164,8 @@ class _Base:
         out = torch.zeros_like(vs, dtype=torch.float64)
         for g in self._grads():
             used = [
-                (gi, x, c) for gi, x, c in zip(g, inputs, chunks, strict=True) if gi is not None
+                (gi, x, c) for gi, x, c in zip(g, inputs, chunks, strict=True)
+                if gi is not None and gi.requires_grad  # a constant gradient: zero curvature
             ]
             if not used:
                 continue
