@@ -256,3 +256,15 @@ def test_eigenvalue_tolerance_stops_earlier_and_bounds_the_error():
     assert loose.iterations <= strict.iterations
     assert abs(loose.eigenvalues[0] - top) <= 1e-4 * abs(top)
     assert loose.value_bounds[0] <= 1e-4
+
+
+def test_parameters_the_loss_is_linear_in_have_zero_curvature():
+    model = nn.Linear(3, 1)
+
+    def loss(m, batch):  # linear in the bias: its gradient is a constant
+        return m.bias.sum().expand(len(batch))
+
+    X = torch.randn(5, 3)
+    obj = Objective(model, [Batch(X, torch.zeros(5, dtype=torch.int64))], loss, ("bias",))
+    r = top_eigenvalues(obj)
+    assert r.eigenvalues[0] == 0.0 and r.converged

@@ -164,7 +164,8 @@ class _Base:
         out = torch.zeros_like(vs, dtype=torch.float64)
         for g in self._grads():
             used = [
-                (gi, x, c) for gi, x, c in zip(g, inputs, chunks, strict=True)
+                (gi, x, c)
+                for gi, x, c in zip(g, inputs, chunks, strict=True)
                 if gi is not None and gi.requires_grad  # a constant gradient: zero curvature
             ]
             if not used:
