@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -308,6 +308,7 @@ def theorem1_norms(
     *,
     names: Sequence[str] | None = None,
     cache: BaseSpectrumCache | None = None,
+    known: Mapping[str, tuple[float, float]] | None = None,
 ) -> Theorem1Norms:
     """a_l = ||W0_l||_2 and b_l = ||dW_l||_2 for the checkpoint's adapted matrix layers.
 
@@ -347,6 +348,10 @@ def theorem1_norms(
             skipped.append(name)
             continue
         kept.append(name)
+        if known is not None and name in known:  # (||W0||_2, ||dW||_2) already measured
+            a.append(known[name][0])
+            b.append(known[name][1])
+            continue
         a.append(0.0 if u.is_new else cache.get(u.base_weight(torch.float32)).spectral_norm)
         b.append(u.spectral_norm())
         log.debug("theorem1_norms: %s a=%.6g b=%.6g", name, a[-1], b[-1])
@@ -367,9 +372,10 @@ def theorem1_from_checkpoint(
     loss_lipschitz: float = 1.0,
     names: Sequence[str] | None = None,
     cache: BaseSpectrumCache | None = None,
+    known: Mapping[str, tuple[float, float]] | None = None,
 ) -> Theorem1Result:
     """:func:`theorem1` with the norms of :func:`theorem1_norms`, labelled with the caveat."""
-    norms = theorem1_norms(checkpoint, names=names, cache=cache)
+    norms = theorem1_norms(checkpoint, names=names, cache=cache, known=known)
     warns = [TRANSFORMER_CAVEAT]
     if norms.skipped:
         warns.append(

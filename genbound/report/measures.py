@@ -51,5 +51,10 @@ def data_free_measures(ckpt: Checkpoint, *, progress: Progress | None = None) ->
             seconds[part] = time.perf_counter() - start
 
     mi = attempt("mi_bound", lambda: mi_bound(ckpt, loss="zero_one"))
-    thm = attempt("theorem1", lambda: theorem1_from_checkpoint(ckpt))
+    known = {
+        x.name: (x.base_spectral_norm if x.base_spectral_norm is not None else 0.0, x.spectral_norm)
+        for x in spectra.layers
+        if x.base_spectral_norm is not None or ckpt.updates[x.name].is_new
+    }
+    thm = attempt("theorem1", lambda: theorem1_from_checkpoint(ckpt, known=known))
     return DataFreeMeasures(spectra=spectra, mi=mi, theorem1=thm, skipped=skipped, seconds=seconds)
