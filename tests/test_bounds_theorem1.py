@@ -319,7 +319,9 @@ def test_theorem1_norms_from_checkpoint(tmp_path):
     r = theorem1_from_checkpoint(ckpt)
     assert TRANSFORMER_CAVEAT in r.warnings
     # norms measured elsewhere (the spectra stage) give the same result without re-reading W0
-    known = {n: (a, b) for n, a, b in zip(norms.names, norms.base_norms, norms.update_norms, strict=True)}
+    known = {
+        n: (a, b) for n, a, b in zip(norms.names, norms.base_norms, norms.update_norms, strict=True)
+    }
     assert theorem1_from_checkpoint(ckpt, known=known).log10_phi_dW == r.log10_phi_dW
     assert r.layer_names == norms.names
     direct = theorem1(norms.base_norms, norms.update_norms)

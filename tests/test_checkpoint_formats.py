@@ -305,4 +305,6 @@ def test_new_head_rebuilds_to_its_trained_value(tmp_path):
     ckpt = load_checkpoint(run)
     head = ckpt.updates["head"]
     t = load_file(str(run / "updates.safetensors"))
-    assert torch.equal((head.base_weight(torch.float64) + head.delta(torch.float64)).float(), t["headV"])
+    assert torch.equal(
+        (head.base_weight(torch.float64) + head.delta(torch.float64)).float(), t["headV"]
+    )
