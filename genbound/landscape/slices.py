@@ -275,21 +275,7 @@ def landscape_1d(
         raise GenboundError("The landscape grid must contain the checkpoint (coordinate 0).")
     losses = evaluate_plane(objective, dirs.vectors[0], None, xs)
     rho = float(rho) if rho is not None else 0.5 * float(np.max(np.abs(xs)))
-    centre, curv, flat, ascent = _summaries(xs, None, losses, tol, rho, fit_points)
-    return Landscape(
-        xs=xs,
-        ys=None,
-        losses=losses,
-        centre_loss=centre,
-        curvature=curv,
-        flat_fraction=flat,
-        tol=tol,
-        ascent=ascent,
-        rho=rho,
-        kind=dirs.kind,
-        space=dirs.space,
-        metadata=_meta(objective, dirs),
-    )
+    return _landscape(objective, dirs, xs, None, losses, tol, rho, fit_points, path=None)
 
 
 def landscape_2d(
@@ -323,22 +309,7 @@ def landscape_2d(
     xs, ys = _grid(steps, -ext_x, ext_x), _grid(steps, -ext_y, ext_y)
     losses = evaluate_plane(objective, dirs.vectors[0], dirs.vectors[1], xs, ys)
     rho = float(rho) if rho is not None else 0.5 * min(ext_x, ext_y)
-    centre, curv, flat, ascent = _summaries(xs, ys, losses, tol, rho, fit_points)
-    return Landscape(
-        xs=xs,
-        ys=ys,
-        losses=losses,
-        centre_loss=centre,
-        curvature=curv,
-        flat_fraction=flat,
-        tol=tol,
-        ascent=ascent,
-        rho=rho,
-        kind=dirs.kind,
-        space=dirs.space,
-        path=dirs.path,
-        metadata=_meta(objective, dirs),
-    )
+    return _landscape(objective, dirs, xs, ys, losses, tol, rho, fit_points, path=dirs.path)
 
 
 def _meta(objective, dirs: Directions) -> dict:
@@ -356,3 +327,23 @@ def _meta(objective, dirs: Directions) -> dict:
         if dirs.kind == "path"
         else "",
     }
+
+
+def _landscape(objective, dirs, xs, ys, losses, tol, rho, fit_points, *, path) -> Landscape:
+    """The :class:`Landscape` of evaluated ``losses`` on the grid ``xs`` (x ``ys``), with its summaries."""
+    centre, curv, flat, ascent = _summaries(xs, ys, losses, tol, rho, fit_points)
+    return Landscape(
+        xs=xs,
+        ys=ys,
+        losses=losses,
+        centre_loss=centre,
+        curvature=curv,
+        flat_fraction=flat,
+        tol=tol,
+        ascent=ascent,
+        rho=rho,
+        kind=dirs.kind,
+        space=dirs.space,
+        path=path,
+        metadata=_meta(objective, dirs),
+    )
