@@ -29,13 +29,6 @@ from genbound.landscape.directions import (
 )
 
 
-def _mean_loss(objective) -> float:
-    total = 0.0
-    for b in objective.batches:
-        total += float(objective.loss(objective.model, b).double().sum())
-    return total / objective.num_examples
-
-
 def evaluate_plane(
     objective,
     d1: Direction,
@@ -73,7 +66,7 @@ def evaluate_plane(
                                 p.data.copy_(t0)
                             if b[n] is not None and y != 0.0:
                                 p.data.add_(b[n].to(p.dtype), alpha=float(y))
-                        out[i, j] = _mean_loss(objective)
+                        out[i, j] = objective.mean_loss()
         finally:
             with torch.no_grad():
                 for n in names:

@@ -65,11 +65,11 @@ class Objective:
         return sum(len(b) for b in self.batches)
 
     def mean_loss(self) -> float:
-        """Mean per-example loss over all batches (no grad, model mode unchanged)."""
+        """Mean per-example loss over all batches, summed in float64 (no grad, model mode unchanged)."""
         total = 0.0
         with torch.no_grad():
             for b in self.batches:
-                total += float(self.loss(self.model, b).sum())
+                total += float(self.loss(self.model, b).double().sum())
         return total / max(self.num_examples, 1)
 
 
