@@ -33,6 +33,7 @@ The code, exactly:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -43,11 +44,18 @@ import numpy as np
 import torch
 
 from genbound.bounds.kl import kl_inverse
+from genbound.checkpoint.updates import (
+    ChainUpdate,
+    DenseUpdate,
+    DoraUpdate,
+    LowRankUpdate,
+    SelectorUpdate,
+    Update,
+)
 from genbound.errors import GenboundError
 
 if TYPE_CHECKING:
     from genbound.checkpoint.model import Checkpoint
-    from genbound.checkpoint.updates import Update
 
 __all__ = [
     "CODEBOOK_MODES",
@@ -76,14 +84,6 @@ LN2 = math.log(2.0)
 
 
 def _trained_factors(prefix: str, u: Update) -> dict[str, torch.Tensor]:
-    from genbound.checkpoint.updates import (
-        ChainUpdate,
-        DenseUpdate,
-        DoraUpdate,
-        LowRankUpdate,
-        SelectorUpdate,
-    )
-
     if isinstance(u, ChainUpdate):
         out = {}
         for i, link in enumerate(u.links):
@@ -118,23 +118,11 @@ def with_trainable_tensors(
 ) -> Checkpoint:
     """A copy of ``checkpoint`` whose trained tensors are replaced by ``tensors`` (same keys as
     :func:`trainable_tensors`, e.g. their quantized values). W0 stays what it was."""
-    import dataclasses
-
     updates = {name: _replace_factors(name, u, tensors) for name, u in checkpoint.updates.items()}
     return dataclasses.replace(checkpoint, updates=updates)
 
 
 def _replace_factors(prefix: str, u: Update, tensors: Mapping[str, torch.Tensor]) -> Update:
-    import dataclasses
-
-    from genbound.checkpoint.updates import (
-        ChainUpdate,
-        DenseUpdate,
-        DoraUpdate,
-        LowRankUpdate,
-        SelectorUpdate,
-    )
-
     if isinstance(u, ChainUpdate):
         links = tuple(
             _replace_factors(f"{prefix}::link{i}", x, tensors) for i, x in enumerate(u.links)
