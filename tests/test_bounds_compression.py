@@ -326,3 +326,24 @@ def test_trainable_tensors_of_a_checkpoint():
     assert torch.equal(t["l0::B"], lo.B) and torch.equal(t["l1::B"], sel.B)
     assert torch.equal(t["head::delta"], head.double())
     assert sum(v.numel() for v in t.values()) == ckpt.num_trainable
+
+
+def test_pruning_leaves_the_bound_unchanged_and_skips_hopeless_candidates():
+    t = _tensors()
+    calls = []
+
+    def evaluate(qt):
+        calls.append(1)
+        return 0.01  # every b as accurate: the shortest code wins, longer ones cannot
+
+    n = 300  # small N: long codes have floors far above the best bound
+    full = compression_bound(t, evaluate, n, bits=(1, 2, 4, 8), prune=False)
+    assert len(calls) == 4
+    calls.clear()
+    pruned = compression_bound(t, evaluate, n, bits=(1, 2, 4, 8))
+    assert 1 <= len(calls) < 4
+    assert pruned.bound == full.bound and pruned.chosen_bits == full.chosen_bits
+    for c in pruned.candidates:
+        assert c.floor == pytest.approx(kl_inverse(0.0, c.rhs), rel=1e-15)
+        if not c.evaluated:
+            assert c.train_error is None and c.floor > pruned.bound

@@ -76,7 +76,7 @@ def test_objective_matches_merged_peft_model_and_hand_gap(tmp_path, targets, lay
     base_dir = _base_with_tokenizer(tmp_path)
     ckpt, merged = _peft_checkpoint(tmp_path, base_dir, targets, layers)
     train, test = _texts(10, 0), _texts(7, 1)
-    task = TextClassificationTask(base_dir, train, test, batch_size=4)
+    task = TextClassificationTask(train, test, base_path=base_dir, batch_size=4)
     tr, te = task.objectives(ckpt)
     assert ("cached" in tr.description) == (layers == [1])
     # every trained tensor is visible to analyses under the objective's own names
@@ -164,7 +164,7 @@ def test_compression_bound_on_task_matches_hand_evaluation(tmp_path):
     base_dir = _base_with_tokenizer(tmp_path)
     ckpt, _ = _peft_checkpoint(tmp_path, base_dir, ["query", "value"], [1])
     train = _texts(12, 3)
-    task = TextClassificationTask(base_dir, train, _texts(4, 4), batch_size=5)
+    task = TextClassificationTask(train, _texts(4, 4), base_path=base_dir, batch_size=5)
     tr, _ = task.objectives(ckpt)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     res = compression_bound_on(ckpt, tr, bits=(1, 3), num_classes=3)

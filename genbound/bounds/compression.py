@@ -423,15 +423,26 @@ def pac_bayes_kl_bound(
 
 @dataclass(frozen=True)
 class CompressionCandidate:
-    """One candidate b: its quantization, code, train error and bound."""
+    """One candidate b: its quantization, code, train error and bound.
+
+    ``floor`` = kl^-1(0, rhs) is the bound this b would give with zero train error. A
+    candidate whose floor is not below the best bound already found cannot be chosen, so
+    its model is not evaluated (``evaluated`` False, ``train_error`` and ``bound`` None);
+    the chosen bound is exactly the one an evaluation of every candidate gives.
+    """
 
     bits: int
     quantization: Quantization
     code: CodeLength
     code_bits: int
-    train_error: float
     rhs: float
-    bound: float
+    floor: float
+    train_error: float | None
+    bound: float | None
+
+    @property
+    def evaluated(self) -> bool:
+        return self.bound is not None
 
 
 @dataclass(frozen=True)
@@ -499,6 +510,7 @@ def compression_bound(
     codebook_bits: int = 16,
     max_iter: int = 100,
     num_classes: int | None = None,
+    prune: bool = True,
 ) -> CompressionBoundResult:
     """Compression PAC-Bayes bound on the test 0-1 error, b chosen by the bound.
 
@@ -507,12 +519,16 @@ def compression_bound(
             (W0, architecture, seed, frozen factors) is assumed known to the decoder.
         evaluate_error: called with the quantized tensors (name -> float32 tensor) of
             each candidate, returns the 0-1 error on the N training examples; or a
-            mapping b -> precomputed error for every candidate.
+            mapping b -> precomputed error for every candidate. Candidates are tried in
+            order of code length; one whose zero-error bound cannot beat the best so far
+            is not evaluated (``prune``), which leaves the result unchanged.
         n_train: N, the number of training examples the error is measured on.
         bits: candidate b (2^b levels); ln(len(bits)) nats are paid for choosing.
         delta: confidence; the bound holds with probability >= 1 - delta.
         codebook, codebook_bits, max_iter: see :func:`quantize`.
         num_classes: when given, the bound is vacuous at or above 1 - 1/num_classes.
+        prune: skip evaluating candidates that cannot be chosen (see
+            :class:`CompressionCandidate`).
     """
     n = int(n_train)
     if n <= 0:
@@ -531,20 +547,31 @@ def compression_bound(
                 f"compression bound: precomputed errors must cover every candidate b; "
                 f"found none for b = {missing}."
             )
-    results = []
+    coded = []
     for b in cands:
         q = quantize(tensors, b, codebook=codebook, codebook_bits=codebook_bits, max_iter=max_iter)
         code = code_length(q)
+        rhs, floor = pac_bayes_kl_bound(0.0, code.total_bits, n, delta, len(cands))
+        coded.append((b, q, code, rhs, floor))
+    by_b: dict[int, CompressionCandidate] = {}
+    best_bound = math.inf
+    for b, q, code, rhs, floor in sorted(coded, key=lambda x: (x[2].total_bits, x[0])):
+        if prune and floor > best_bound:
+            log.debug("compression bound: b=%d pruned (floor %.4g >= %.4g)", b, floor, best_bound)
+            by_b[b] = CompressionCandidate(b, q, code, code.total_bits, rhs, floor, None, None)
+            continue
         if isinstance(evaluate_error, Mapping):
             err = _check_error(b, evaluate_error[b])
         else:
             err = _check_error(b, evaluate_error(q.tensors()))
-        rhs, bound = pac_bayes_kl_bound(err, code.total_bits, n, delta, len(cands))
+        bound = kl_inverse(err, rhs)
         log.debug(
             "compression bound: b=%d K=%d bits err=%.4g bound=%.4g", b, code.total_bits, err, bound
         )
-        results.append(CompressionCandidate(b, q, code, code.total_bits, err, rhs, bound))
-    best = min(results, key=lambda c: (c.bound, c.bits))
+        by_b[b] = CompressionCandidate(b, q, code, code.total_bits, rhs, floor, err, bound)
+        best_bound = min(best_bound, bound)
+    results = [by_b[b] for b in cands]
+    best = min((c for c in results if c.evaluated), key=lambda c: (c.bound, c.bits))
     if num_classes is not None:
         if int(num_classes) < 2:
             raise GenboundError(f"num_classes must be >= 2; found {num_classes!r}.")

@@ -25,7 +25,7 @@ from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
 from genbound.tasks.objective import Batch, Objective, cross_entropy_loss
 from genbound.tasks.rebuild import load_updates_into
-from genbound.tasks.texts import LabelledTexts
+from genbound.tasks.texts import LabelledTexts, read_labelled
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ class TextClassificationTask:
     """Sequence classification of labelled texts with a Hugging Face model.
 
     Attributes:
-        base_path: the pretrained model folder (read offline).
-        train, test: the data.
+        train, test: the data (test uses the training set's label names).
+        base_path: the pretrained model folder (read offline); None: the checkpoint's base
+            model.
         max_length: tokens per text (longer texts are truncated).
         batch_size: examples per batch (batches are length-bucketed: texts of similar length
             share a batch, so little is padded).
@@ -87,9 +88,9 @@ class TextClassificationTask:
             hidden states (BERT-family encoders).
     """
 
-    base_path: Path
     train: LabelledTexts
     test: LabelledTexts
+    base_path: Path | None = None
     max_length: int = 64
     batch_size: int = 64
     cache_activations: bool = True
@@ -102,33 +103,55 @@ class TextClassificationTask:
     def num_labels(self) -> int:
         return len(self.train.label_names)
 
+    @property
+    def description(self) -> str:
+        return (
+            f"sequence classification, {len(self.train):,} train / {len(self.test):,} test texts "
+            f"from {self.train.source}, {self.num_labels} labels, max {self.max_length} tokens"
+        )
+
+    def base_for(self, checkpoint: Checkpoint | None) -> Path:
+        """The pretrained model folder: ``base_path``, else the checkpoint's base model."""
+        if self.base_path is not None:
+            return Path(self.base_path)
+        base = getattr(checkpoint, "base", None)
+        if base is None or not Path(base.path).is_dir():
+            raise GenboundError(
+                "text classification task: expected a base model folder (with its tokenizer) "
+                "from the checkpoint or base_path; found "
+                + (f"{base.path} (not a folder)." if base is not None else "none.")
+            )
+        return Path(base.path)
+
     def build_model(
         self, checkpoint: Checkpoint | None = None, *, attn_implementation: str = "sdpa"
     ) -> nn.Module:
         """The base model with the checkpoint's updates, in eval mode (a fresh model)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModelForSequenceClassification
+
+        base_path = self.base_for(checkpoint)
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                self.base_path, num_labels=self.num_labels, attn_implementation=attn_implementation
+                base_path, num_labels=self.num_labels, attn_implementation=attn_implementation
             )
         except OSError as exc:
-            raise GenboundError(f"{self.base_path}: cannot load the base model ({exc}).") from None
+            raise GenboundError(f"{base_path}: cannot load the base model ({exc}).") from None
         finally:
             hf_logging.set_verbosity(verbosity)
         if checkpoint is not None:
             load_updates_into(model, checkpoint)
         return model.eval()
 
-    def tokenized_batches(self, data: LabelledTexts) -> list[Batch]:
+    def tokenized_batches(self, data: LabelledTexts, base_path: Path) -> list[Batch]:
         """Length-bucketed batches of ``input_ids``/``attention_mask`` (fixed order)."""
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(self.base_path)
+        tok = AutoTokenizer.from_pretrained(base_path)
         enc = tok(list(data.texts), truncation=True, max_length=self.max_length)
         lengths = torch.tensor([len(ids) for ids in enc["input_ids"]])
         order = torch.argsort(lengths, stable=True)
@@ -148,13 +171,15 @@ class TextClassificationTask:
     def objectives(self, checkpoint: Checkpoint | None) -> tuple[Objective, Objective]:
         """(train, test) objectives of the fine-tuned model; both share one model."""
         model = self.build_model(checkpoint)
+        base_path = self.base_for(checkpoint)
         names = list(checkpoint.updates) if checkpoint is not None else []
         trainable = _trainable_names(model, checkpoint)
         start = first_adapted_layer(names) if self.cache_activations else None
         n_layers = len(model.base_model.encoder.layer) if _is_bert_family(model) else None
         if start is None or n_layers is None:
-            desc = f"{type(model).__name__} from {self.base_path}, full forward"
-            train, test = self.tokenized_batches(self.train), self.tokenized_batches(self.test)
+            desc = f"{type(model).__name__} from {base_path}, full forward"
+            train = self.tokenized_batches(self.train, base_path)
+            test = self.tokenized_batches(self.test, base_path)
             return (
                 Objective(model, train, cross_entropy_loss, trainable, desc + " (train)"),
                 Objective(model, test, cross_entropy_loss, trainable, desc + " (test)"),
@@ -162,10 +187,12 @@ class TextClassificationTask:
         start = min(start, n_layers)
         suffix = EncoderSuffix(model, start).eval()
         suffix_names = tuple(f"model.{n}" for n in trainable)
-        desc = f"{type(model).__name__} from {self.base_path}, layers {start}..{n_layers - 1} on cached inputs"
+        desc = f"{type(model).__name__} from {base_path}, layers {start}..{n_layers - 1} on cached inputs"
         out = []
         for split, data in (("train", self.train), ("test", self.test)):
-            batches = [self._cache(model, b, start) for b in self.tokenized_batches(data)]
+            batches = [
+                self._cache(model, b, start) for b in self.tokenized_batches(data, base_path)
+            ]
             out.append(
                 Objective(suffix, batches, cross_entropy_loss, suffix_names, f"{desc} ({split})")
             )
@@ -200,3 +227,43 @@ def _trainable_names(model: nn.Module, checkpoint: Checkpoint | None) -> tuple[s
     names = {n for n, _ in model.named_parameters()}
     found = (resolve_parameter(names, u.param) for u in checkpoint.updates.values())
     return tuple(n for n in found if n is not None)
+
+
+def text_files(
+    train: str,
+    test: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: list[str] | None = None,
+    encoding: str = "utf-8",
+    base_path: str | None = None,
+    max_length: int = 64,
+    batch_size: int = 64,
+) -> TextClassificationTask:
+    """The task of ``--data TRAIN TEST``: labelled texts from two ``.csv`` or ``.jsonl`` files.
+
+    String labels map to indices in the order of ``label_names`` (default: the sorted
+    labels of the training file); the test file must use the same labels.
+    """
+    tr = read_labelled(
+        train,
+        text_column=text_column,
+        label_column=label_column,
+        label_names=label_names,
+        encoding=encoding,
+    )
+    te = read_labelled(
+        test,
+        text_column=text_column,
+        label_column=label_column,
+        label_names=tr.label_names,
+        encoding=encoding,
+    )
+    return TextClassificationTask(
+        tr,
+        te,
+        base_path=Path(base_path) if base_path else None,
+        max_length=max_length,
+        batch_size=batch_size,
+    )
