@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genbound.tasks.texts import LabelledTexts
+
 
 def assert_rel_close(actual, expected, rtol: float, what: str = "") -> None:
     """||actual - expected|| <= rtol * ||expected|| (Frobenius), in float64."""
@@ -29,3 +31,63 @@ def merged_from_genbound(ckpt, base_state: dict) -> dict:
 
 def numpy_svals(x: torch.Tensor) -> np.ndarray:
     return np.linalg.svd(x.detach().to(torch.float64).numpy(), compute_uv=False)
+
+
+WORDS = [
+    "good",
+    "bad",
+    "fine",
+    "awful",
+    "great",
+    "meh",
+    "ok",
+    "sad",
+    "happy",
+    "film",
+    "day",
+    "food",
+]
+
+
+def tiny_bert_with_tokenizer(tmp_path):
+    """A saved tiny BERT classifier with a word-level tokenizer over WORDS; returns its folder."""
+    from transformers import BertTokenizerFast
+
+    base_dir = tmp_path / "base"
+    from conftest import tiny_bert
+
+    tiny_bert().save_pretrained(base_dir)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(base_dir)
+    return base_dir
+
+
+def random_texts(n, seed):
+    """n random texts of 1-8 WORDS with random labels of 3 classes."""
+    g = np.random.default_rng(seed)
+    texts = tuple(" ".join(g.choice(WORDS, size=g.integers(1, 9))) for _ in range(n))
+    return LabelledTexts(
+        texts, torch.tensor(g.integers(0, 3, size=n)), ("neg", "neu", "pos"), "random"
+    )
+
+
+def tiny_bert_lora(tmp_path, base_dir, targets, layers=None, n_train=10):
+    """A PEFT LoRA (r=2, random factors, trained classifier) of the base at ``base_dir``, saved
+    under tmp_path/adapter; returns (its Checkpoint, PEFT's merged model in eval mode)."""
+    from conftest import randomize_adapters
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from genbound import load_checkpoint
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3)
+    pm = get_peft_model(
+        model,
+        LoraConfig(
+            r=2, target_modules=targets, layers_to_transform=layers, modules_to_save=["classifier"]
+        ),
+    )
+    randomize_adapters(pm, scale=0.5)
+    pm.save_pretrained(tmp_path / "adapter")
+    return load_checkpoint(tmp_path / "adapter", n_train=n_train), pm.merge_and_unload().eval()

@@ -56,7 +56,7 @@ def test_report_bounds_and_skip_reasons(tmp_path, capsys):
     _, ad, _ = build_peft(tmp_path, tiny_bert, dict(r=2, target_modules=["query"]))
     assert main(["report", str(ad), "--out", str(tmp_path / "no-n")]) == 0
     doc = json.loads((tmp_path / "no-n" / "report.json").read_text())
-    assert doc["bounds"]["mi"] is None and "N" in doc["skipped"]["mi_bound"]
+    assert doc["bounds"]["mi"] is None and "N" in doc["skipped"]["mi"]
     assert isinstance(doc["bounds"]["theorem1"]["log10_phi_dW"], float)
     assert main(["report", str(ad), "--n-train", "1000", "--out", str(tmp_path / "n")]) == 0
     doc = json.loads((tmp_path / "n" / "report.json").read_text())
@@ -67,6 +67,6 @@ def test_report_bounds_and_skip_reasons(tmp_path, capsys):
         math.sqrt(2 * 0.25 * 32 * math.log(2) * d / 1000), rel=1e-12
     )
     assert mi["vacuous"] is True  # 0-1 loss, B = 1: a bound of 2.1 says nothing, and says so
-    assert "mi_bound" not in doc["skipped"]
+    assert "mi" not in doc["skipped"]
     md = (tmp_path / "n" / "report.md").read_text()
     assert "MI bound on the expected 0-1 gap" in md and "vacuous" in md

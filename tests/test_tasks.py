@@ -8,63 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_adapters, tiny_bert
+from helpers import random_texts, tiny_bert_lora, tiny_bert_with_tokenizer
 
-from genbound import load_checkpoint
 from genbound.errors import GenboundError
 from genbound.gap import empirical_gap
 from genbound.tasks.hf_text import TextClassificationTask, first_adapted_layer
-from genbound.tasks.texts import LabelledTexts, read_labelled
-
-WORDS = [
-    "good",
-    "bad",
-    "fine",
-    "awful",
-    "great",
-    "meh",
-    "ok",
-    "sad",
-    "happy",
-    "film",
-    "day",
-    "food",
-]
-
-
-def _base_with_tokenizer(tmp_path):
-    from transformers import BertTokenizerFast
-
-    base_dir = tmp_path / "base"
-    tiny_bert().save_pretrained(base_dir)
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(base_dir)
-    return base_dir
-
-
-def _texts(n, seed):
-    g = np.random.default_rng(seed)
-    texts = tuple(" ".join(g.choice(WORDS, size=g.integers(1, 9))) for _ in range(n))
-    return LabelledTexts(
-        texts, torch.tensor(g.integers(0, 3, size=n)), ("neg", "neu", "pos"), "random"
-    )
-
-
-def _peft_checkpoint(tmp_path, base_dir, targets, layers=None):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3)
-    pm = get_peft_model(
-        model,
-        LoraConfig(
-            r=2, target_modules=targets, layers_to_transform=layers, modules_to_save=["classifier"]
-        ),
-    )
-    randomize_adapters(pm, scale=0.5)
-    pm.save_pretrained(tmp_path / "adapter")
-    return load_checkpoint(tmp_path / "adapter", n_train=10), pm.merge_and_unload().eval()
+from genbound.tasks.texts import read_labelled
 
 
 @pytest.mark.parametrize(
@@ -73,9 +22,9 @@ def _peft_checkpoint(tmp_path, base_dir, targets, layers=None):
     ids=["top-layer-cached", "embeddings-full-forward"],
 )
 def test_objective_matches_merged_peft_model_and_hand_gap(tmp_path, targets, layers):
-    base_dir = _base_with_tokenizer(tmp_path)
-    ckpt, merged = _peft_checkpoint(tmp_path, base_dir, targets, layers)
-    train, test = _texts(10, 0), _texts(7, 1)
+    base_dir = tiny_bert_with_tokenizer(tmp_path)
+    ckpt, merged = tiny_bert_lora(tmp_path, base_dir, targets, layers)
+    train, test = random_texts(10, 0), random_texts(7, 1)
     task = TextClassificationTask(train, test, base_path=base_dir, batch_size=4)
     tr, te = task.objectives(ckpt)
     assert ("cached" in tr.description) == (layers == [1])
@@ -161,13 +110,13 @@ def test_compression_bound_on_task_matches_hand_evaluation(tmp_path):
     from genbound.bounds.compression import with_trainable_tensors
     from genbound.bounds.evaluated import compression_bound_on
 
-    base_dir = _base_with_tokenizer(tmp_path)
-    ckpt, _ = _peft_checkpoint(tmp_path, base_dir, ["query", "value"], [1])
-    train = _texts(12, 3)
-    task = TextClassificationTask(train, _texts(4, 4), base_path=base_dir, batch_size=5)
+    base_dir = tiny_bert_with_tokenizer(tmp_path)
+    ckpt, _ = tiny_bert_lora(tmp_path, base_dir, ["query", "value"], [1])
+    train = random_texts(12, 3)
+    task = TextClassificationTask(train, random_texts(4, 4), base_path=base_dir, batch_size=5)
     tr, _ = task.objectives(ckpt)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
-    res = compression_bound_on(ckpt, tr, bits=(1, 3), num_classes=3)
+    res = compression_bound_on(ckpt, tr, bits=(1, 3), num_classes=3, prune=False)
     # the objective's model is left bit-exact
     assert all(torch.equal(p, before[n]) for n, p in tr.model.named_parameters())
     for cand in res.candidates:

@@ -40,6 +40,7 @@ def compression_bound_on(
     bits: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8),
     delta: float = 0.05,
     num_classes: int | None = None,
+    prune: bool = True,
 ) -> CompressionBoundResult:
     """The compression bound of ``checkpoint``, its quantized train error measured on ``train``.
 
@@ -54,4 +55,5 @@ def compression_bound_on(
         bits=bits,
         delta=delta,
         num_classes=num_classes,
+        prune=prune,
     )

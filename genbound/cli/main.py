@@ -7,6 +7,7 @@ exit with status 2; no traceback is shown for them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,51 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "data",
+        "the task that runs the checkpoint on data (default: the run folder's recorded task); "
+        "without one, only the data-free parts are computed",
+    )
+    g.add_argument(
+        "--data",
+        nargs=2,
+        type=Path,
+        metavar=("TRAIN", "TEST"),
+        help="labelled texts (.csv or .jsonl) for a Hugging Face sequence classifier",
+    )
+    g.add_argument("--text-column", default="text", help="text column of --data (default: text)")
+    g.add_argument(
+        "--label-column", default="label", help="label column of --data (default: label)"
+    )
+    g.add_argument("--encoding", default="utf-8", help="encoding of --data (default: utf-8)")
+    g.add_argument(
+        "--label-names",
+        help="comma-separated label names in class-index order (default: sorted labels)",
+    )
+    g.add_argument("--max-length", type=int, default=64, help="tokens per text (default: 64)")
+    g.add_argument(
+        "--task",
+        metavar="MODULE:FUNCTION",
+        help="a function returning a task (see genbound.tasks.protocol)",
+    )
+    g.add_argument(
+        "--task-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument of --task (VALUE parsed as JSON, else a string); repeatable",
+    )
+    p.add_argument("--only", help=f"comma-separated parts to compute (of: {', '.join(_parts())})")
+    p.add_argument("--skip", help="comma-separated parts not to compute")
+
+
+def _parts() -> tuple[str, ...]:
+    from genbound.report.measures import PARTS
+
+    return PARTS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genbound", description="Generalization analysis for fine-tuned models."
@@ -50,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write a report for a checkpoint")
     _add_load_args(p)
+    _add_data_args(p)
     p.add_argument("--out", type=Path, help="report folder (default: <checkpoint>/genbound-report)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.set_defaults(func=_cmd_report)
@@ -91,20 +138,85 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(ckpt, out: Path, *, force: bool) -> Path:
-    from genbound.cli.progress import track
-    from genbound.report import ensure_writable, write_report
-    from genbound.report.measures import data_free_measures
+def _task_reference(args: argparse.Namespace, ckpt) -> tuple[object | None, str]:
+    """The task reference the arguments (or else the checkpoint) name, and where it came from."""
+    from genbound.tasks.reference import TaskReference
 
-    ensure_writable(out, force=force)  # fail before the work, not after
-    measures = data_free_measures(ckpt, progress=lambda it, n: track(it, n, "spectra"))
-    return write_report(ckpt, out, measures, force=force)
+    if args.data and args.task:
+        raise GenboundError("pass either --data or --task, not both.")
+    if args.task:
+        kwargs = {}
+        for item in args.task_arg:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise GenboundError(f"--task-arg: expected KEY=VALUE; found {item!r}.")
+            try:
+                kwargs[key] = json.loads(value)
+            except json.JSONDecodeError:
+                kwargs[key] = value
+        return TaskReference(args.task, kwargs), "--task"
+    if args.task_arg:
+        raise GenboundError("--task-arg needs --task.")
+    if args.data:
+        train, test = (str(Path(x).resolve()) for x in args.data)
+        kwargs = {
+            "train": train,
+            "test": test,
+            "text_column": args.text_column,
+            "label_column": args.label_column,
+            "encoding": args.encoding,
+            "max_length": args.max_length,
+        }
+        if args.label_names:
+            kwargs["label_names"] = [x.strip() for x in args.label_names.split(",")]
+        return TaskReference("genbound.tasks.hf_text:text_files", kwargs), "--data"
+    if ckpt.data:
+        where = f"{ckpt.path}: data"
+        return TaskReference.from_json(ckpt.data, where=where), where
+    return None, ""
+
+
+def _selected_parts(args: argparse.Namespace) -> frozenset[str]:
+    from genbound.report.measures import PARTS, check_parts
+
+    def split(text: str | None, flag: str) -> frozenset[str]:
+        if text is None:
+            return frozenset()
+        return check_parts([x.strip() for x in text.split(",") if x.strip()], where=flag)
+
+    only = split(getattr(args, "only", None), "--only") or frozenset(PARTS)
+    return only - split(getattr(args, "skip", None), "--skip")
+
+
+def _report(ckpt, out: Path, args: argparse.Namespace) -> Path:
+    from genbound.cli.progress import stage, track
+    from genbound.report import ensure_writable, write_report
+    from genbound.report.measures import measure_checkpoint
+    from genbound.tasks.reference import load_task
+
+    ensure_writable(out, force=args.force)  # fail before the work, not after
+    parts = _selected_parts(args)
+    ref, where = _task_reference(args, ckpt)
+    task = None
+    if ref is not None:
+        with stage("loading the task"):
+            task = load_task(ref, where=where)
+    measures = measure_checkpoint(
+        ckpt,
+        task=task,
+        task_reference=ref.to_json() if ref is not None else None,
+        n_train=args.n_train,
+        parts=parts,
+        progress=lambda it, n: track(it, n, "spectra"),
+        stage=stage,
+    )
+    return write_report(ckpt, out, measures, force=args.force)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     ckpt = _load(args)
     out = args.out or (args.path if args.path.is_dir() else args.path.parent) / "genbound-report"
-    done = _report(ckpt, out, force=args.force)
+    done = _report(ckpt, out, args)
     print(f"report written to {done}/report.md (and report.json)")
     return 0
 
@@ -114,8 +226,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     ckpt_dir = build_demo_checkpoint(args.out, force=args.force)
     print(f"built checkpoint {ckpt_dir}")
-    ckpt = _load(argparse.Namespace(path=ckpt_dir, base=None, adapter=None, n_train=None))
-    done = _report(ckpt, args.out / "report", force=True)
+    ns = argparse.Namespace(path=ckpt_dir, base=None, adapter=None, n_train=None)
+    ckpt = _load(ns)
+    ns = argparse.Namespace(force=True, data=None, task=None, task_arg=[], n_train=None)
+    done = _report(ckpt, args.out / "report", ns)
     print(f"report written to {done}/report.md (and report.json)")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -9,6 +10,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -34,3 +36,34 @@ def track(items: Iterable[T], total: int, stage: str) -> Iterator[T]:
         for item in items:
             yield item
             bar.advance(task)
+
+
+STAGE_NAMES = {
+    "model": "rebuilding the model, caching activations",
+    "gap": "empirical gap",
+    "compression": "compression bound",
+    "loading the task": "loading the task",
+}
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """A spinner with the stage name and elapsed time while the block runs (on stderr).
+
+    Stages that take no noticeable time (not in :data:`STAGE_NAMES`) show nothing.
+    """
+    from rich.console import Console
+
+    if name not in STAGE_NAMES:
+        yield
+        return
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn(f"[bold]{STAGE_NAMES.get(name, name)}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(name, total=1)
+        yield
+        bar.update(task, completed=1)

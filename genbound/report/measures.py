@@ -1,60 +1,193 @@
-"""Compute the data-free measures of one checkpoint for a report, recording what was skipped and why."""
+"""Compute every measure of one checkpoint that its data allow, recording what was skipped and why.
+
+Parts (names used by ``--only`` and ``--skip``):
+
+* data-free: ``spectra`` (per-layer spectra and intruders), ``mi`` (MI and Occam bounds on
+  the 0-1 loss; needs N), ``theorem1`` (the corrected Theorem 1 terms; needs the base);
+* with a task: ``gap`` (the empirical gap), ``compression`` (the compression PAC-Bayes
+  bound of the quantized trainable tensors on the training set).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from genbound.bounds import MIBoundResult, Theorem1Result, mi_bound, theorem1_from_checkpoint
+from genbound.bounds.compression import CompressionBoundResult
+from genbound.bounds.evaluated import compression_bound_on
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
+from genbound.gap import GapResult, empirical_gap
 from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
+from genbound.tasks.protocol import Task
+
+DATA_FREE_PARTS = ("spectra", "mi", "theorem1")
+DATA_PARTS = ("gap", "compression")
+PARTS = DATA_FREE_PARTS + DATA_PARTS
+
+#: ``stage(name)`` returns a context manager around one stage (the CLI shows a spinner).
+Stage = Callable[[str], AbstractContextManager[Any]]
 
 
 @dataclass(frozen=True)
-class DataFreeMeasures:
-    """Spectra and the data-free bounds of one checkpoint.
+class Measures:
+    """The measures of one checkpoint.
 
     Attributes:
-        spectra: per-layer spectra and intruders.
-        mi: MI and Occam bounds (0-1 loss), or None (see ``skipped``).
-        theorem1: the corrected Theorem 1 correction terms, or None (see ``skipped``).
+        spectra: per-layer spectra and intruders (None if not requested).
+        mi: MI and Occam bounds on the 0-1 loss, or None (see ``skipped``).
+        theorem1: the corrected Theorem 1 correction terms, or None.
+        gap: the empirical gap (cross-entropy and 0-1 error), or None.
+        compression: the compression bound on the test 0-1 error, or None.
+        task: the task's description, or None without data.
+        task_reference: the JSON task reference the data came from, if known.
+        n_train: N used by the bounds, and ``n_train_source`` where it came from.
+        num_labels: number of classes (from the task), for the chance level.
         skipped: part name -> why it was not computed.
+        warnings: things a reader must know (e.g. N of the task differs from the run's).
         seconds: wall time per part.
     """
 
-    spectra: SpectraResult
-    mi: MIBoundResult | None
-    theorem1: Theorem1Result | None
+    spectra: SpectraResult | None
+    mi: MIBoundResult | None = None
+    theorem1: Theorem1Result | None = None
+    gap: GapResult | None = None
+    compression: CompressionBoundResult | None = None
+    task: str | None = None
+    task_reference: dict[str, Any] | None = None
+    n_train: int | None = None
+    n_train_source: str | None = None
+    num_labels: int | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def data_free_measures(ckpt: Checkpoint, *, progress: Progress | None = None) -> DataFreeMeasures:
-    """Every measure that needs no data: spectra, the MI bound (if N is known), Theorem 1 (with a base)."""
+def _no_stage(name: str) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def check_parts(parts: Collection[str], *, where: str = "parts") -> frozenset[str]:
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise GenboundError(f"{where}: unknown part(s) {unknown}; expected some of {list(PARTS)}.")
+    return frozenset(parts)
+
+
+def measure_checkpoint(
+    ckpt: Checkpoint,
+    *,
+    task: Task | None = None,
+    task_reference: dict[str, Any] | None = None,
+    n_train: int | None = None,
+    parts: Collection[str] = PARTS,
+    progress: Progress | None = None,
+    stage: Stage = _no_stage,
+) -> Measures:
+    """Every requested part the checkpoint and ``task`` allow.
+
+    Args:
+        ckpt: the checkpoint.
+        task: its data (None: only the data-free parts, the rest recorded as skipped).
+        task_reference: where ``task`` came from (recorded in the report).
+        n_train: N, overriding the checkpoint's; else the checkpoint's, else the task's.
+        parts: which parts to compute (see the module docstring).
+        progress: wraps per-layer loops (a progress bar in the CLI).
+        stage: wraps each stage (a spinner in the CLI).
+    """
+    wanted = check_parts(parts)
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
-    t = time.perf_counter()
-    spectra = analyze_spectra(ckpt, progress=progress)
-    seconds["spectra"] = time.perf_counter() - t
+    warnings: list[str] = []
 
-    def attempt(part: str, fn: Any) -> Any:
+    @contextlib.contextmanager
+    def timed(part: str, *, shown: bool = True) -> Iterator[None]:
         start = time.perf_counter()
-        try:
-            return fn()
-        except GenboundError as exc:
-            skipped[part] = str(exc)
-            return None
-        finally:
-            seconds[part] = time.perf_counter() - start
+        with stage(part) if shown else contextlib.nullcontext():
+            yield
+        seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - start
 
-    mi = attempt("mi_bound", lambda: mi_bound(ckpt, loss="zero_one"))
-    known = {
-        x.name: (x.base_spectral_norm if x.base_spectral_norm is not None else 0.0, x.spectral_norm)
-        for x in spectra.layers
-        if x.base_spectral_norm is not None or ckpt.updates[x.name].is_new
-    }
+    def attempt(part: str, fn: Callable[[], Any]) -> Any:
+        if part not in wanted:
+            return None
+        with timed(part):
+            try:
+                return fn()
+            except GenboundError as exc:
+                skipped[part] = str(exc)
+                return None
+
+    n, n_source = _n_train(ckpt, task, n_train)
+    spectra = None
+    if "spectra" in wanted:
+        with timed("spectra", shown=False):  # ``progress`` shows this one
+            spectra = analyze_spectra(ckpt, progress=progress)
+    mi = attempt("mi", lambda: mi_bound(ckpt, n_train=n, loss="zero_one"))
+    known = None
+    if spectra is not None:
+        known = {
+            x.name: (
+                x.base_spectral_norm if x.base_spectral_norm is not None else 0.0,
+                x.spectral_norm,
+            )
+            for x in spectra.layers
+            if x.base_spectral_norm is not None or ckpt.updates[x.name].is_new
+        }
     thm = attempt("theorem1", lambda: theorem1_from_checkpoint(ckpt, known=known))
-    return DataFreeMeasures(spectra=spectra, mi=mi, theorem1=thm, skipped=skipped, seconds=seconds)
+
+    gap = compression = None
+    if task is None:
+        for part in DATA_PARTS:
+            if part in wanted:
+                skipped[part] = (
+                    "no data: pass --data TRAIN TEST (with --text-column and --label-column) "
+                    "or --task module:function"
+                )
+    elif wanted & set(DATA_PARTS):
+        with timed("model"):
+            train, test = task.objectives(ckpt)
+        if n is not None and train.num_examples != n:
+            warnings.append(
+                f"the task's training set has {train.num_examples:,} examples but N = {n:,} "
+                f"({n_source}); the compression bound uses the task's {train.num_examples:,} "
+                "and holds only if they are the run's whole training set"
+            )
+        gap = attempt("gap", lambda: empirical_gap(train, test))
+        compression = attempt(
+            "compression",
+            lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
+        )
+    return Measures(
+        spectra=spectra,
+        mi=mi,
+        theorem1=thm,
+        gap=gap,
+        compression=compression,
+        task=task.description if task is not None else None,
+        task_reference=task_reference,
+        n_train=n,
+        n_train_source=n_source,
+        num_labels=task.num_labels if task is not None else None,
+        skipped=skipped,
+        warnings=tuple(warnings),
+        seconds=seconds,
+    )
+
+
+def _n_train(
+    ckpt: Checkpoint, task: Task | None, given: int | None
+) -> tuple[int | None, str | None]:
+    """N and where it came from: given, else the checkpoint's record, else the task's data."""
+    if given is not None:
+        return int(given), "given"
+    if ckpt.n_train is not None:
+        return int(ckpt.n_train), "checkpoint"
+    if task is not None:
+        return int(task.n_train), "task's training set"
+    return None, None

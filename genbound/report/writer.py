@@ -9,11 +9,13 @@ import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
 from genbound.io import atomic_directory
-from genbound.report.measures import DataFreeMeasures
+from genbound.report.markdown import render_markdown
+from genbound.report.measures import Measures
 from genbound.report.serialize import jsonable
 from genbound.spectra import LayerSpectrum
 
 SCHEMA = "genbound.report/1"
+QUANTIZED_FILE = "quantized.safetensors"
 
 
 def checkpoint_info(ckpt: Checkpoint) -> dict:
@@ -69,68 +71,6 @@ def layer_json(ckpt: Checkpoint, layer: LayerSpectrum) -> dict:
     return out
 
 
-def bounds_markdown(measures: DataFreeMeasures) -> list[str]:
-    lines = ["", "## Bounds (data-free)", ""]
-    mi = measures.mi
-    if mi is not None:
-        verdict = "vacuous" if mi.vacuous else "non-vacuous"
-        lines += [
-            f"- MI bound on the expected 0-1 gap: {mi.bound:.4g} ({verdict}; D = {mi.d_actual:,} trained scalars, "
-            f"q = {mi.q:g} bits, N = {mi.n_train:,}); Occam form at delta = {mi.delta:g}: {mi.occam_bound:.4g}.",
-        ]
-        if mi.d_difference:
-            lines.append(
-                f"- D from the {mi.variant} formula: {mi.d_formula:,} ({mi.difference_note})."
-            )
-    if measures.theorem1 is not None:
-        t = measures.theorem1
-        lines.append(
-            f"- Theorem 1 (corrected): log10 Phi_dW = {t.log10_phi_dW:.4g}, log10 Phi_W0 = {t.log10_phi_W0:.4g} "
-            "(only the ordering across methods on one model means anything for transformers)."
-        )
-    for part, why in measures.skipped.items():
-        lines.append(f"- {part}: not computed: {why}")
-    return lines
-
-
-def render_markdown(info: dict, measures: DataFreeMeasures) -> str:
-    spectra = measures.spectra
-    lines = [
-        f"# genbound report: {info['variant']} ({info['format']})",
-        "",
-        f"- checkpoint: `{info['path']}`",
-        f"- base model: `{info['base_model']}`",
-        f"- trainable parameters: {info['num_trainable']:,} from the tensors, "
-        f"{info['num_trainable_by_formula']:,} from the {info['variant']} formula",
-        f"- stored dtype: {info['dtype']} ({info['bits_per_param']} bits per parameter)",
-        f"- training examples: {info['n_train'] if info['n_train'] is not None else 'unknown'}",
-        "",
-        "## Spectra",
-        "",
-        "| module | kind | shape | ‖dW‖₂ | ‖dW‖_F | stable rank | eff. rank | ‖dW‖₂/‖W0‖₂ | intruders (eps 0.5) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for x in spectra.layers:
-        rel = f"{x.relative_spectral:.3g}" if x.relative_spectral is not None else "n/a"
-        intr = (
-            f"{x.intruders.count_at(0.5)} / {x.intruders.k}"
-            if x.intruders is not None and 0.5 in x.intruders.eps
-            else "n/a"
-        )
-        shape = " x ".join(map(str, x.shape))
-        lines.append(
-            f"| `{x.name}` | {x.kind} | {shape} | {x.spectral_norm:.4g} | {x.frobenius_norm:.4g} | "
-            f"{x.stable_rank:.3g} | {x.effective_rank:.3g} | {rel} | {intr} |"
-        )
-    if spectra.skipped:
-        lines += [
-            "",
-            "Not matrices (no spectrum): " + ", ".join(f"`{n}`" for n, _ in spectra.skipped),
-        ]
-    lines += bounds_markdown(measures)
-    return "\n".join(lines) + "\n"
-
-
 def ensure_writable(out_dir: str | Path, *, force: bool) -> Path:
     """Refuse (before any work) to replace an existing report unless ``force``."""
     out = Path(out_dir)
@@ -139,37 +79,107 @@ def ensure_writable(out_dir: str | Path, *, force: bool) -> Path:
     return out
 
 
-def write_report(
-    ckpt: Checkpoint, out_dir: str | Path, measures: DataFreeMeasures, *, force: bool = False
-) -> Path:
-    """Write ``report.json`` and ``report.md`` for ``ckpt`` with its computed ``measures``.
+def compression_json(measures: Measures) -> dict | None:
+    """The compression bound with every input needed to check it by hand (the chosen
+    candidate's quantized tensors are written next to the report)."""
+    c = measures.compression
+    if c is None:
+        return None
+    cands = []
+    for cand in c.candidates:
+        q = cand.quantization
+        cands.append(
+            {
+                "bits": cand.bits,
+                "code_bits": cand.code_bits,
+                "rhs_nats": cand.rhs,
+                "floor": cand.floor,
+                "evaluated": cand.evaluated,
+                "train_error": cand.train_error,
+                "bound": cand.bound,
+                "codebook_mode": q.mode,
+                "codebook_float_bits": q.codebook_bits,
+                "codebooks": [cb.tolist() for cb in q.codebooks],
+                "parts": [
+                    jsonable(p, skip=frozenset({"counts"})) | {"counts": p.counts.tolist()}
+                    for p in cand.code.parts
+                ],
+            }
+        )
+    return {
+        "bound": c.bound,
+        "chosen_bits": c.chosen_bits,
+        "code_bits": c.code_bits,
+        "train_error": c.train_error,
+        "rhs_nats": c.rhs,
+        "n_train": c.n_train,
+        "delta": c.delta,
+        "num_candidates": c.num_candidates,
+        "vacuous_at": c.vacuous_at,
+        "vacuous": c.vacuous,
+        "quantized_tensors": QUANTIZED_FILE,
+        "code": c.chosen.code.description,
+        "candidates": cands,
+        "assumptions": list(c.assumptions),
+        "warnings": list(c.warnings),
+    }
 
-    The folder appears whole or not at all; an existing report is replaced only with
-    ``force=True``.
-    """
-    out = ensure_writable(out_dir, force=force)
-    info = checkpoint_info(ckpt)
+
+def report_document(ckpt: Checkpoint, measures: Measures) -> dict:
+    """Everything ``report.json`` holds (schema ``genbound.report/1``, docs/report-format.md)."""
     spectra = measures.spectra
-    doc = {
+    return {
         "schema": SCHEMA,
         "genbound_version": genbound.__version__,
-        "checkpoint": info,
-        "updates": [layer_json(ckpt, x) for x in spectra.layers],
-        "skipped_updates": [{"name": n, "why": why} for n, why in spectra.skipped],
+        "checkpoint": checkpoint_info(ckpt),
+        "data": {
+            "task": measures.task,
+            "reference": measures.task_reference,
+            "n_train": measures.n_train,
+            "n_train_source": measures.n_train_source,
+            "num_labels": measures.num_labels,
+        },
+        "updates": [layer_json(ckpt, x) for x in spectra.layers] if spectra else [],
+        "skipped_updates": [{"name": n, "why": why} for n, why in spectra.skipped]
+        if spectra
+        else [],
         "spectra_settings": {
             "k": spectra.k,
             "eps": list(spectra.eps),
             "cache_hits": spectra.cache_hits,
             "cache_misses": spectra.cache_misses,
-        },
+        }
+        if spectra
+        else None,
+        "gap": jsonable(measures.gap) if measures.gap is not None else None,
         "bounds": {
             "mi": jsonable(measures.mi) if measures.mi is not None else None,
             "theorem1": jsonable(measures.theorem1) if measures.theorem1 is not None else None,
+            "compression": compression_json(measures),
         },
         "skipped": dict(measures.skipped),
+        "warnings": list(measures.warnings),
         "timings_s": dict(measures.seconds),
     }
+
+
+def write_report(
+    ckpt: Checkpoint, out_dir: str | Path, measures: Measures, *, force: bool = False
+) -> Path:
+    """Write ``report.json`` and ``report.md`` for ``ckpt`` with its computed ``measures``
+    (and, with a compression bound, the chosen quantized tensors as ``quantized.safetensors``).
+
+    The folder appears whole or not at all; an existing report is replaced only with
+    ``force=True``.
+    """
+    out = ensure_writable(out_dir, force=force)
+    doc = report_document(ckpt, measures)
     with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (tmp / "report.md").write_text(render_markdown(info, measures))
+        (tmp / "report.md").write_text(render_markdown(doc["checkpoint"], measures))
+        if measures.compression is not None:
+            from safetensors.torch import save_file
+
+            tensors = {k: v.contiguous() for k, v in measures.compression.quantized.items()}
+            save_file(tensors, str(tmp / QUANTIZED_FILE))
     return out

@@ -33,13 +33,13 @@ class TaskReference:
         """Parse ``{"task": "module:function", "kwargs": {...}}`` (``where`` names the source)."""
         if not isinstance(obj, Mapping) or not isinstance(obj.get("task"), str):
             raise GenboundError(
-                f"{where}: expected a task reference {{\"task\": \"module:function\", "
-                f"\"kwargs\": {{...}}}}; found {obj!r}."
+                f'{where}: expected a task reference {{"task": "module:function", '
+                f'"kwargs": {{...}}}}; found {obj!r}.'
             )
         kwargs = obj.get("kwargs", {}) or {}
         if not isinstance(kwargs, Mapping):
             raise GenboundError(
-                f"{where}: expected \"kwargs\" to be an object; found {type(kwargs).__name__}."
+                f'{where}: expected "kwargs" to be an object; found {type(kwargs).__name__}.'
             )
         return cls(obj["task"], dict(kwargs))
 
@@ -47,9 +47,7 @@ class TaskReference:
 def _function(target: str, where: str):
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise GenboundError(
-            f"{where}: expected 'package.module:function'; found {target!r}."
-        )
+        raise GenboundError(f"{where}: expected 'package.module:function'; found {target!r}.")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -70,12 +68,18 @@ def load_task(ref: TaskReference, *, where: str = "task reference") -> Task:
     try:
         inspect.signature(fn).bind(**ref.kwargs)
     except TypeError as exc:
-        raise GenboundError(f"{where}: {ref.target} does not take {dict(ref.kwargs)} ({exc}).") from None
+        raise GenboundError(
+            f"{where}: {ref.target} does not take {dict(ref.kwargs)} ({exc})."
+        ) from None
     except ValueError:
         pass  # no signature (builtins): let the call decide
     task = fn(**ref.kwargs)
     if not isinstance(task, Task):
-        missing = [a for a in ("n_train", "num_labels", "description", "objectives") if not hasattr(task, a)]
+        missing = [
+            a
+            for a in ("n_train", "num_labels", "description", "objectives")
+            if not hasattr(task, a)
+        ]
         raise GenboundError(
             f"{where}: {ref.target} returned a {type(task).__name__}, which is not a task "
             f"(missing {', '.join(missing)}); see genbound.tasks.protocol.Task."

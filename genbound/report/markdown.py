@@ -1,0 +1,145 @@
+"""``report.md``: the measures of one checkpoint as Markdown tables and sentences."""
+
+from __future__ import annotations
+
+from genbound.report.measures import Measures
+
+
+def _pm(x: float, se: float, fmt: str = ".4f") -> str:
+    return f"{x:{fmt}} ± {se:{fmt}}"
+
+
+def spectra_markdown(measures: Measures) -> list[str]:
+    spectra = measures.spectra
+    if spectra is None:
+        return []
+    lines = [
+        "",
+        "## Spectra",
+        "",
+        "| module | kind | shape | ‖dW‖₂ | ‖dW‖_F | stable rank | eff. rank | ‖dW‖₂/‖W0‖₂ | intruders (eps 0.5) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in spectra.layers:
+        rel = f"{x.relative_spectral:.3g}" if x.relative_spectral is not None else "n/a"
+        intr = (
+            f"{x.intruders.count_at(0.5)} / {x.intruders.k}"
+            if x.intruders is not None and 0.5 in x.intruders.eps
+            else "n/a"
+        )
+        shape = " x ".join(map(str, x.shape))
+        lines.append(
+            f"| `{x.name}` | {x.kind} | {shape} | {x.spectral_norm:.4g} | {x.frobenius_norm:.4g} | "
+            f"{x.stable_rank:.3g} | {x.effective_rank:.3g} | {rel} | {intr} |"
+        )
+    if spectra.skipped:
+        lines += [
+            "",
+            "Not matrices (no spectrum): " + ", ".join(f"`{n}`" for n, _ in spectra.skipped),
+        ]
+    return lines
+
+
+def gap_markdown(measures: Measures) -> list[str]:
+    g = measures.gap
+    if g is None:
+        return []
+    return [
+        "",
+        "## Empirical gap",
+        "",
+        "Same weights, eval mode, means per example (± one standard error).",
+        "",
+        "| | train | test | gap (test - train) |",
+        "|---|---|---|---|",
+        f"| examples | {g.train.n:,} | {g.test.n:,} | |",
+        f"| cross-entropy (nats) | {_pm(g.train.loss, g.train.loss_stderr)} | "
+        f"{_pm(g.test.loss, g.test.loss_stderr)} | {_pm(g.loss_gap, g.loss_gap_stderr)} |",
+        f"| 0-1 error | {_pm(g.train.error, g.train.error_stderr)} | "
+        f"{_pm(g.test.error, g.test.error_stderr)} | {_pm(g.error_gap, g.error_gap_stderr)} |",
+    ]
+
+
+def compression_markdown(measures: Measures) -> list[str]:
+    c = measures.compression
+    if c is None:
+        return []
+    verdict = "vacuous" if c.vacuous else "non-vacuous"
+    lines = [
+        "",
+        "## Compression bound (PAC-Bayes, Lotfi et al. 2022)",
+        "",
+        f"With probability >= {1 - c.delta:g} over the {c.n_train:,} training examples, the "
+        f"test 0-1 error of the quantized model is at most **{c.bound:.4f}** ({verdict}: "
+        f"chance level is {c.vacuous_at:.4f}). Chosen: b = {c.chosen_bits} bits per index "
+        f"({2**c.chosen_bits} levels), K = {c.code_bits:,} bits, quantized train error "
+        f"{c.train_error:.4f}, kl bound rhs = {c.rhs:.4g} nats.",
+    ]
+    if measures.gap is not None:
+        test = measures.gap.test.error
+        lines.append(
+            f"The unquantized model's measured test error is {test:.4f}: the bound is "
+            f"{c.bound - test:+.4f} above it."
+        )
+    lines += [
+        "",
+        "| b | K (bits) | train error (quantized) | rhs (nats) | bound | zero-error floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cand in c.candidates:
+        err = f"{cand.train_error:.4f}" if cand.evaluated else "not evaluated (floor too high)"
+        bound = f"{cand.bound:.4f}" if cand.bound is not None else "—"
+        lines.append(
+            f"| {cand.bits} | {cand.code_bits:,} | {err} | {cand.rhs:.4g} | {bound} | {cand.floor:.4f} |"
+        )
+    return lines
+
+
+def bounds_markdown(measures: Measures) -> list[str]:
+    lines = ["", "## Bounds", ""]
+    mi = measures.mi
+    if mi is not None:
+        verdict = "vacuous" if mi.vacuous else "non-vacuous"
+        lines.append(
+            f"- MI bound on the expected 0-1 gap: {mi.bound:.4g} ({verdict}; D = {mi.d_actual:,} "
+            f"trained scalars, q = {mi.q:g} bits, N = {mi.n_train:,} from the "
+            f"{mi.n_train_source if mi.n_train_source != 'given' else measures.n_train_source}); "
+            f"Occam form at delta = {mi.delta:g}: {mi.occam_bound:.4g}."
+        )
+        if mi.d_difference:
+            lines.append(
+                f"- D from the {mi.variant} formula: {mi.d_formula:,} ({mi.difference_note})."
+            )
+    if measures.theorem1 is not None:
+        t = measures.theorem1
+        lines.append(
+            f"- Theorem 1 (corrected): log10 Phi_dW = {t.log10_phi_dW:.4g}, log10 Phi_W0 = "
+            f"{t.log10_phi_W0:.4g} (only the ordering across methods on one model means "
+            "anything for transformers)."
+        )
+    for part, why in measures.skipped.items():
+        lines.append(f"- {part}: not computed: {why}")
+    for w in measures.warnings:
+        lines.append(f"- warning: {w}")
+    return lines
+
+
+def render_markdown(info: dict, measures: Measures) -> str:
+    """The whole ``report.md`` of one checkpoint (``info`` from ``checkpoint_info``)."""
+    n = measures.n_train
+    lines = [
+        f"# genbound report: {info['variant']} ({info['format']})",
+        "",
+        f"- checkpoint: `{info['path']}`",
+        f"- base model: `{info['base_model']}`",
+        f"- trainable parameters: {info['num_trainable']:,} from the tensors, "
+        f"{info['num_trainable_by_formula']:,} from the {info['variant']} formula",
+        f"- stored dtype: {info['dtype']} ({info['bits_per_param']} bits per parameter)",
+        f"- training examples: {f'{n:,} ({measures.n_train_source})' if n is not None else 'unknown'}",
+        f"- data: {measures.task or 'none (data-free report)'}",
+    ]
+    lines += gap_markdown(measures)
+    lines += compression_markdown(measures)
+    lines += bounds_markdown(measures)
+    lines += spectra_markdown(measures)
+    return "\n".join(lines) + "\n"

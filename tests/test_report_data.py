@@ -1,0 +1,198 @@
+"""``genbound report`` with data: ``--data`` files, ``--task`` functions and a run folder's own
+task reference; the gap and the compression bound checked by hand from the written files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_texts, tiny_bert_lora, tiny_bert_with_tokenizer
+from safetensors.torch import load_file
+from scipy.optimize import brentq
+
+from genbound.bounds import binary_kl
+from genbound.bounds.compression import with_trainable_tensors
+from genbound.cli.main import main
+from genbound.tasks.hf_text import TextClassificationTask, text_files
+from genbound.tasks.reference import TaskReference, load_task
+
+LABELS = ("neg", "neu", "pos")
+
+
+def _write_csv(path, data):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["tweet", "sentiment"])
+        for text, y in zip(data.texts, data.labels.tolist(), strict=True):
+            w.writerow([text, LABELS[y]])
+    return path
+
+
+def _hand_eval(model, base_dir, data):
+    """Per-example (cross-entropy, 0-1 error) of a full model, one text at a time."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    losses, errors = [], []
+    with torch.no_grad():
+        for text, y in zip(data.texts, data.labels, strict=True):
+            logits = model(**tok(text, return_tensors="pt")).logits[0].double()
+            losses.append(float(torch.nn.functional.cross_entropy(logits[None], y[None])))
+            errors.append(float(logits.argmax() != y))
+    return np.array(losses), np.array(errors)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    base_dir = tiny_bert_with_tokenizer(tmp_path)
+    ckpt, merged = tiny_bert_lora(tmp_path, base_dir, ["query", "value"], [1], n_train=None)
+    train, test = random_texts(40, 0), random_texts(25, 1)
+    paths = _write_csv(tmp_path / "train.csv", train), _write_csv(tmp_path / "test.csv", test)
+    return base_dir, ckpt, merged, train, test, paths
+
+
+def test_report_with_data_files_checked_by_hand(tmp_path, setup, capsys):
+    base_dir, ckpt, merged, train, test, (train_csv, test_csv) = setup
+    out = tmp_path / "rep"
+    args = ["report", str(ckpt.path), "--out", str(out), "--data", str(train_csv), str(test_csv)]
+    args += ["--text-column", "tweet", "--label-column", "sentiment"]
+    assert main(args) == 0
+    doc = json.loads((out / "report.json").read_text())
+
+    # the task is recorded so the report can be reproduced
+    ref = doc["data"]["reference"]
+    assert ref["task"] == "genbound.tasks.hf_text:text_files"
+    assert ref["kwargs"]["train"] == str(train_csv.resolve())
+    assert doc["data"]["n_train"] == 40 and doc["data"]["n_train_source"] == "task's training set"
+
+    # the gap against PEFT's merged model, text by text
+    (ltr, etr), (lte, ete) = _hand_eval(merged, base_dir, train), _hand_eval(merged, base_dir, test)
+    gap = doc["gap"]
+    assert gap["train"]["n"] == 40 and gap["test"]["n"] == 25
+    assert gap["loss_gap"] == pytest.approx(lte.mean() - ltr.mean(), rel=1e-4, abs=1e-6)
+    assert gap["error_gap"] == pytest.approx(ete.mean() - etr.mean(), abs=1e-12)
+    assert gap["test"]["error"] == pytest.approx(ete.mean(), abs=1e-12)
+
+    # the MI bound uses N from the task
+    mi = doc["bounds"]["mi"]
+    assert mi["n_train"] == 40
+    assert mi["bound"] == pytest.approx(
+        math.sqrt(2 * 0.25 * mi["q"] * math.log(2) * mi["d_actual"] / 40), rel=1e-12
+    )
+
+    # the compression bound from the written quantized tensors, recomputed by hand
+    comp = doc["bounds"]["compression"]
+    quantized = load_file(str(out / comp["quantized_tensors"]))
+    chosen = next(c for c in comp["candidates"] if c["bits"] == comp["chosen_bits"])
+    levels = set(np.concatenate([np.asarray(cb) for cb in chosen["codebooks"]]).tolist())
+    assert all(set(v.double().unique().tolist()) <= levels for v in quantized.values())
+    task = TextClassificationTask(train, test, base_path=base_dir)
+    model = task.build_model(with_trainable_tensors(ckpt, quantized))
+    _, q_err = _hand_eval(model, base_dir, train)
+    assert comp["train_error"] == pytest.approx(q_err.mean(), abs=1e-12)
+    k_bits = sum(p["codebook_bits"] + p["index_bits"] for p in chosen["parts"])
+    assert comp["code_bits"] == k_bits
+    n, delta, m = 40, comp["delta"], comp["num_candidates"]
+    rhs = (k_bits * math.log(2) + math.log(2 * math.sqrt(n) / delta) + math.log(m)) / n
+    assert comp["rhs_nats"] == pytest.approx(rhs, rel=1e-12)
+    ref_bound = brentq(
+        lambda p: binary_kl(q_err.mean(), p) - rhs, q_err.mean(), 1 - 1e-15, xtol=1e-14
+    )
+    assert comp["bound"] == pytest.approx(ref_bound, abs=1e-9)
+    assert comp["vacuous"] == (comp["bound"] >= 2 / 3)  # 3 classes: chance is 2/3
+    md = (out / "report.md").read_text()
+    assert "## Empirical gap" in md and "## Compression bound" in md
+    assert f"{comp['bound']:.4f}" in md
+
+
+def test_run_folder_records_its_task(tmp_path):
+    """A genbound run saved with a task reference is reported on data with no flags."""
+    from genbound.adapters import apply
+
+    base_dir = tiny_bert_with_tokenizer(tmp_path)
+    train, test = random_texts(30, 2), random_texts(20, 3)
+    paths = _write_csv(tmp_path / "train.csv", train), _write_csv(tmp_path / "test.csv", test)
+    kwargs = {
+        "train": str(paths[0]),
+        "test": str(paths[1]),
+        "text_column": "tweet",
+        "label_column": "sentiment",
+        "label_names": list(LABELS),
+    }
+    assert text_files(**kwargs).train.label_names == LABELS
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3)
+    handle = apply(model, "cla", rank=2, targets=["query", "value"], head=["classifier"])
+    with torch.no_grad():
+        for p in handle.trainable_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    run = handle.save(
+        tmp_path / "run",
+        base_model=base_dir,
+        data={"task": "genbound.tasks.hf_text:text_files", "kwargs": kwargs},
+        n_train=30,
+    )
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert doc["data"]["reference"]["task"] == "genbound.tasks.hf_text:text_files"
+    assert doc["data"]["n_train_source"] == "checkpoint"
+    assert doc["gap"]["train"]["n"] == 30 and doc["gap"]["test"]["n"] == 20
+    assert doc["bounds"]["compression"]["n_train"] == 30
+    assert not doc["warnings"]
+    # the same numbers from the library, on the handle's merged model
+    merged = handle.merge().eval()
+    (ltr, _), (lte, _) = _hand_eval(merged, base_dir, train), _hand_eval(merged, base_dir, test)
+    assert doc["gap"]["loss_gap"] == pytest.approx(lte.mean() - ltr.mean(), rel=1e-4, abs=1e-6)
+
+
+def test_task_reference_errors(tmp_path, setup, capsys):
+    _, ckpt, *_ = setup
+    cases = [
+        (["--task", "no_such_module_xyz:make"], "cannot import module 'no_such_module_xyz'"),
+        (["--task", "genbound.datasets:nothing"], "has no attribute 'nothing'"),
+        (["--task", "genbound.datasets"], "expected 'package.module:function'"),
+        (["--task", "genbound.datasets:tweets_path"], "not a task"),
+        (["--task-arg", "a=1"], "--task-arg needs --task"),
+        (["--data", str(tmp_path / "missing.csv"), str(tmp_path / "test.csv")], "missing.csv"),
+        (["--data", str(tmp_path / "train.csv"), str(tmp_path / "test.csv")], "column missing"),
+        (["--only", "gap,nonsense"], "unknown part"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "rep-err"
+        code = main(["report", str(ckpt.path), "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 2, extra
+        assert message in err, (extra, err)
+        assert "Traceback" not in err
+        assert not out.exists()
+
+
+def test_load_task_and_only_parts(tmp_path, setup):
+    _, ckpt, *_, (train_csv, test_csv) = setup
+    ref = TaskReference.from_json(
+        {
+            "task": "genbound.tasks.hf_text:text_files",
+            "kwargs": {
+                "train": str(train_csv),
+                "test": str(test_csv),
+                "text_column": "tweet",
+                "label_column": "sentiment",
+            },
+        }
+    )
+    task = load_task(ref)
+    assert task.n_train == 40 and task.num_labels == 3
+    assert task.train.label_names == task.test.label_names == LABELS
+    out = tmp_path / "only"
+    args = ["report", str(ckpt.path), "--out", str(out), "--only", "gap,mi"]
+    assert main([*args, "--data", str(train_csv), str(test_csv), "--text-column", "tweet",
+                 "--label-column", "sentiment"]) == 0  # fmt: skip
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["gap"] is not None and doc["bounds"]["mi"] is not None
+    assert doc["bounds"]["compression"] is None and doc["bounds"]["theorem1"] is None
+    assert doc["updates"] == []
