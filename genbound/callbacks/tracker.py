@@ -1,0 +1,367 @@
+"""``BoundTracker``: genbound's measures of a model while it trains, for any training loop.
+
+Every ``every_n_steps`` optimisation steps the tracker computes the data-free measures of
+the checkpoint the model would save at that step (the same computation as ``genbound
+report``: :func:`genbound.report.measures.measure_checkpoint`), every
+``expensive_every_n_steps`` the data-dependent ones on fixed data. Logged keys (prefix
+``genbound/``; dimensionless unless stated):
+
+* ``mi_bound``, ``occam_bound``: MI and Occam (delta = 0.05) bounds on the 0-1 gap; need N.
+* ``theorem1_log10_phi_dW``, ``theorem1_log10_phi_W0``: Theorem 1 correction terms, log10;
+  need the base model.
+* ``dW_spectral_norm/max``, ``dW_spectral_norm/mean``: ||dW||_2 over the matrix updates.
+* ``effective_rank/mean``: effective rank of dW, mean over the matrix updates.
+* ``intruders``: intruder dimensions at ``intruder_eps`` summed over layers; need the base
+  (its SVD is computed once into the on-disk cache, then read from it).
+* with ``per_layer=True`` also ``dW_spectral_norm/<module>``, ``effective_rank/<module>``,
+  ``intruders/<module>``.
+* expensive: ``top_eigenvalue`` (Hessian of the mean loss in the trained parameters, on
+  ``hessian_data``; loss units per parameter unit squared), ``gap_loss`` (nats) and
+  ``gap_error`` (0-1): test minus train mean on ``gap_data``.
+
+The tracker never changes training: measures run under ``torch.no_grad`` (the Hessian
+under its own ``enable_grad``), parameters are never written, and the train/eval mode of
+every module, every ``requires_grad`` flag and the torch, CUDA, numpy and Python RNG
+states are restored. A measure that cannot be computed (no N, no base) is skipped and
+said once through ``logging``; training goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from genbound.callbacks.live import (
+    Snapshot,
+    Trainable,
+    live_checkpoint,
+    module_of,
+    trainable_snapshot,
+    write_live_run,
+)
+from genbound.curvature import top_eigenvalues
+from genbound.errors import GenboundError
+from genbound.gap import empirical_gap
+from genbound.report.measures import DATA_FREE_PARTS, Measures, measure_checkpoint
+from genbound.spectra import DEFAULT_EPS
+from genbound.tasks.objective import Batch, Objective, PerExampleLoss, cross_entropy_loss
+from genbound.tasks.state import preserved_state
+
+log = logging.getLogger(__name__)
+
+PREFIX = "genbound/"
+#: Data as the tracker accepts it: a Batch, a sequence of them, or a mapping of model
+#: inputs with a ``"labels"`` entry (as a Hugging Face collator returns).
+Data = Batch | Sequence[Batch] | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TrackedStep:
+    """What one measurement logged.
+
+    Attributes:
+        step: the optimisation step (number of optimizer steps taken).
+        values: logged key (with the ``genbound/`` prefix) -> value, float64.
+        seconds: wall time of the measurement.
+        skipped: measure -> why it was not computed at this step.
+    """
+
+    step: int
+    values: Mapping[str, float]
+    seconds: float
+    skipped: Mapping[str, str] = field(default_factory=dict)
+
+
+def as_batches(data: Data | None) -> tuple[Batch, ...]:
+    """``data`` as a tuple of :class:`Batch` (a mapping: its ``"labels"`` are the labels,
+    the other entries the model's keyword inputs)."""
+    if data is None:
+        return ()
+    if isinstance(data, Batch):
+        return (data,)
+    if isinstance(data, Mapping):
+        if "labels" not in data:
+            raise GenboundError(
+                f"tracker data: expected a mapping with a 'labels' entry; found keys {sorted(data)}."
+            )
+        inputs = {k: v for k, v in data.items() if k != "labels"}
+        return (Batch(inputs, torch.as_tensor(data["labels"])),)
+    batches = tuple(data)
+    if not batches or not all(isinstance(b, Batch) for b in batches):
+        raise GenboundError(
+            "tracker data: expected a Batch, a non-empty sequence of Batch, or a mapping of "
+            f"inputs with 'labels'; found {type(data).__name__}."
+        )
+    return batches
+
+
+def measure_values(
+    measures: Measures, *, per_layer: bool = False, intruder_eps: float = 0.5
+) -> dict[str, float]:
+    """The logged values (module docstring) of a report's data-free ``measures``."""
+    out: dict[str, float] = {}
+    if measures.mi is not None:
+        out["mi_bound"] = measures.mi.bound
+        out["occam_bound"] = measures.mi.occam_bound
+    if measures.theorem1 is not None:
+        out["theorem1_log10_phi_dW"] = measures.theorem1.log10_phi_dW
+        out["theorem1_log10_phi_W0"] = measures.theorem1.log10_phi_W0
+    layers = measures.spectra.layers if measures.spectra is not None else ()
+    if layers:
+        norms = [x.spectral_norm for x in layers]
+        out["dW_spectral_norm/max"] = max(norms)
+        out["dW_spectral_norm/mean"] = float(np.mean(norms))
+        out["effective_rank/mean"] = float(np.mean([x.effective_rank for x in layers]))
+        counted = [x for x in layers if x.intruders is not None]
+        if counted:
+            out["intruders"] = sum(x.intruders.count_at(intruder_eps) for x in counted)
+        if per_layer:
+            for x in layers:
+                out[f"dW_spectral_norm/{x.name}"] = x.spectral_norm
+                out[f"effective_rank/{x.name}"] = x.effective_rank
+                if x.intruders is not None:
+                    out[f"intruders/{x.name}"] = x.intruders.count_at(intruder_eps)
+    return {PREFIX + k: float(v) for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def untouched(module: nn.Module) -> Iterator[None]:
+    """Restore on exit every module's train/eval mode, every ``requires_grad`` flag and the
+    torch (CPU and initialised CUDA), numpy and Python RNG states (also on errors)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda_state = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        with preserved_state(module):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+
+
+class BoundTracker:
+    """Measures a model during training; call :meth:`step` after each optimizer step.
+
+    Args:
+        every_n_steps: cheap (data-free) measures every this many steps (None: never).
+        expensive_every_n_steps: Hessian and gap every this many steps (None: never, the
+            default); needs ``hessian_data`` and/or ``gap_data``.
+        n_train: N, the number of training examples (the MI and Occam bounds need it;
+            the framework callbacks fill it from the training set's length).
+        base: the base model folder (default: what the saved adapter names).
+        hessian_data: a fixed small batch for the top Hessian eigenvalue.
+        gap_data: ``(train, test)``, fixed subsets for the empirical gap.
+        loss: per-example loss for the Hessian, ``loss(model, batch) -> (B,)``.
+        per_layer: also log per-layer norms, effective ranks and intruders.
+        intruder_eps: the intruder threshold logged (one of ``genbound.spectra.DEFAULT_EPS``).
+        run_dir: where :meth:`finish` writes a genbound run (final update, trajectory).
+        snapshot_every_n_steps: trajectory snapshots of the trainable parameters every
+            this many steps (and at the start and the end); None: none.
+        overwrite: replace an existing ``run_dir`` (else refused here, before training).
+        seed: seed of the Hessian's Lanczos start vector (a private generator).
+
+    Attributes:
+        history: one :class:`TrackedStep` per measurement.
+        snapshots: the trajectory snapshots taken so far.
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_steps: int | None = 50,
+        expensive_every_n_steps: int | None = None,
+        n_train: int | None = None,
+        base: str | os.PathLike | None = None,
+        hessian_data: Data | None = None,
+        gap_data: tuple[Data, Data] | None = None,
+        loss: PerExampleLoss = cross_entropy_loss,
+        per_layer: bool = False,
+        intruder_eps: float = 0.5,
+        run_dir: str | os.PathLike | None = None,
+        snapshot_every_n_steps: int | None = None,
+        overwrite: bool = False,
+        seed: int = 0,
+    ):
+        for name, v in (
+            ("every_n_steps", every_n_steps),
+            ("expensive_every_n_steps", expensive_every_n_steps),
+            ("snapshot_every_n_steps", snapshot_every_n_steps),
+        ):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise GenboundError(
+                    f"BoundTracker: {name} must be None or an int >= 1; found {v!r}."
+                )
+        self.hessian_batches = as_batches(hessian_data)
+        self.gap_batches = tuple(as_batches(d) for d in gap_data) if gap_data else ()
+        if expensive_every_n_steps and not (self.hessian_batches or self.gap_batches):
+            raise GenboundError(
+                "BoundTracker: expensive_every_n_steps needs hessian_data=... and/or "
+                "gap_data=(train, test); found neither."
+            )
+        if intruder_eps not in DEFAULT_EPS:
+            raise GenboundError(
+                f"BoundTracker: intruder_eps must be one of {DEFAULT_EPS}; found {intruder_eps!r}."
+            )
+        if run_dir is not None and Path(run_dir).exists() and not overwrite:
+            raise GenboundError(
+                f"{run_dir}: already exists; pass overwrite=True to replace it at the end of training."
+            )
+        if n_train is not None and n_train <= 0:
+            raise GenboundError(f"BoundTracker: n_train must be > 0; found {n_train!r}.")
+        self.every_n_steps = every_n_steps
+        self.expensive_every_n_steps = expensive_every_n_steps
+        self.n_train = n_train
+        self.base = base
+        self.loss = loss
+        self.per_layer = per_layer
+        self.intruder_eps = intruder_eps
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.overwrite = overwrite
+        self.seed = seed
+        self.history: list[TrackedStep] = []
+        self.snapshots: list[Snapshot] = []
+        self._said: set[str] = set()
+        self._last_step: int | None = None
+
+    # -- the loop's entry points ---------------------------------------------------------
+    def start(self, model: Trainable, step: int = 0) -> None:
+        """Training starts (or resumes) at ``step``: snapshot it if snapshots are on; the
+        first measurement follows the next optimizer step."""
+        self._last_step = int(step)
+        if self.snapshot_every_n_steps:
+            self.snapshot(model, step)
+
+    def step(self, model: Trainable, step: int) -> dict[str, float]:
+        """Snapshot and measure ``model`` if ``step`` is due; the values logged (empty if none).
+
+        ``model`` is a PEFT model or a genbound :class:`AdapterHandle`; ``step`` counts
+        optimizer steps. A second call with the same step does nothing.
+        """
+        step = int(step)
+        if step == self._last_step:
+            return {}
+        self._last_step = step
+        if self._due(self.snapshot_every_n_steps, step):
+            self.snapshot(model, step)
+        cheap = self._due(self.every_n_steps, step)
+        expensive = self._due(self.expensive_every_n_steps, step)
+        if not (cheap or expensive):
+            return {}
+        return dict(self.measure(model, step, cheap=cheap, expensive=expensive).values)
+
+    def measure(
+        self, model: Trainable, step: int, *, cheap: bool = True, expensive: bool = False
+    ) -> TrackedStep:
+        """Measure now, whatever the step; appended to :attr:`history`."""
+        start = time.perf_counter()
+        values: dict[str, float] = {}
+        skipped: dict[str, str] = {}
+        module = module_of(model)
+        with untouched(module):
+            if cheap:
+                self._cheap(model, values, skipped)
+            if expensive:
+                self._expensive(module, values, skipped)
+        for part, why in skipped.items():
+            self._say_once(part, why)
+        record = TrackedStep(int(step), values, time.perf_counter() - start, skipped)
+        self.history.append(record)
+        log.debug("step %d: %d values in %.3f s", step, len(values), record.seconds)
+        return record
+
+    def snapshot(self, model: Trainable, step: int) -> None:
+        """Record a copy of the trainable parameters at ``step`` (once per step)."""
+        if not self.snapshots or self.snapshots[-1][0] != int(step):
+            self.snapshots.append((int(step), trainable_snapshot(model)))
+
+    def finish(self, model: Trainable, step: int | None = None) -> Path | None:
+        """End of training: a last snapshot at ``step``, then the run folder if ``run_dir``.
+
+        Returns the run folder, or None (no ``run_dir``, or writing failed: logged).
+        """
+        if self.snapshot_every_n_steps and step is not None:
+            self.snapshot(model, step)
+        if self.run_dir is None:
+            return None
+        history = [{"step": r.step, **r.values} for r in self.history]
+        try:
+            with untouched(module_of(model)):
+                return write_live_run(
+                    model,
+                    self.run_dir,
+                    snapshots=self.snapshots,
+                    base=self.base,
+                    n_train=self.n_train,
+                    metrics={"steps": step, "genbound_history": history},
+                    overwrite=self.overwrite,
+                )
+        except GenboundError as exc:
+            log.error("genbound: the run folder %s was not written: %s", self.run_dir, exc)
+            return None
+
+    # -- the measures ----------------------------------------------------------------------
+    def _cheap(self, model: Trainable, values: dict, skipped: dict) -> None:
+        try:
+            with (
+                torch.no_grad(),
+                live_checkpoint(model, base=self.base, n_train=self.n_train) as ckpt,
+            ):
+                measures = measure_checkpoint(ckpt, n_train=self.n_train, parts=DATA_FREE_PARTS)
+        except GenboundError as exc:
+            skipped["data-free measures"] = str(exc)
+            return
+        values.update(
+            measure_values(measures, per_layer=self.per_layer, intruder_eps=self.intruder_eps)
+        )
+        skipped.update(measures.skipped)
+        if "mi" in measures.skipped and self.n_train is None:
+            skipped["mi"] = (
+                "the MI and Occam bounds need N, the number of training examples, which is "
+                "unknown (no n_train= given and the training set has no length)"
+            )
+
+    def _expensive(self, module: nn.Module, values: dict, skipped: dict) -> None:
+        trainable = tuple(n for n, p in module.named_parameters() if p.requires_grad)
+
+        def objective(batches: tuple[Batch, ...], what: str) -> Objective:
+            return Objective(module, batches, self.loss, trainable, f"genbound tracker: {what}")
+
+        try:
+            if self.hessian_batches:
+                eig = top_eigenvalues(
+                    objective(self.hessian_batches, "Hessian batch"), seed=self.seed
+                )
+                values[PREFIX + "top_eigenvalue"] = float(eig.eigenvalues[0])
+            if self.gap_batches:
+                train, test = self.gap_batches
+                gap = empirical_gap(
+                    objective(train, "train subset"), objective(test, "test subset")
+                )
+                values[PREFIX + "gap_loss"] = float(gap.loss_gap)
+                values[PREFIX + "gap_error"] = float(gap.error_gap)
+        except GenboundError as exc:
+            skipped["expensive measures"] = str(exc)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _due(every: int | None, step: int) -> bool:
+        return bool(every) and step % every == 0
+
+    def _say_once(self, part: str, why: str) -> None:
+        if part not in self._said:
+            self._said.add(part)
+            log.warning("genbound: %s not logged: %s", part, why)
