@@ -362,6 +362,17 @@ def test_untouched_restores_rng_modes_and_flags():
     assert model[0].weight.requires_grad and not model[0].bias.requires_grad
 
 
+def test_lightning_missing_is_a_clear_error(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lightning", None)
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.delitem(sys.modules, "genbound.callbacks.lightning", raising=False)
+    with pytest.raises(GenboundError, match=r"pip install 'genbound\[lightning\]'"):
+        importlib.import_module("genbound.callbacks.lightning")
+
+
 def test_errors(tmp_path):
     with pytest.raises(GenboundError, match="hessian_data"):
         BoundTracker(expensive_every_n_steps=10)

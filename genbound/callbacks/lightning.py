@@ -10,7 +10,7 @@ the trainer at that step (``logger.log_metrics``, whatever ``log_every_n_steps``
 through ``pl_module.log_dict(..., logger=False)``, to ``trainer.callback_metrics`` (as
 float32 tensors, as Lightning stores them) for monitors and the progress bar.
 
-Needs Lightning 2 (``pip install lightning``), imported when this module is.
+Needs Lightning 2 (``pip install 'genbound[lightning]'``), imported when this module is.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     raise GenboundError(
         "GenboundLightningCallback needs Lightning 2 (the 'lightning' package); install it "
-        "with: pip install lightning. The Hugging Face callback and BoundTracker work without it."
+        "with: pip install 'genbound[lightning]'. The Hugging Face callback and BoundTracker "
+        "work without it."
     ) from None
 
 
@@ -38,8 +39,8 @@ class GenboundLightningCallback(Callback):
 
     Args:
         model: what trains: a PEFT model or a genbound ``AdapterHandle``. Default: the
-            LightningModule's PEFT submodule (the module itself, or its only
-            ``peft.PeftModel`` submodule).
+            LightningModule's only ``peft.PeftModel`` submodule (looked up once; an error
+            at the start of training when there is none or several).
         **tracker_options: the keyword arguments of
             :class:`~genbound.callbacks.tracker.BoundTracker`.
 
@@ -53,8 +54,12 @@ class GenboundLightningCallback(Callback):
         self.tracker = BoundTracker(**tracker_options)
 
     def _target(self, pl_module: nn.Module) -> Trainable:
-        if self.model is not None:
-            return self.model
+        if self.model is None:
+            self.model = self._find_peft(pl_module)
+        return self.model
+
+    @staticmethod
+    def _find_peft(pl_module: nn.Module) -> nn.Module:
         try:
             from peft import PeftModel
         except ImportError:
