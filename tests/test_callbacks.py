@@ -235,6 +235,7 @@ def test_trainer_callback_without_attach_fills_log_history(base_dir, tmp_path, c
     check_against_checkpoint(logged[3], load_checkpoint(tmp_path / "checkpoint-3"), 1000)
     assert not any("genbound/mi_bound" in logs for logs in seen)
     assert "attach(trainer)" in caplog.text
+    assert "n_train=1000 was given but the training set has 32 examples" in caplog.text
 
 
 # -- Lightning ---------------------------------------------------------------------------

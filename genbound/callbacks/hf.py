@@ -65,8 +65,7 @@ class GenboundTrainerCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kw):
         if not state.is_world_process_zero:  # the weights are the same on every process
             return
-        if self.tracker.n_train is None:
-            self.tracker.n_train = dataset_length(train_dataloader)
+        self.tracker.note_training_set(dataset_length(train_dataloader))
         self.tracker.start(model, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kw):

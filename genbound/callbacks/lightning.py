@@ -77,8 +77,7 @@ class GenboundLightningCallback(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:  # the weights are the same on every process
             return
-        if self.tracker.n_train is None:
-            self.tracker.n_train = dataset_length(trainer.train_dataloader)
+        self.tracker.note_training_set(dataset_length(trainer.train_dataloader))
         self.tracker.start(self._target(pl_module), trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -159,11 +159,14 @@ class BoundTracker:
         every_n_steps: cheap (data-free) measures every this many steps (None: never).
         expensive_every_n_steps: Hessian and gap every this many steps (None: never, the
             default); needs ``hessian_data`` and/or ``gap_data``.
-        n_train: N, the number of training examples (the MI and Occam bounds need it;
-            the framework callbacks fill it from the training set's length).
+        n_train: N, the number of training examples (the MI and Occam bounds need it).
+            Default: the training set's length, which the framework callbacks read.
         base: the base model folder (default: what the saved adapter names).
-        hessian_data: a fixed small batch for the top Hessian eigenvalue.
-        gap_data: ``(train, test)``, fixed subsets for the empirical gap.
+        hessian_data: a fixed small batch for the top Hessian eigenvalue: a ``Batch``, a
+            sequence of them, or a mapping of model inputs with ``"labels"`` (class
+            indices, shape (B,)), on the model's device.
+        gap_data: ``(train, test)``, fixed subsets for the empirical gap, each as
+            ``hessian_data``.
         loss: per-example loss for the Hessian, ``loss(model, batch) -> (B,)``.
         per_layer: also log per-layer norms, effective ranks and intruders.
         intruder_eps: the intruder threshold logged (one of ``genbound.spectra.DEFAULT_EPS``).
@@ -245,6 +248,20 @@ class BoundTracker:
         if self.snapshot_every_n_steps:
             self.snapshot(model, step)
 
+    def note_training_set(self, size: int | None) -> None:
+        """The framework's training-set length: N when ``n_train`` was not given (a given
+        N wins; a different length is said once)."""
+        if size is None:
+            return
+        if self.n_train is None:
+            self.n_train = int(size)
+        elif self.n_train != size:
+            self._say_once(
+                "training-set size",
+                f"n_train={self.n_train} was given but the training set has {size} examples; "
+                f"the bounds use N = {self.n_train}",
+            )
+
     def step(self, model: Trainable, step: int) -> dict[str, float]:
         """Snapshot and measure ``model`` if ``step`` is due; the values logged (empty if none).
 
@@ -277,7 +294,7 @@ class BoundTracker:
             if expensive:
                 self._expensive(module, values, skipped)
         for part, why in skipped.items():
-            self._say_once(part, why)
+            self._say_once(part, f"not logged: {why}")
         record = TrackedStep(int(step), values, time.perf_counter() - start, skipped)
         self.history.append(record)
         log.debug("step %d: %d values in %.3f s", step, len(values), record.seconds)
@@ -364,4 +381,4 @@ class BoundTracker:
     def _say_once(self, part: str, why: str) -> None:
         if part not in self._said:
             self._said.add(part)
-            log.warning("genbound: %s not logged: %s", part, why)
+            log.warning("genbound: %s: %s", part, why)
