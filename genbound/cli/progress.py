@@ -50,19 +50,17 @@ STAGE_NAMES = {
 def stage(name: str) -> Iterator[None]:
     """A spinner with the stage name and elapsed time while the block runs (on stderr).
 
-    Stages that take no noticeable time (not in :data:`STAGE_NAMES`) show nothing.
+    Stages that take no noticeable time (not in :data:`STAGE_NAMES`, not ``training ...``)
+    show nothing; ``"<run>: <stage>"`` names a stage of one run of a sweep.
     """
     from rich.console import Console
 
-    if name not in STAGE_NAMES:
+    prefix, _, base = name.rpartition(": ")  # "<run>: <stage>" from a sweep
+    if base not in STAGE_NAMES and not name.startswith("training "):
         yield
         return
-
-    columns = (
-        SpinnerColumn(),
-        TextColumn(f"[bold]{STAGE_NAMES.get(name, name)}"),
-        TimeElapsedColumn(),
-    )
+    label = f"{prefix}: {STAGE_NAMES[base]}" if prefix else STAGE_NAMES.get(base, name)
+    columns = (SpinnerColumn(), TextColumn(f"[bold]{label}"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(name, total=1)
         yield

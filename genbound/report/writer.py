@@ -125,13 +125,18 @@ def compression_json(measures: Measures) -> dict | None:
     }
 
 
-def report_document(ckpt: Checkpoint, measures: Measures) -> dict:
-    """Everything ``report.json`` holds (schema ``genbound.report/1``, docs/report-format.md)."""
+def report_document(
+    ckpt: Checkpoint, measures: Measures, *, content_key: str | None = None
+) -> dict:
+    """Everything ``report.json`` holds (schema ``genbound.report/1``, docs/report-format.md).
+
+    ``content_key`` identifies the checkpoint's content (reports are reused for equal keys).
+    """
     spectra = measures.spectra
     return {
         "schema": SCHEMA,
         "genbound_version": genbound.__version__,
-        "checkpoint": checkpoint_info(ckpt),
+        "checkpoint": checkpoint_info(ckpt) | {"content_key": content_key},
         "data": {
             "task": measures.task,
             "reference": measures.task_reference,
@@ -164,7 +169,12 @@ def report_document(ckpt: Checkpoint, measures: Measures) -> dict:
 
 
 def write_report(
-    ckpt: Checkpoint, out_dir: str | Path, measures: Measures, *, force: bool = False
+    ckpt: Checkpoint,
+    out_dir: str | Path,
+    measures: Measures,
+    *,
+    force: bool = False,
+    content_key: str | None = None,
 ) -> Path:
     """Write ``report.json`` and ``report.md`` for ``ckpt`` with its computed ``measures``
     (and, with a compression bound, the chosen quantized tensors as ``quantized.safetensors``).
@@ -173,7 +183,7 @@ def write_report(
     ``force=True``.
     """
     out = ensure_writable(out_dir, force=force)
-    doc = report_document(ckpt, measures)
+    doc = report_document(ckpt, measures, content_key=content_key)
     with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
         (tmp / "report.md").write_text(render_markdown(doc["checkpoint"], measures))

