@@ -196,3 +196,31 @@ def test_load_task_and_only_parts(tmp_path, setup):
     assert doc["gap"] is not None and doc["bounds"]["mi"] is not None
     assert doc["bounds"]["compression"] is None and doc["bounds"]["theorem1"] is None
     assert doc["updates"] == []
+
+
+def test_mi_loss_choice_and_observed_losses(tmp_path, setup, capsys):
+    _, ckpt, *_, (train_csv, test_csv) = setup
+    data = ["--data", str(train_csv), str(test_csv), "--text-column", "tweet"]
+    data += ["--label-column", "sentiment", "--only", "gap,mi"]
+    out = tmp_path / "ce"
+    assert (
+        main(["report", str(ckpt.path), "--out", str(out), *data, "--mi-loss", "clipped_ce:0.5"])
+        == 0
+    )
+    doc = json.loads((out / "report.json").read_text())
+    mi = doc["bounds"]["mi"]
+    assert mi["loss"]["kind"] == "clipped_ce" and mi["loss"]["loss_range"] == 0.5
+    assert mi["bound"] == pytest.approx(
+        math.sqrt(2 * 0.25**2 * mi["q"] * math.log(2) * mi["d_actual"] / 40), rel=1e-12
+    )
+    # random labels: cross-entropies near ln 3 > 0.5, which the result must say
+    assert doc["gap"]["train"]["max_loss"] > 0.5
+    assert any("outside the loss range" in w for w in mi["warnings"])
+    assert "outside the loss range" in (out / "report.md").read_text()
+    assert main(["report", str(ckpt.path), "--out", str(tmp_path / "sm"), *data,
+                 "--mi-loss", "smoothed_ce:0.1"]) == 0  # fmt: skip
+    mi = json.loads((tmp_path / "sm" / "report.json").read_text())["bounds"]["mi"]
+    assert mi["loss"]["num_classes"] == 3
+    assert mi["loss"]["loss_range"] == pytest.approx(math.log1p(0.9 * 3 / 0.1), rel=1e-12)
+    assert main(["report", str(ckpt.path), "--out", str(tmp_path / "bad"), "--mi-loss", "ce"]) == 2
+    assert "--mi-loss" in capsys.readouterr().err

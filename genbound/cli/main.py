@@ -72,6 +72,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="keyword argument of --task (VALUE parsed as JSON, else a string); repeatable",
     )
+    p.add_argument(
+        "--mi-loss",
+        default="zero_one",
+        metavar="LOSS",
+        help="loss of the MI bound: zero_one (default), clipped_ce:B (cross-entropy clipped "
+        "at B nats) or smoothed_ce:A (predictions smoothed by A)",
+    )
     p.add_argument("--only", help=f"comma-separated parts to compute (of: {', '.join(_parts())})")
     p.add_argument("--skip", help="comma-separated parts not to compute")
 
@@ -193,6 +200,23 @@ def _selected_parts(args: argparse.Namespace) -> frozenset[str]:
     return only - split(getattr(args, "skip", None), "--skip")
 
 
+def _mi_loss(text: str) -> dict:
+    """``zero_one``, ``clipped_ce:B`` or ``smoothed_ce:A`` as keywords of ``mi_bound``."""
+    kind, _, value = text.partition(":")
+    try:
+        if kind == "zero_one" and not value:
+            return {"loss": "zero_one"}
+        if kind == "clipped_ce" and value:
+            return {"loss": "clipped_ce", "loss_range": float(value)}
+        if kind == "smoothed_ce" and value:
+            return {"loss": "smoothed_ce", "smoothing": float(value)}
+    except ValueError:
+        pass
+    raise GenboundError(
+        f"--mi-loss: expected zero_one, clipped_ce:B or smoothed_ce:A (numbers); found {text!r}."
+    )
+
+
 def _report(ckpt, out: Path, args: argparse.Namespace) -> Path:
     from genbound.cli.progress import stage, track
     from genbound.report import ensure_writable, write_report
@@ -212,6 +236,7 @@ def _report(ckpt, out: Path, args: argparse.Namespace) -> Path:
         task_reference=ref.to_json() if ref is not None else None,
         n_train=args.n_train,
         parts=parts,
+        mi_loss=_mi_loss(getattr(args, "mi_loss", "zero_one")),
         progress=lambda it, n: track(it, n, "spectra"),
         stage=stage,
     )

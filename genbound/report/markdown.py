@@ -101,7 +101,8 @@ def bounds_markdown(measures: Measures) -> list[str]:
     if mi is not None:
         verdict = "vacuous" if mi.vacuous else "non-vacuous"
         lines.append(
-            f"- MI bound on the expected 0-1 gap: {mi.bound:.4g} ({verdict}; D = {mi.d_actual:,} "
+            f"- MI bound on the expected gap of the {mi.loss.description}: {mi.bound:.4g} "
+            f"({verdict}; D = {mi.d_actual:,} "
             f"trained scalars, q = {mi.q:g} bits, N = {mi.n_train:,} from the "
             f"{mi.n_train_source if mi.n_train_source != 'given' else measures.n_train_source}); "
             f"Occam form at delta = {mi.delta:g}: {mi.occam_bound:.4g}."
@@ -119,7 +120,7 @@ def bounds_markdown(measures: Measures) -> list[str]:
         )
     for part, why in measures.skipped.items():
         lines.append(f"- {part}: not computed: {why}")
-    for w in measures.warnings:
+    for w in (*measures.warnings, *(mi.warnings if mi is not None else ())):
         lines.append(f"- warning: {w}")
     return lines
 

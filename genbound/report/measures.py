@@ -2,8 +2,8 @@
 
 Parts (names used by ``--only`` and ``--skip``):
 
-* data-free: ``spectra`` (per-layer spectra and intruders), ``mi`` (MI and Occam bounds on
-  the 0-1 loss; needs N), ``theorem1`` (the corrected Theorem 1 terms; needs the base);
+* data-free: ``spectra`` (per-layer spectra and intruders), ``mi`` (MI and Occam bounds,
+  on the 0-1 loss unless another is chosen; needs N), ``theorem1`` (the corrected Theorem 1 terms; needs the base);
 * with a task: ``gap`` (the empirical gap), ``compression`` (the compression PAC-Bayes
   bound of the quantized trainable tensors on the training set).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +87,7 @@ def measure_checkpoint(
     task_reference: dict[str, Any] | None = None,
     n_train: int | None = None,
     parts: Collection[str] = PARTS,
+    mi_loss: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     stage: Stage = _no_stage,
 ) -> Measures:
@@ -98,6 +99,9 @@ def measure_checkpoint(
         task_reference: where ``task`` came from (recorded in the report).
         n_train: N, overriding the checkpoint's; else the checkpoint's, else the task's.
         parts: which parts to compute (see the module docstring).
+        mi_loss: the loss of the MI bound, as keywords of :func:`genbound.bounds.mi_bound`
+            (default ``{"loss": "zero_one"}``; e.g. ``{"loss": "clipped_ce", "loss_range": 5}``
+            or ``{"loss": "smoothed_ce", "smoothing": 0.1}``, K from the task).
         progress: wraps per-layer loops (a progress bar in the CLI).
         stage: wraps each stage (a spinner in the CLI).
     """
@@ -128,7 +132,6 @@ def measure_checkpoint(
     if "spectra" in wanted:
         with timed("spectra", shown=False):  # ``progress`` shows this one
             spectra = analyze_spectra(ckpt, progress=progress)
-    mi = attempt("mi", lambda: mi_bound(ckpt, n_train=n, loss="zero_one"))
     known = None
     if spectra is not None:
         known = {
@@ -163,6 +166,13 @@ def measure_checkpoint(
             "compression",
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
+    mi_args = dict(mi_loss or {"loss": "zero_one"})
+    if mi_args.get("loss") == "smoothed_ce" and task is not None:
+        mi_args.setdefault("num_classes", task.num_labels)
+    if mi_args.get("loss") == "clipped_ce" and gap is not None:
+        # the raw cross-entropies seen, against the clip level (a warning if above it)
+        mi_args["observed_losses"] = [gap.train.max_loss, gap.test.max_loss]
+    mi = attempt("mi", lambda: mi_bound(ckpt, n_train=n, **mi_args))
     return Measures(
         spectra=spectra,
         mi=mi,
