@@ -108,6 +108,63 @@ def test_report_with_data_files_checked_by_hand(tmp_path, setup, capsys):
     assert "## Empirical gap" in md and "## Compression bound" in md
     assert f"{comp['bound']:.4f}" in md
 
+    # curvature: the top eigenvalue of the Hessian of the mean train loss (40 examples, fewer
+    # than the subset size) with respect to the updated tensors of PEFT's merged model, by
+    # scipy's ARPACK on plain double-backward products
+    curv = doc["curvature"]
+    assert curv["examples"] == 40 and curv["top"]["converged"]
+    assert "merged" in curv["top"]["parameterization"]
+    ref = _top_hessian_eigenvalue(merged, base_dir, train, ckpt)
+    assert curv["top_eigenvalue"] == pytest.approx(ref, rel=5e-3)
+    assert curv["trace"]["stderr"] > 0
+    # landscapes: the centre is the checkpoint's train loss on the same examples
+    for kind in ("random-filter", "path"):
+        ls = doc["landscapes"][kind]
+        assert ls["centre_loss"] == pytest.approx(ltr.mean(), rel=1e-5)
+        assert (out / ls["file"]).exists() and (out / ls["figure"]).exists()
+    # the path slice passes through the base model (t = 0): its loss there is the base's
+    path = np.load(out / doc["landscapes"]["path"]["file"])
+    at_base = np.flatnonzero(np.isclose(path["xs"], -1.0))
+    assert at_base.size == 1
+    base_losses, _ = _hand_eval(task.build_model(None), base_dir, train)
+    assert path["losses"][at_base[0]] == pytest.approx(base_losses.mean(), rel=1e-4)
+
+
+def _top_hessian_eigenvalue(model, base_dir, data, ckpt):
+    """Largest eigenvalue of the Hessian of the mean cross-entropy over ``data`` with respect
+    to the tensors ``ckpt`` updates, by ARPACK on autograd Hessian-vector products."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    params = dict(model.named_parameters())
+    names = [
+        n
+        for n in params
+        if any(n == u.param or n.endswith("." + u.param) for u in ckpt.updates.values())
+    ]
+    assert names
+    ps = [params[n].requires_grad_(True) for n in names]
+    enc = tok(list(data.texts), return_tensors="pt", padding=True)  # masked: exact
+    model.config._attn_implementation = "eager"  # double backward
+
+    def hvp(v):
+        v = torch.as_tensor(v, dtype=torch.float32)
+        chunks, i = [], 0
+        for p in ps:
+            chunks.append(v[i : i + p.numel()].view_as(p))
+            i += p.numel()
+        loss = torch.nn.functional.cross_entropy(model(**enc).logits, data.labels)
+        grads = torch.autograd.grad(loss, ps, create_graph=True)
+        dot = sum((g * c).sum() for g, c in zip(grads, chunks, strict=True))
+        hv = torch.autograd.grad(dot, ps)
+        return torch.cat([h.reshape(-1) for h in hv]).double().numpy()
+
+    dim = sum(p.numel() for p in ps)
+    vals = eigsh(LinearOperator((dim, dim), matvec=hvp, dtype=np.float64), k=1, which="LA",
+                 tol=1e-8, return_eigenvectors=False)  # fmt: skip
+    return float(vals[0])
+
 
 def test_run_folder_records_its_task(tmp_path):
     """A genbound run saved with a task reference is reported on data with no flags."""
@@ -137,7 +194,10 @@ def test_run_folder_records_its_task(tmp_path):
         data={"task": "genbound.tasks.hf_text:text_files", "kwargs": kwargs},
         n_train=30,
     )
-    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        main(["report", str(run), "--out", str(tmp_path / "rep"), "--skip", "curvature,landscape"])
+        == 0
+    )
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert doc["data"]["reference"]["task"] == "genbound.tasks.hf_text:text_files"
     assert doc["data"]["n_train_source"] == "checkpoint"

@@ -42,6 +42,8 @@ STAGE_NAMES = {
     "model": "rebuilding the model, caching activations",
     "gap": "empirical gap",
     "compression": "compression bound",
+    "curvature": "Hessian: top eigenvalue and trace",
+    "landscape": "landscape slices",
     "loading the task": "loading the task",
 }
 

@@ -95,6 +95,40 @@ def compression_markdown(measures: Measures) -> list[str]:
     return lines
 
 
+def curvature_markdown(measures: Measures) -> list[str]:
+    lines = []
+    c = measures.curvature
+    if c is not None:
+        top, tr = c.top, c.trace
+        conv = "converged" if top.converged else "NOT converged"
+        lines += [
+            "",
+            "## Curvature",
+            "",
+            f"Hessian of the mean training cross-entropy over {c.examples} examples, with respect "
+            f"to {c.space} ({top.dimension:,} dimensions).",
+            "",
+            f"- top eigenvalue: {top.eigenvalues[0]:.5g} (Lanczos, {top.iterations} products, "
+            f"relative residual {top.residuals[0]:.2g}, {conv} at tol {top.tol:g})",
+            f"- trace: {tr.trace:.5g} ± {tr.stderr:.2g} (Hutch++, {tr.num_products} products)",
+        ]
+    if measures.landscapes:
+        lines += [
+            "",
+            "## Loss landscape (1-D slices)",
+            "",
+            "| direction | centre loss | curvature (2c of a quadratic fit) | flat fraction | mean ascent at rho | figure |",
+            "|---|---|---|---|---|---|",
+        ]
+        for kind, ls in measures.landscapes.items():
+            lines.append(
+                f"| {kind} | {ls.centre_loss:.4g} | {ls.curvature[0]:.4g} | "
+                f"{ls.flat_fraction:.2f} (tol {ls.tol:g}) | {ls.ascent:.4g} (rho {ls.rho:g}) | "
+                f"![{kind}](figures/landscape-{kind}.png) |"
+            )
+    return lines
+
+
 def bounds_markdown(measures: Measures) -> list[str]:
     lines = ["", "## Bounds", ""]
     mi = measures.mi
@@ -142,5 +176,6 @@ def render_markdown(info: dict, measures: Measures) -> str:
     lines += gap_markdown(measures)
     lines += compression_markdown(measures)
     lines += bounds_markdown(measures)
+    lines += curvature_markdown(measures)
     lines += spectra_markdown(measures)
     return "\n".join(lines) + "\n"

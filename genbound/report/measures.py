@@ -5,30 +5,41 @@ Parts (names used by ``--only`` and ``--skip``):
 * data-free: ``spectra`` (per-layer spectra and intruders), ``mi`` (MI and Occam bounds,
   on the 0-1 loss unless another is chosen; needs N), ``theorem1`` (the corrected Theorem 1 terms; needs the base);
 * with a task: ``gap`` (the empirical gap), ``compression`` (the compression PAC-Bayes
-  bound of the quantized trainable tensors on the training set).
+  bound of the quantized trainable tensors on the training set), ``curvature`` (top
+  Hessian eigenvalue by Lanczos and the trace by Hutch++, with respect to the updated
+  tensors, on a subset of the training set) and ``landscape`` (1-D slices along a
+  filter-normalized random direction and along the path from the base model, same subset).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
 from genbound.bounds import MIBoundResult, Theorem1Result, mi_bound, theorem1_from_checkpoint
 from genbound.bounds.compression import CompressionBoundResult
 from genbound.bounds.evaluated import compression_bound_on
 from genbound.checkpoint.model import Checkpoint
+from genbound.curvature import hessian_trace, top_eigenvalues
+from genbound.curvature.algorithms import EigenResult, TraceResult
 from genbound.errors import GenboundError
 from genbound.gap import GapResult, empirical_gap
+from genbound.landscape import Landscape, landscape_1d
 from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
+from genbound.tasks.objective import Objective
 from genbound.tasks.protocol import Task
 
 DATA_FREE_PARTS = ("spectra", "mi", "theorem1")
-DATA_PARTS = ("gap", "compression")
+DATA_PARTS = ("gap", "compression", "curvature", "landscape")
 PARTS = DATA_FREE_PARTS + DATA_PARTS
 
 #: ``stage(name)`` returns a context manager around one stage (the CLI shows a spinner).
@@ -45,6 +56,9 @@ class Measures:
         theorem1: the corrected Theorem 1 correction terms, or None.
         gap: the empirical gap (cross-entropy and 0-1 error), or None.
         compression: the compression bound on the test 0-1 error, or None.
+        curvature: top eigenvalue and trace of the Hessian on ``curvature_examples``
+            training examples, or None.
+        landscapes: 1-D slices by direction kind (``"random-filter"``, ``"path"``).
         task: the task's description, or None without data.
         task_reference: the JSON task reference the data came from, if known.
         n_train: N used by the bounds, and ``n_train_source`` where it came from.
@@ -59,6 +73,8 @@ class Measures:
     theorem1: Theorem1Result | None = None
     gap: GapResult | None = None
     compression: CompressionBoundResult | None = None
+    curvature: Curvature | None = None
+    landscapes: dict[str, Landscape] = field(default_factory=dict)
     task: str | None = None
     task_reference: dict[str, Any] | None = None
     n_train: int | None = None
@@ -67,6 +83,56 @@ class Measures:
     skipped: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """Hessian of the mean training loss with respect to the updated tensors.
+
+    Attributes:
+        top: the top eigenvalue (residual, converged flag, products used).
+        trace: the Hutch++ trace with its standard error.
+        examples: training examples the loss averages over (a subset spread over lengths).
+        space: what the Hessian is taken with respect to.
+    """
+
+    top: EigenResult
+    trace: TraceResult
+    examples: int
+    space: str
+
+
+def spread_subset(objective: Objective, n: int) -> Objective:
+    """The objective on about ``n`` examples: whole batches taken evenly across the batch
+    list (batches are length-bucketed, so the first ones alone would be the shortest)."""
+    batches = list(objective.batches)
+    if objective.num_examples <= n:
+        return objective
+    per = max(1, objective.num_examples // len(batches))
+    k = max(1, min(len(batches), round(n / per)))
+    idx = np.unique(np.linspace(0, len(batches) - 1, k).round().astype(int))
+    chosen = [batches[i] for i in idx]
+    return dataclasses.replace(
+        objective,
+        batches=chosen,
+        description=f"{objective.description}, {sum(len(b) for b in chosen)} examples",
+    )
+
+
+def base_values(ckpt: Checkpoint, objective: Objective) -> dict[str, torch.Tensor]:
+    """W0 of every updated tensor under the objective's parameter names (the start of the
+    path from the base model; a new tensor's W0 is its initial value, or zero)."""
+    params = dict(objective.model.named_parameters())
+    out = {}
+    for u in ckpt.updates.values():
+        names = [n for n in objective.trainable if n == u.param or n.endswith("." + u.param)]
+        if len(names) != 1:
+            continue
+        w0 = u.base_weight(torch.float32)
+        w0 = w0.T if u.transposed else w0
+        if tuple(w0.shape) == tuple(params[names[0]].shape):
+            out[names[0]] = w0
+    return out
 
 
 def _no_stage(name: str) -> AbstractContextManager[None]:
@@ -88,6 +154,9 @@ def measure_checkpoint(
     n_train: int | None = None,
     parts: Collection[str] = PARTS,
     mi_loss: Mapping[str, Any] | None = None,
+    curvature_examples: int = 256,
+    landscape_steps: int = 21,
+    seed: int = 0,
     progress: Progress | None = None,
     stage: Stage = _no_stage,
 ) -> Measures:
@@ -102,6 +171,9 @@ def measure_checkpoint(
         mi_loss: the loss of the MI bound, as keywords of :func:`genbound.bounds.mi_bound`
             (default ``{"loss": "zero_one"}``; e.g. ``{"loss": "clipped_ce", "loss_range": 5}``
             or ``{"loss": "smoothed_ce", "smoothing": 0.1}``, K from the task).
+        curvature_examples: training examples for curvature and landscapes.
+        landscape_steps: points of each 1-D landscape (odd).
+        seed: seeds of Lanczos, Hutch++ and the random direction.
         progress: wraps per-layer loops (a progress bar in the CLI).
         stage: wraps each stage (a spinner in the CLI).
     """
@@ -144,7 +216,8 @@ def measure_checkpoint(
         }
     thm = attempt("theorem1", lambda: theorem1_from_checkpoint(ckpt, known=known))
 
-    gap = compression = None
+    gap = compression = curvature = None
+    landscapes: dict[str, Landscape] = {}
     if task is None:
         for part in DATA_PARTS:
             if part in wanted:
@@ -166,6 +239,22 @@ def measure_checkpoint(
             "compression",
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
+        sub = spread_subset(train, curvature_examples)
+        curvature = attempt("curvature", lambda: _curvature(sub, seed))
+        landscapes = (
+            attempt(
+                "landscape",
+                lambda: {
+                    "random-filter": landscape_1d(
+                        sub, kind="random", steps=landscape_steps, seed=seed
+                    ),
+                    "path": landscape_1d(
+                        sub, kind="path", base=base_values(ckpt, sub), steps=landscape_steps
+                    ),
+                },
+            )
+            or {}
+        )
     mi_args = dict(mi_loss or {"loss": "zero_one"})
     if mi_args.get("loss") == "smoothed_ce" and task is not None:
         mi_args.setdefault("num_classes", task.num_labels)
@@ -179,6 +268,8 @@ def measure_checkpoint(
         theorem1=thm,
         gap=gap,
         compression=compression,
+        curvature=curvature,
+        landscapes=landscapes,
         task=task.description if task is not None else None,
         task_reference=task_reference,
         n_train=n,
@@ -201,3 +292,12 @@ def _n_train(
     if task is not None:
         return int(task.n_train), "task's training set"
     return None, None
+
+
+def _curvature(objective: Objective, seed: int) -> Curvature:
+    space = "every entry of the updated tensors (merged model)"
+    top = top_eigenvalues(objective, k=1, seed=seed)
+    trace = hessian_trace(objective, num_products=30, seed=seed)
+    top = dataclasses.replace(top, parameterization=space)
+    trace = dataclasses.replace(trace, parameterization=space)
+    return Curvature(top, trace, objective.num_examples, space)

@@ -125,6 +125,27 @@ def compression_json(measures: Measures) -> dict | None:
     }
 
 
+def curvature_json(measures: Measures) -> dict | None:
+    c = measures.curvature
+    if c is None:
+        return None
+    return {
+        "space": c.space,
+        "examples": c.examples,
+        "top_eigenvalue": float(c.top.eigenvalues[0]),
+        "top": jsonable(c.top, skip=frozenset({"vectors"})),
+        "trace": jsonable(c.trace),
+    }
+
+
+def landscapes_json(measures: Measures) -> dict:
+    return {
+        kind: jsonable(ls, skip=frozenset({"metadata"}))
+        | {"file": f"landscape-{kind}.npz", "figure": f"figures/landscape-{kind}.png"}
+        for kind, ls in measures.landscapes.items()
+    }
+
+
 def report_document(
     ckpt: Checkpoint, measures: Measures, *, content_key: str | None = None
 ) -> dict:
@@ -157,6 +178,8 @@ def report_document(
         if spectra
         else None,
         "gap": jsonable(measures.gap) if measures.gap is not None else None,
+        "curvature": curvature_json(measures),
+        "landscapes": landscapes_json(measures),
         "bounds": {
             "mi": jsonable(measures.mi) if measures.mi is not None else None,
             "theorem1": jsonable(measures.theorem1) if measures.theorem1 is not None else None,
@@ -192,4 +215,8 @@ def write_report(
 
             tensors = {k: v.contiguous() for k, v in measures.compression.quantized.items()}
             save_file(tensors, str(tmp / QUANTIZED_FILE))
+        for kind, ls in measures.landscapes.items():
+            ls.save_npz(tmp / f"landscape-{kind}.npz")
+            (tmp / "figures").mkdir(exist_ok=True)
+            ls.plot(tmp / "figures" / f"landscape-{kind}.png")
     return out
