@@ -346,4 +346,23 @@ def test_pruning_leaves_the_bound_unchanged_and_skips_hopeless_candidates():
     for c in pruned.candidates:
         assert c.floor == pytest.approx(kl_inverse(0.0, c.rhs), rel=1e-15)
         if not c.evaluated:
-            assert c.train_error is None and c.floor > pruned.bound
+            assert c.train_error is None
+            assert (c.floor, c.bits) > (pruned.bound, pruned.chosen_bits)
+
+
+def test_pruning_with_every_floor_at_one():
+    """Codes far longer than N nats: every floor rounds to 1.0; one evaluation suffices and
+    the choice (the smallest b among equal bounds) is unchanged."""
+    t = {"w": torch.linspace(-1, 1, 4000).reshape(40, 100)}
+    calls = []
+
+    def evaluate(qt):
+        calls.append(1)
+        return 0.3
+
+    full = compression_bound(t, evaluate, 10, bits=(1, 2, 3), prune=False)
+    assert len(calls) == 3 and all(c.floor == 1.0 for c in full.candidates)
+    calls.clear()
+    pruned = compression_bound(t, evaluate, 10, bits=(1, 2, 3))
+    assert len(calls) == 1
+    assert (pruned.bound, pruned.chosen_bits) == (full.bound, full.chosen_bits)

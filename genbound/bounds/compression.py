@@ -554,10 +554,10 @@ def compression_bound(
         rhs, floor = pac_bayes_kl_bound(0.0, code.total_bits, n, delta, len(cands))
         coded.append((b, q, code, rhs, floor))
     by_b: dict[int, CompressionCandidate] = {}
-    best_bound = math.inf
+    best = (math.inf, math.inf)  # (bound, bits): ties go to the smaller b
     for b, q, code, rhs, floor in sorted(coded, key=lambda x: (x[2].total_bits, x[0])):
-        if prune and floor > best_bound:
-            log.debug("compression bound: b=%d pruned (floor %.4g >= %.4g)", b, floor, best_bound)
+        if prune and (floor, b) > best:  # its bound >= floor cannot win
+            log.debug("compression bound: b=%d pruned (floor %.4g >= %.4g)", b, floor, best[0])
             by_b[b] = CompressionCandidate(b, q, code, code.total_bits, rhs, floor, None, None)
             continue
         if isinstance(evaluate_error, Mapping):
@@ -569,7 +569,7 @@ def compression_bound(
             "compression bound: b=%d K=%d bits err=%.4g bound=%.4g", b, code.total_bits, err, bound
         )
         by_b[b] = CompressionCandidate(b, q, code, code.total_bits, rhs, floor, err, bound)
-        best_bound = min(best_bound, bound)
+        best = min(best, (bound, b))
     results = [by_b[b] for b in cands]
     best = min((c for c in results if c.evaluated), key=lambda c: (c.bound, c.bits))
     if num_classes is not None:

@@ -57,6 +57,8 @@ class DemoConfig:
         epochs: passes over the training set; batches of ``batch_size`` similar-length texts.
         layers: the adapted encoder layers (the ones below are frozen and cached).
         seed: data split, head initialisation, adapter initialisation and shuffling.
+        curvature_examples, landscape_steps: the reports' Hessian and landscape settings
+            (a subset of the training set; see ``genbound.report.measures``).
     """
 
     n_train: int = 8000
@@ -66,6 +68,8 @@ class DemoConfig:
     layers: tuple[int, ...] = (4, 5)
     seed: int = 0
     max_length: int = 64
+    curvature_examples: int = 64
+    landscape_steps: int = 21
     variants: tuple[VariantSpec, ...] = field(default=())
 
     def task_kwargs(self) -> dict:
