@@ -108,6 +108,9 @@ def run_demo(
                 ckpt,
                 task=task,
                 task_reference=ref.to_json(),
+                curvature_examples=config.curvature_examples,
+                landscape_steps=config.landscape_steps,
+                seed=config.seed,
                 stage=lambda s, n=name: stage(f"{n}: {s}"),
             )
             write_report(ckpt, rep, measures, force=True, content_key=key)
