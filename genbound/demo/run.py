@@ -14,19 +14,16 @@ re-running the demo after adding a variant costs that variant only.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from genbound.checkpoint import load_checkpoint
 from genbound.demo.sweep import DemoConfig, TrainJob, train_variant
-from genbound.report import write_report
-from genbound.report.measures import Stage, measure_checkpoint
+from genbound.report.batch import ReportJob, run_report_jobs
+from genbound.report.measures import Stage
 from genbound.report.sweep import write_sweep
-from genbound.tasks.reference import TaskReference, load_task
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +43,6 @@ class DemoResult:
 
 def _nostage(name: str):
     return contextlib.nullcontext()
-
-
-def content_key(run_dir: Path) -> str:
-    """BLAKE2b of a run folder's manifest and tensors: a report is reused only for equal keys."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in ("genbound.json", "updates.safetensors"):
-        with open(run_dir / name, "rb") as fh:
-            for chunk in iter(lambda f=fh: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _job_matches(run_dir: Path, job: TrainJob) -> bool:
@@ -83,7 +70,8 @@ def run_demo(
     after each training or report.
     """
     out = Path(out)
-    runs, reports, trained, reported = {}, {}, [], []
+    runs: dict[str, Path] = {}
+    trained: list[str] = []
     for spec in config.variants:
         run_dir = out / "runs" / spec.name
         job = TrainJob(spec, config, str(run_dir))
@@ -95,30 +83,23 @@ def run_demo(
             if on_done:
                 on_done("trained", spec.name)
         runs[spec.name] = run_dir
-    docs = {}
-    for name, run_dir in runs.items():
-        rep = out / "reports" / name
-        key = content_key(run_dir)
-        old = _read_json(rep / "report.json")
-        if force or old is None or old.get("checkpoint", {}).get("content_key") != key:
-            ckpt = load_checkpoint(run_dir)
-            ref = TaskReference.from_json(ckpt.data, where=f"{run_dir}: data")
-            task = load_task(ref, where=f"{run_dir}: data")
-            measures = measure_checkpoint(
-                ckpt,
-                task=task,
-                task_reference=ref.to_json(),
-                curvature_examples=config.curvature_examples,
-                landscape_steps=config.landscape_steps,
-                seed=config.seed,
-                stage=lambda s, n=name: stage(f"{n}: {s}"),
-            )
-            write_report(ckpt, rep, measures, force=True, content_key=key)
-            reported.append(name)
-            if on_done:
-                on_done("reported", name)
-        reports[name] = rep
-        docs[name] = _read_json(rep / "report.json")
+    jobs = [
+        ReportJob(
+            str(run_dir),
+            str(out / "reports" / name),
+            options={
+                "curvature_examples": config.curvature_examples,
+                "landscape_steps": config.landscape_steps,
+                "seed": config.seed,
+            },
+            force=force,
+        )
+        for name, run_dir in runs.items()
+    ]
+    results = run_report_jobs(jobs, stage=stage)
+    reports = {name: Path(folder) for name, (folder, _) in zip(runs, results, strict=True)}
+    reported = [name for name, (_, fresh) in zip(runs, results, strict=True) if fresh]
+    docs = {name: _read_json(folder / "report.json") for name, folder in reports.items()}
     sweep = write_sweep(out / "sweep", docs)
     return DemoResult(runs, reports, sweep, tuple(trained), tuple(reported))
 

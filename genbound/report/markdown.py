@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from genbound.report.measures import Measures
+from genbound.report.reading import reading_lines
 
 
 def _pm(x: float, se: float, fmt: str = ".4f") -> str:
@@ -173,9 +174,16 @@ def render_markdown(info: dict, measures: Measures) -> str:
         f"- training examples: {f'{n:,} ({measures.n_train_source})' if n is not None else 'unknown'}",
         f"- data: {measures.task or 'none (data-free report)'}",
     ]
+    reading = reading_lines(measures)
+    if reading:
+        lines += ["", "## What the numbers say", "", *reading]
     lines += gap_markdown(measures)
     lines += compression_markdown(measures)
     lines += bounds_markdown(measures)
     lines += curvature_markdown(measures)
     lines += spectra_markdown(measures)
+    if measures.spectra is not None and measures.spectra.layers:
+        lines += ["", "![singular spectra](figures/spectra.png)"]
+        if any(x.intruders is not None for x in measures.spectra.layers):
+            lines += ["", "![intruder dimensions](figures/intruders.png)"]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,8 @@ import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
 from genbound.io import atomic_directory
+from genbound.report.figures import plot_intruders, plot_spectra
+from genbound.report.html import markdown_to_html
 from genbound.report.markdown import render_markdown
 from genbound.report.measures import Measures
 from genbound.report.serialize import jsonable
@@ -199,8 +201,9 @@ def write_report(
     force: bool = False,
     content_key: str | None = None,
 ) -> Path:
-    """Write ``report.json`` and ``report.md`` for ``ckpt`` with its computed ``measures``
-    (and, with a compression bound, the chosen quantized tensors as ``quantized.safetensors``).
+    """Write ``report.json``, ``report.md``, ``report.html`` (self-contained) and
+    ``figures/*.png`` for ``ckpt`` with its computed ``measures`` (and, with a compression
+    bound, the chosen quantized tensors as ``quantized.safetensors``).
 
     The folder appears whole or not at all; an existing report is replaced only with
     ``force=True``.
@@ -215,8 +218,14 @@ def write_report(
 
             tensors = {k: v.contiguous() for k, v in measures.compression.quantized.items()}
             save_file(tensors, str(tmp / QUANTIZED_FILE))
+        (tmp / "figures").mkdir()
         for kind, ls in measures.landscapes.items():
             ls.save_npz(tmp / f"landscape-{kind}.npz")
-            (tmp / "figures").mkdir(exist_ok=True)
             ls.plot(tmp / "figures" / f"landscape-{kind}.png")
+        if measures.spectra is not None and measures.spectra.layers:
+            plot_spectra(measures.spectra, tmp / "figures" / "spectra.png")
+            plot_intruders(measures.spectra, tmp / "figures" / "intruders.png")
+        md = (tmp / "report.md").read_text()
+        title = f"genbound report: {doc['checkpoint']['variant']}"
+        (tmp / "report.html").write_text(markdown_to_html(md, tmp, title))
     return out

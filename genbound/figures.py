@@ -1,0 +1,74 @@
+"""Regenerate the README's figures from the demo: ``python -m genbound.figures``.
+
+Runs (or reuses) ``genbound demo`` in ``--demo DIR`` and writes to ``--out`` (default
+``figures/``):
+
+* ``sweep_measures_vs_gap.png``: every measure against the measured gap, one point per run;
+* ``bounds_vs_test_error.png``: each run's compression bound next to its test error;
+* ``lora_spectra.png``, ``lora_intruders.png``: the LoRA run's update spectra and intruders;
+* ``lora_landscape_path.png``: the LoRA run's loss along the path from the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def plot_bounds_vs_error(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in rows if r.get("compression_bound") is not None]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar(x - 0.2, [r["test_error"] for r in rows], 0.4, label="measured test error")
+    ax.bar(x + 0.2, [r["compression_bound"] for r in rows], 0.4, label="compression bound (95%)")
+    ax.axhline(2 / 3, color="gray", ls="--", lw=0.8, label="chance (3 classes)")
+    ax.set_xticks(x, [r["run"] for r in rows])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("0-1 error")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from genbound.demo import DEFAULT, FAST
+    from genbound.demo.run import run_demo
+
+    p = argparse.ArgumentParser(
+        prog="python -m genbound.figures", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--demo", type=Path, default=Path("genbound-demo"), help="demo folder")
+    p.add_argument("--out", type=Path, default=Path("figures"), help="where the figures go")
+    p.add_argument("--fast", action="store_true", help="use the fast demo")
+    args = p.parse_args(argv)
+    result = run_demo(args.demo, FAST if args.fast else DEFAULT)
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(
+        result.sweep / "figures" / "measures_vs_gap.png", args.out / "sweep_measures_vs_gap.png"
+    )
+    rows = json.loads((result.sweep / "sweep.json").read_text())["rows"]
+    plot_bounds_vs_error(rows, args.out / "bounds_vs_test_error.png")
+    lora = result.reports["lora"] / "figures"
+    for src, dst in (
+        ("spectra.png", "lora_spectra.png"),
+        ("intruders.png", "lora_intruders.png"),
+        ("landscape-path.png", "lora_landscape_path.png"),
+    ):
+        if (lora / src).exists():
+            shutil.copy(lora / src, args.out / dst)
+    print(f"figures written to {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

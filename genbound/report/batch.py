@@ -1,0 +1,168 @@
+"""Reports for many checkpoints: one JSON-serializable job per checkpoint, reuse by content.
+
+A :class:`ReportJob` names a checkpoint, its report folder and the options; any worker
+that can import genbound can run it (:func:`run_report_job`), so a sweep runs in local
+processes today (``--jobs N``) and on a cluster engine without change. A report is reused
+when its ``report.json`` was computed from a checkpoint with the same content key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genbound.checkpoint.native import is_run_dir
+from genbound.checkpoint.peft import is_peft_dir
+
+log = logging.getLogger(__name__)
+
+#: Files of a checkpoint folder that do not define its content.
+_NOT_CONTENT = ("genbound-report", "demo-job.json")
+
+
+def content_key(path: str | os.PathLike) -> str:
+    """BLAKE2b over the names and bytes of a checkpoint's files (a folder's top-level files,
+    or one file): equal keys, equal checkpoints."""
+    p = Path(path)
+    files = (
+        sorted(f for f in p.iterdir() if f.is_file() and f.name not in _NOT_CONTENT)
+        if p.is_dir()
+        else [p]
+    )
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def find_checkpoints(root: str | os.PathLike, *, max_depth: int = 3) -> list[Path]:
+    """PEFT adapter folders and genbound run folders under ``root`` (not inside each other),
+    in sorted order; ``root`` itself if it is one."""
+    root = Path(root)
+    if is_peft_dir(root) or is_run_dir(root):
+        return [root]
+    found: list[Path] = []
+
+    def walk(d: Path, depth: int) -> None:
+        for sub in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")):
+            if sub.name == "genbound-report":
+                continue
+            if is_peft_dir(sub) or is_run_dir(sub):
+                found.append(sub)
+            elif depth < max_depth:
+                walk(sub, depth + 1)
+
+    walk(root, 1)
+    return found
+
+
+@dataclass(frozen=True)
+class ReportJob:
+    """One checkpoint's report: plain data, so it can be sent to any worker.
+
+    Attributes:
+        checkpoint: the checkpoint path.
+        out: the report folder.
+        task: a task reference (``{"task": ..., "kwargs": ...}``), or None for the
+            checkpoint's own (a genbound run's ``data``), or none at all.
+        options: keywords of :func:`genbound.report.measures.measure_checkpoint`
+            (``parts``, ``mi_loss``, ``n_train``, ``curvature_examples``, ...).
+        base, adapter: as for :func:`genbound.load_checkpoint`.
+        force: recompute even if a report of the same content exists.
+    """
+
+    checkpoint: str
+    out: str
+    task: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    base: str | None = None
+    adapter: str | None = None
+    force: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
+    """Run one job; returns (report folder, whether it was computed now rather than reused)."""
+    from genbound.checkpoint import load_checkpoint
+    from genbound.report.measures import measure_checkpoint
+    from genbound.report.writer import write_report
+    from genbound.tasks.reference import TaskReference, load_task
+
+    job = job if isinstance(job, ReportJob) else ReportJob(**job)
+    out = Path(job.out)
+    key = content_key(job.checkpoint)
+    old = _read_json(out / "report.json")
+    if not job.force and old is not None and old.get("checkpoint", {}).get("content_key") == key:
+        return str(out), False
+    ckpt = load_checkpoint(job.checkpoint, base=job.base, adapter=job.adapter)
+    ref_json = job.task if job.task is not None else ckpt.data
+    task = ref = None
+    if ref_json:
+        where = "task" if job.task is not None else f"{job.checkpoint}: data"
+        ref = TaskReference.from_json(ref_json, where=where)
+        task = load_task(ref, where=where)
+    options = dict(job.options)
+    if stage is not None:
+        options["stage"] = stage
+    measures = measure_checkpoint(
+        ckpt, task=task, task_reference=ref.to_json() if ref else None, **options
+    )
+    write_report(ckpt, out, measures, force=True, content_key=key)
+    return str(out), True
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_report_jobs(
+    jobs: Sequence[ReportJob],
+    *,
+    workers: int = 1,
+    stage=None,
+    on_done: Callable[[ReportJob, bool], None] | None = None,
+) -> list[tuple[str, bool]]:
+    """Run jobs in this process (``workers=1``, with ``stage`` spinners) or in a pool of
+    ``workers`` processes sharing the cores; results in job order."""
+    if workers <= 1 or len(jobs) <= 1:
+        results = []
+        for job in jobs:
+            name = Path(job.checkpoint).name
+            res = run_report_job(
+                job, stage=(lambda s, n=name: stage(f"{n}: {s}")) if stage else None
+            )
+            results.append(res)
+            if on_done:
+                on_done(job, res[1])
+        return results
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    out: dict[int, tuple[str, bool]] = {}
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_report_job, job.to_json()): i for i, job in enumerate(jobs)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            out[i] = fut.result()
+            if on_done:
+                on_done(jobs[i], out[i][1])
+    return [out[i] for i in range(len(jobs))]

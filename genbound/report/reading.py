@@ -1,0 +1,82 @@
+"""A short plain-language reading of one checkpoint's measures: what they say and what not."""
+
+from __future__ import annotations
+
+from genbound.report.measures import Measures
+
+
+def reading_lines(measures: Measures) -> list[str]:
+    """Sentences (Markdown bullets) interpreting the computed measures; none for missing parts."""
+    out: list[str] = []
+    g = measures.gap
+    if g is not None:
+        z = g.error_gap / g.error_gap_stderr if g.error_gap_stderr > 0 else float("inf")
+        verdict = "not distinguishable from zero" if abs(z) < 2 else "clearly different from zero"
+        out.append(
+            f"The measured 0-1 gap is {g.error_gap:+.4f} ± {g.error_gap_stderr:.4f} "
+            f"({verdict} at two standard errors; {g.train.n:,} train and {g.test.n:,} test "
+            "examples). This is the quantity the bounds below try to predict."
+        )
+    c = measures.compression
+    if c is not None:
+        if not c.vacuous:
+            extra = ""
+            if g is not None:
+                extra = (
+                    f" The measured test error is {g.test.error:.4f}, so the bound is "
+                    f"{c.bound - g.test.error:.4f} above it."
+                )
+            out.append(
+                f"The compression bound is non-vacuous: with probability >= {1 - c.delta:g}, the "
+                f"quantized model's test error is at most {c.bound:.4f}, below chance "
+                f"({c.vacuous_at:.4f}). It pays {c.code_bits:,} bits for the trained tensors "
+                f"against {c.n_train:,} examples.{extra}"
+            )
+        else:
+            out.append(
+                f"The compression bound ({c.bound:.4f}) is vacuous: the trained tensors still "
+                f"cost {c.code_bits:,} bits after quantization, far more than {c.n_train:,} "
+                "examples can pay for (the bound needs K ln 2 to be small next to N). More data, "
+                "fewer trained parameters, or a coarser code would be needed."
+            )
+    mi = measures.mi
+    if mi is not None:
+        if mi.vacuous:
+            out.append(
+                f"The MI bound ({mi.bound:.3g}) exceeds the loss range ({mi.loss.loss_range:g}), "
+                f"so it says nothing about this run: it charges q = {mi.q:g} bits for each of "
+                f"D = {mi.d_actual:,} trained scalars against N = {mi.n_train:,} examples. "
+                "Across variants it still orders methods by D q / N, which is its content."
+            )
+        else:
+            out.append(
+                f"The MI bound ({mi.bound:.3g}) bounds the expected gap of the "
+                f"{mi.loss.description} under its assumptions (listed in report.json)."
+            )
+    if measures.theorem1 is not None:
+        out.append(
+            "Theorem 1's correction terms are products of layer norms: their absolute size "
+            "(log10 Phi_dW = "
+            f"{measures.theorem1.log10_phi_dW:.3g}) is not a usable bound for a transformer; "
+            "only their ordering across methods on the same model carries information."
+        )
+    s = measures.spectra
+    if s is not None and s.layers:
+        with_intr = [x for x in s.layers if x.intruders is not None and 0.5 in x.intruders.eps]
+        if with_intr:
+            n = sum(x.intruders.count_at(0.5) > 0 for x in with_intr)
+            out.append(
+                f"{n} of {len(with_intr)} adapted layers have intruder dimensions at eps 0.5 "
+                "(top singular vectors of W0 + dW unlike any of W0's): the update added "
+                "directions rather than re-weighting existing ones."
+            )
+    cv = measures.curvature
+    if cv is not None:
+        conv = "converged" if cv.top.converged else "did not converge: treat it as a lower estimate"
+        out.append(
+            f"The top Hessian eigenvalue ({cv.top.eigenvalues[0]:.4g}, {conv}) and the trace "
+            f"({cv.trace.trace:.4g} ± {cv.trace.stderr:.2g}) are taken on {cv.examples} "
+            "training examples with respect to the updated tensors; sharpness depends on the "
+            "parameterization, so compare it only between runs of the same variant."
+        )
+    return [f"- {line}" for line in out]
