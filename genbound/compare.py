@@ -114,14 +114,29 @@ def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
     return rows
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of two equally long sequences (ties handled as in scipy); nan if undefined."""
-    from scipy.stats import kendalltau
+def kendall_tau_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair: x, y (B, n) -> (B,), nan where a row is constant.
 
+    tau_b = sum_{i<j} sx sy / sqrt(sum_{i<j} sx^2 * sum_{i<j} sy^2) with sx = sign(x_i - x_j)
+    (ties count in neither numerator nor their own denominator), as scipy's kendalltau.
+    """
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    y = np.atleast_2d(np.asarray(y, dtype=float))
+    sx = np.sign(x[:, :, None] - x[:, None, :])
+    sy = np.sign(y[:, :, None] - y[:, None, :])
+    num = (sx * sy).sum(axis=(1, 2))
+    den = np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of two equally long sequences (nan if fewer than 2 or one is constant)."""
     if len(x) < 2:
         return math.nan
-    res = kendalltau(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-    return float(res.statistic)
+    return float(
+        kendall_tau_batch(np.asarray(x, dtype=float)[None], np.asarray(y, dtype=float)[None])[0]
+    )
 
 
 @dataclass(frozen=True)
@@ -211,22 +226,20 @@ def rank_correlations(
         x = np.array([r[m] for r in ok], dtype=float)
         y = np.array([r[target] for r in ok], dtype=float)
         tau = kendall_tau(x, y)
-        boots = []
+        boots = np.zeros(0)
         if len(ok) >= 2:
-            for _ in range(n_boot):
-                idx = rng.integers(0, len(ok), len(ok))
-                t = kendall_tau(x[idx], y[idx])
-                if not math.isnan(t):
-                    boots.append(t)
+            idx = rng.integers(0, len(ok), (n_boot, len(ok)))  # resamples of runs, one per row
+            boots = kendall_tau_batch(x[idx], y[idx])
+            boots = boots[~np.isnan(boots)]
         a = (1 - level) / 2
         low, high = (
             (float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)))
-            if boots
+            if boots.size
             else (math.nan, math.nan)
         )
         out.append(
             Correlation(
-                m, target, len(ok), tau, low, high, level, n_boot, len(boots),
+                m, target, len(ok), tau, low, high, level, n_boot, int(boots.size),
                 granulated_tau(ok, m, target, hparams),
             )
         )  # fmt: skip

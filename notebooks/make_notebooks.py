@@ -42,9 +42,10 @@ NOTEBOOKS = {
             "from genbound.spectra import analyze_spectra\n\n"
             "ckpt = genbound.load_checkpoint(demo / 'runs' / 'lora')\n"
             "res = analyze_spectra(ckpt, k=10)\n"
-            "for x in res.layers:\n"
+            "for x in res.layers:  # a new head has no W0, so no intruders\n"
+            "    intr = x.intruders.count_at(0.5) if x.intruders is not None else 'n/a'\n"
             "    print(f'{x.name:45s} {x.kind:8s} ||dW||_2={x.spectral_norm:.4f} '\n"
-            "          f'eff.rank={x.effective_rank:.2f} intruders@0.5={x.intruders.count_at(0.5)}')"
+            "          f'eff.rank={x.effective_rank:.2f} intruders@0.5={intr}')"
         ),
         new_code_cell(
             "# the factor-space singular values equal numpy's SVD of the dense update\n"
@@ -60,7 +61,8 @@ NOTEBOOKS = {
             "for x in res.layers:\n"
             "    sv = np.asarray(x.singular_values)\n"
             "    a.semilogy(np.arange(1, sv.size + 1), sv, marker='.', label=x.name.split('encoder.')[-1])\n"
-            "    b.plot(x.intruders.eps, x.intruders.counts, marker='.')\n"
+            "    if x.intruders is not None:\n"
+            "        b.plot(x.intruders.eps, x.intruders.counts, marker='.')\n"
             "a.set(xlabel='i', ylabel='sigma_i(dW)', title='singular spectra')\n"
             "b.set(xlabel='eps', ylabel='intruders in top 10', title='intruder dimensions')\n"
             "a.legend(fontsize=6)\n"
@@ -120,7 +122,7 @@ NOTEBOOKS = {
             "sub.description"
         ),
         new_code_cell(
-            "path = landscape_1d(sub, kind='path', base=base_values(ckpt, sub), steps=11)\n"
+            "path = landscape_1d(sub, kind='path', base=base_values(ckpt, sub), steps=9)\n"
             "# x = -1 is the base model, x = 0 the checkpoint\n"
             "list(zip(path.xs.round(2), path.losses.round(4)))"
         ),

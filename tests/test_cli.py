@@ -69,4 +69,4 @@ def test_report_bounds_and_skip_reasons(tmp_path, capsys):
     assert mi["vacuous"] is True  # 0-1 loss, B = 1: a bound of 2.1 says nothing, and says so
     assert "mi" not in doc["skipped"]
     md = (tmp_path / "n" / "report.md").read_text()
-    assert "MI bound on the expected 0-1 gap" in md and "vacuous" in md
+    assert "MI bound on the expected gap of the 0-1 loss" in md and "vacuous" in md

@@ -13,7 +13,9 @@ from genbound.tasks.reference import TaskReference, load_task
 def test_fast_demo_trains_reports_compares_and_reuses(fast_demo, capsys):
     out, result = fast_demo
     names = [s.name for s in FAST.variants]
-    assert list(result.trained) == names and list(result.reported) == names
+    # trained and reported by this session (or by another xdist worker, then reused)
+    assert list(result.runs) == names and list(result.reports) == names
+    assert list(result.trained) in (names, []) and list(result.reported) in (names, [])
     for name in names:
         ckpt = load_checkpoint(out / "runs" / name)
         assert ckpt.n_train == FAST.n_train and ckpt.variant == name
@@ -25,7 +27,8 @@ def test_fast_demo_trains_reports_compares_and_reuses(fast_demo, capsys):
         comp = doc["bounds"]["compression"]
         assert comp["n_train"] == FAST.n_train and 0 < comp["bound"] <= 1
         assert doc["bounds"]["mi"]["d_actual"] == ckpt.num_trainable
-        assert doc["curvature"]["examples"] == FAST.curvature_examples
+        # whole batches spread over the lengths: about curvature_examples, at least one batch
+        assert doc["curvature"]["examples"] == max(FAST.curvature_examples, FAST.batch_size)
         assert set(doc["landscapes"]) == {"random-filter", "path"}
         assert (rep / "report.html").stat().st_size > 10_000  # figures embedded
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())

@@ -140,6 +140,10 @@ def test_path_direction_reaches_the_base_model():
     np.testing.assert_allclose(merged.losses, land.losses, atol=1e-5)
     with pytest.raises(GenboundError):
         path_direction(lora_objective(zero_b=True)[0])
+    with pytest.raises(GenboundError, match="4 k \\+ 1"):
+        landscape_1d(obj, kind="path", steps=11)  # 0.2 spacing would miss x = 0
+    small = landscape_1d(obj, kind="path", steps=9)
+    assert list(small.xs[[2, 6]]) == [-1.0, 0.0]
 
 
 def test_pca_path_is_projected_onto_the_plane():

@@ -47,13 +47,20 @@ def _nostage(name: str):
 
 def _job_matches(run_dir: Path, job: TrainJob) -> bool:
     try:
-        return json.loads((run_dir / JOB_FILE).read_text()) == _job_json(job)
+        stored = json.loads((run_dir / JOB_FILE).read_text())
+        return stored == json.loads(json.dumps(_job_json(job)))  # tuples as JSON lists
     except (OSError, json.JSONDecodeError):
         return False
 
 
+#: Config fields that do not change what is trained.
+_REPORT_ONLY = ("variants", "curvature_examples", "landscape_steps")
+
+
 def _job_json(job: TrainJob) -> dict:
-    return {"spec": asdict(job.spec), "config": asdict(job.config) | {"variants": None}}
+    """What decides a run's training (a run folder holding the same is reused)."""
+    config = {k: v for k, v in asdict(job.config).items() if k not in _REPORT_ONLY}
+    return {"spec": asdict(job.spec), "config": config}
 
 
 def run_demo(

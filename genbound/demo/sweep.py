@@ -61,14 +61,14 @@ class DemoConfig:
             (a subset of the training set; see ``genbound.report.measures``).
     """
 
-    n_train: int = 8000
+    n_train: int = 7000
     n_test: int = 2000
     epochs: int = 1
     batch_size: int = 64
     layers: tuple[int, ...] = (4, 5)
     seed: int = 0
     max_length: int = 64
-    curvature_examples: int = 64
+    curvature_examples: int = 32
     landscape_steps: int = 21
     variants: tuple[VariantSpec, ...] = field(default=())
 
@@ -106,6 +106,7 @@ FAST = DemoConfig(
     epochs=1,
     batch_size=32,
     layers=(5,),
+    curvature_examples=16,
     variants=(
         VariantSpec("head", "head", rank=None, lr=5e-3, epochs=2),
         VariantSpec("lora", "lora", rank=2, lr=2e-3),

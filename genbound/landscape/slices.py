@@ -261,6 +261,11 @@ def landscape_1d(
     if coords is not None:
         xs = np.asarray(coords, dtype=float)
     elif dirs.kind == "path":
+        if (steps - 1) % 4:
+            raise GenboundError(
+                f"A path landscape spans x in [-1.5, 0.5] and must hit the base (x = -1) and the "
+                f"checkpoint (x = 0): steps must be 4 k + 1 (e.g. 21); found {steps}."
+            )
         xs = _grid(steps, -1.5, 0.5)
     else:
         xs = _grid(steps, -extent, extent)

@@ -3,7 +3,8 @@
 A :class:`ReportJob` names a checkpoint, its report folder and the options; any worker
 that can import genbound can run it (:func:`run_report_job`), so a sweep runs in local
 processes today (``--jobs N``) and on a cluster engine without change. A report is reused
-when its ``report.json`` was computed from a checkpoint with the same content key.
+when its ``report.json`` was computed from a checkpoint with the same content key and with
+the same settings (task, options, base, adapter).
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ class ReportJob:
         return asdict(self)
 
 
+def job_settings_key(job: ReportJob) -> str:
+    """BLAKE2b of what besides the checkpoint decides a report: task, options, base, adapter."""
+    settings = {"task": job.task, "options": job.options, "base": job.base, "adapter": job.adapter}
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -110,8 +118,14 @@ def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
     job = job if isinstance(job, ReportJob) else ReportJob(**job)
     out = Path(job.out)
     key = content_key(job.checkpoint)
+    settings = job_settings_key(job)
     old = _read_json(out / "report.json")
-    if not job.force and old is not None and old.get("checkpoint", {}).get("content_key") == key:
+    if (
+        not job.force
+        and old is not None
+        and old.get("checkpoint", {}).get("content_key") == key
+        and old.get("settings_key") == settings
+    ):
         return str(out), False
     ckpt = load_checkpoint(job.checkpoint, base=job.base, adapter=job.adapter)
     ref_json = job.task if job.task is not None else ckpt.data
@@ -126,7 +140,7 @@ def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
     measures = measure_checkpoint(
         ckpt, task=task, task_reference=ref.to_json() if ref else None, **options
     )
-    write_report(ckpt, out, measures, force=True, content_key=key)
+    write_report(ckpt, out, measures, force=True, content_key=key, settings_key=settings)
     return str(out), True
 
 

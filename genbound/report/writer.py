@@ -149,16 +149,22 @@ def landscapes_json(measures: Measures) -> dict:
 
 
 def report_document(
-    ckpt: Checkpoint, measures: Measures, *, content_key: str | None = None
+    ckpt: Checkpoint,
+    measures: Measures,
+    *,
+    content_key: str | None = None,
+    settings_key: str | None = None,
 ) -> dict:
     """Everything ``report.json`` holds (schema ``genbound.report/1``, docs/report-format.md).
 
-    ``content_key`` identifies the checkpoint's content (reports are reused for equal keys).
+    ``content_key`` identifies the checkpoint's content and ``settings_key`` the report's
+    settings (a sweep reuses a report when both are equal).
     """
     spectra = measures.spectra
     return {
         "schema": SCHEMA,
         "genbound_version": genbound.__version__,
+        "settings_key": settings_key,
         "checkpoint": checkpoint_info(ckpt) | {"content_key": content_key},
         "data": {
             "task": measures.task,
@@ -200,6 +206,7 @@ def write_report(
     *,
     force: bool = False,
     content_key: str | None = None,
+    settings_key: str | None = None,
 ) -> Path:
     """Write ``report.json``, ``report.md``, ``report.html`` (self-contained) and
     ``figures/*.png`` for ``ckpt`` with its computed ``measures`` (and, with a compression
@@ -209,7 +216,7 @@ def write_report(
     ``force=True``.
     """
     out = ensure_writable(out_dir, force=force)
-    doc = report_document(ckpt, measures, content_key=content_key)
+    doc = report_document(ckpt, measures, content_key=content_key, settings_key=settings_key)
     with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
         (tmp / "report.md").write_text(render_markdown(doc["checkpoint"], measures))
