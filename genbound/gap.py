@@ -67,7 +67,7 @@ def evaluate(objective: Objective) -> tuple[np.ndarray, np.ndarray]:
                 torch.nn.functional.cross_entropy(logits.double(), batch.labels, reduction="none")
             )
             errors.append((logits.argmax(dim=-1) != batch.labels).double())
-    return torch.cat(losses).numpy(), torch.cat(errors).numpy()
+    return torch.cat(losses).cpu().numpy(), torch.cat(errors).cpu().numpy()
 
 
 def split_eval(losses: np.ndarray, errors: np.ndarray) -> SplitEval:

@@ -386,3 +386,27 @@ def test_errors(tmp_path):
         BoundTracker(hessian_data={"input_ids": torch.zeros(1, 2)})
     with pytest.raises(GenboundError, match="PEFT model"), live_checkpoint(torch.nn.Linear(2, 2)):
         pass
+
+
+def test_cached_base_svd_mode_never_decomposes_w0(base_dir, tmp_path, monkeypatch):
+    """base_svd="cached": no intruders until W0's SVDs are in the cache, then the same
+    intruder count as the report's spectra."""
+    import genbound.spectra.basecache as basecache
+
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "fresh-cache"))
+    computed = []
+    real = basecache.compute_base_spectrum
+    monkeypatch.setattr(
+        basecache, "compute_base_spectrum", lambda *a, **k: computed.append(1) or real(*a, **k)
+    )
+    tracker = BoundTracker(every_n_steps=1, base=base_dir, n_train=8, base_svd="cached")
+    model, _, logged = train_loop(base_dir, tracker, steps=1)
+    assert not computed and "genbound/intruders" not in logged[1]
+    assert "genbound/mi_bound" in logged[1]  # everything else is still measured
+    with live_checkpoint(model, base=base_dir, n_train=8) as ckpt:
+        spectra = analyze_spectra(ckpt)  # fills the cache
+        assert computed
+        computed.clear()
+        expected = sum(x.intruders.count_at(0.5) for x in spectra.layers if x.intruders)
+    values = tracker.measure(model, 1).values
+    assert not computed and values["genbound/intruders"] == expected

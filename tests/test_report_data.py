@@ -230,6 +230,10 @@ def test_task_reference_errors(tmp_path, setup, capsys):
         (["--data", str(tmp_path / "train.csv"), str(tmp_path / "test.csv")], "column missing"),
         (["--only", "gap,nonsense"], "unknown part"),
     ]
+    if not torch.cuda.is_available():
+        data = ["--data", str(tmp_path / "train.csv"), str(tmp_path / "test.csv")]
+        data += ["--text-column", "tweet", "--label-column", "sentiment"]
+        cases.append(([*data, "--device", "cuda"], "expected a CUDA device; found none"))
     for extra, message in cases:
         out = tmp_path / "rep-err"
         code = main(["report", str(ckpt.path), "--out", str(out), *extra])

@@ -170,6 +170,11 @@ class BoundTracker:
         loss: per-example loss for the Hessian, ``loss(model, batch) -> (B,)``.
         per_layer: also log per-layer norms, effective ranks and intruders.
         intruder_eps: the intruder threshold logged (one of ``genbound.spectra.DEFAULT_EPS``).
+        base_svd: ``"compute"`` (default): the first measurement computes the base
+            weights' SVDs into the on-disk cache (seconds for small models); ``"cached"``:
+            intruders, base-relative norms and Theorem 1 only where the SVD is cached (run
+            ``genbound report`` on the base once), so no measurement ever decomposes W0 --
+            the choice for large models.
         run_dir: where :meth:`finish` writes a genbound run (final update, trajectory).
         snapshot_every_n_steps: trajectory snapshots of the trainable parameters every
             this many steps (and at the start and the end); None: none.
@@ -193,6 +198,7 @@ class BoundTracker:
         loss: PerExampleLoss = cross_entropy_loss,
         per_layer: bool = False,
         intruder_eps: float = 0.5,
+        base_svd: str = "compute",
         run_dir: str | os.PathLike | None = None,
         snapshot_every_n_steps: int | None = None,
         overwrite: bool = False,
@@ -222,6 +228,10 @@ class BoundTracker:
             raise GenboundError(
                 f"{run_dir}: already exists; pass overwrite=True to replace it at the end of training."
             )
+        if base_svd not in ("compute", "cached"):
+            raise GenboundError(
+                f"BoundTracker: base_svd must be 'compute' or 'cached'; found {base_svd!r}."
+            )
         if n_train is not None and n_train <= 0:
             raise GenboundError(f"BoundTracker: n_train must be > 0; found {n_train!r}.")
         self.every_n_steps = every_n_steps
@@ -231,6 +241,7 @@ class BoundTracker:
         self.loss = loss
         self.per_layer = per_layer
         self.intruder_eps = intruder_eps
+        self.base_svd = base_svd
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self.overwrite = overwrite
@@ -337,7 +348,9 @@ class BoundTracker:
                 torch.no_grad(),
                 live_checkpoint(model, base=self.base, n_train=self.n_train) as ckpt,
             ):
-                measures = measure_checkpoint(ckpt, n_train=self.n_train, parts=DATA_FREE_PARTS)
+                measures = measure_checkpoint(
+                    ckpt, n_train=self.n_train, parts=DATA_FREE_PARTS, base_svd=self.base_svd
+                )
         except GenboundError as exc:
             skipped["data-free measures"] = str(exc)
             return

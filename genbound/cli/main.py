@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="report folder (default: <checkpoint>/genbound-report)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model runs on data: cpu (default), cuda, cuda:N",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -236,6 +241,10 @@ def _report(ckpt, out: Path, args: argparse.Namespace) -> Path:
     if ref is not None:
         with stage("loading the task"):
             task = load_task(ref, where=where)
+        if args.device != "cpu":
+            from genbound.report.batch import with_device
+
+            task = with_device(task, args.device)
     measures = measure_checkpoint(
         ckpt,
         task=task,
@@ -262,6 +271,7 @@ def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
         "parts": sorted(_selected_parts(args)),
         "mi_loss": _mi_loss(args.mi_loss),
         "n_train": args.n_train,
+        "device": args.device,
     }
     names = [c.relative_to(root).as_posix().replace("/", "__") for c in found]
     jobs = [

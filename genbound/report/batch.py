@@ -135,6 +135,9 @@ def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
         ref = TaskReference.from_json(ref_json, where=where)
         task = load_task(ref, where=where)
     options = dict(job.options)
+    device = options.pop("device", None)
+    if device is not None and task is not None:
+        task = with_device(task, device)
     if stage is not None:
         options["stage"] = stage
     measures = measure_checkpoint(
@@ -142,6 +145,29 @@ def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
     )
     write_report(ckpt, out, measures, force=True, content_key=key, settings_key=settings)
     return str(out), True
+
+
+def with_device(task: Any, device: str) -> Any:
+    """The task on ``device`` (a task with a ``device`` field); a clear error otherwise."""
+    import dataclasses
+
+    from genbound.errors import GenboundError
+
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise GenboundError(f"--device {device}: expected a CUDA device; found none.")
+    if device == getattr(task, "device", "cpu"):
+        return task
+    if not (
+        dataclasses.is_dataclass(task) and "device" in {f.name for f in dataclasses.fields(task)}
+    ):
+        raise GenboundError(
+            f"--device {device}: the task {type(task).__name__} has no device field; it runs "
+            "where it builds its model."
+        )
+    return dataclasses.replace(task, device=device)
 
 
 def _init_worker(threads: int) -> None:

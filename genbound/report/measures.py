@@ -157,6 +157,7 @@ def measure_checkpoint(
     curvature_examples: int = 256,
     landscape_steps: int = 21,
     seed: int = 0,
+    base_svd: str = "compute",
     progress: Progress | None = None,
     stage: Stage = _no_stage,
 ) -> Measures:
@@ -174,6 +175,8 @@ def measure_checkpoint(
         curvature_examples: training examples for curvature and landscapes.
         landscape_steps: points of each 1-D landscape (odd).
         seed: seeds of Lanczos, Hutch++ and the random direction.
+        base_svd: ``"cached"`` computes base-relative spectra and intruders only for layers
+            whose W0 SVD is cached (see :func:`genbound.spectra.analyze_spectra`).
         progress: wraps per-layer loops (a progress bar in the CLI).
         stage: wraps each stage (a spinner in the CLI).
     """
@@ -203,7 +206,7 @@ def measure_checkpoint(
     spectra = None
     if "spectra" in wanted:
         with timed("spectra", shown=False):  # ``progress`` shows this one
-            spectra = analyze_spectra(ckpt, progress=progress)
+            spectra = analyze_spectra(ckpt, progress=progress, base_svd=base_svd)
     known = None
     if spectra is not None:
         known = {
@@ -214,7 +217,19 @@ def measure_checkpoint(
             for x in spectra.layers
             if x.base_spectral_norm is not None or ckpt.updates[x.name].is_new
         }
-    thm = attempt("theorem1", lambda: theorem1_from_checkpoint(ckpt, known=known))
+    missing = [
+        u.name
+        for u in ckpt.updates.values()
+        if u.is_matrix and not u.is_new and (known is None or u.name not in known)
+    ]
+    if base_svd == "cached" and missing and "theorem1" in wanted and ckpt.base is not None:
+        skipped["theorem1"] = (
+            f"||W0||_2 of {len(missing)} layer(s) (e.g. {missing[0]}) is not in the base "
+            "spectrum cache and base_svd='cached' computes none"
+        )
+        thm = None
+    else:
+        thm = attempt("theorem1", lambda: theorem1_from_checkpoint(ckpt, known=known))
 
     gap = compression = curvature = None
     landscapes: dict[str, Landscape] = {}

@@ -19,6 +19,7 @@ import torch
 
 from genbound.checkpoint.model import Checkpoint
 from genbound.checkpoint.updates import Update
+from genbound.errors import GenboundError
 from genbound.spectra.basecache import BaseSpectrum, BaseSpectrumCache
 from genbound.spectra.esd import NotApplicable, PowerLawFit, fit_power_law
 from genbound.spectra.intruders import DEFAULT_EPS, Intruders, count_intruders
@@ -168,6 +169,7 @@ def analyze_spectra(
     eps: Sequence[float] = DEFAULT_EPS,
     cache: BaseSpectrumCache | None = None,
     use_base: bool = True,
+    base_svd: str = "compute",
     dense_threshold: int = 512,
     progress: Progress | None = None,
 ) -> SpectraResult:
@@ -178,8 +180,13 @@ def analyze_spectra(
         eps: intruder thresholds (one pass serves them all).
         cache: where W0 spectra are kept (default: the user cache directory).
         use_base: False skips base-relative measures even when the base model is known.
+        base_svd: ``"compute"`` (W0's SVD from the cache, else computed and cached) or
+            ``"cached"`` (only layers whose W0 SVD is already cached get base-relative
+            measures and intruders; nothing is computed, e.g. inside a training loop).
         progress: optional wrapper ``progress(iterable, total)`` (the CLI's progress bar).
     """
+    if base_svd not in ("compute", "cached"):
+        raise GenboundError(f"base_svd must be 'compute' or 'cached'; found {base_svd!r}.")
     start = time.perf_counter()
     cache = cache if cache is not None else BaseSpectrumCache()
     hits0, misses0 = cache.hits, cache.misses
@@ -195,9 +202,11 @@ def analyze_spectra(
         for u in matrices:
             if with_base and not u.is_new:
                 w0 = u.base_weight(torch.float32)
-                yield layer_spectrum(
-                    u, w0, cache.get(w0), k=k, eps=eps, dense_threshold=dense_threshold
-                )
+                spec = cache.get(w0) if base_svd == "compute" else cache.peek(w0)
+                if spec is None:
+                    yield layer_spectrum(u, k=k, eps=eps)
+                else:
+                    yield layer_spectrum(u, w0, spec, k=k, eps=eps, dense_threshold=dense_threshold)
                 del w0
             else:
                 yield layer_spectrum(u, k=k, eps=eps)

@@ -136,8 +136,11 @@ class BaseSpectrumCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, w0: torch.Tensor) -> BaseSpectrum:
-        key = content_key(w0)
+    def peek(self, w0: torch.Tensor) -> BaseSpectrum | None:
+        """The cached spectrum of ``w0``, or None when it is not cached (nothing computed)."""
+        return self._lookup(content_key(w0), count_miss=False)
+
+    def _lookup(self, key: str, *, count_miss: bool = True) -> BaseSpectrum | None:
         path = self.root / key[:2] / f"{key}.npz" if self.root is not None else None
         if path is not None and path.exists():
             try:
@@ -154,6 +157,15 @@ class BaseSpectrumCache:
                 return spec
             except (OSError, KeyError, ValueError) as exc:
                 log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
+        return None
+
+    def get(self, w0: torch.Tensor) -> BaseSpectrum:
+        """The spectrum of ``w0``: from the cache, else computed and stored."""
+        key = content_key(w0)
+        found = self._lookup(key)
+        if found is not None:
+            return found
+        path = self.root / key[:2] / f"{key}.npz" if self.root is not None else None
         self.misses += 1
         spec = compute_base_spectrum(w0, exact_threshold=self.exact_threshold, key=key)
         if path is not None:

@@ -91,6 +91,7 @@ class TextClassificationTask:
             share a batch, so little is padded).
         cache_activations: evaluate only the layers above the first adapted one on cached
             hidden states (BERT-family encoders).
+        device: where the model and the data live (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
     """
 
     train: LabelledTexts
@@ -99,6 +100,7 @@ class TextClassificationTask:
     max_length: int = 64
     batch_size: int = 64
     cache_activations: bool = True
+    device: str = "cpu"
 
     @property
     def n_train(self) -> int:
@@ -151,7 +153,7 @@ class TextClassificationTask:
             hf_logging.set_verbosity(verbosity)
         if checkpoint is not None:
             load_updates_into(model, checkpoint)
-        return model.eval()
+        return model.to(self.device).eval()
 
     def tokenized_batches(self, data: LabelledTexts, base_path: Path) -> list[Batch]:
         """Length-bucketed batches of ``input_ids``/``attention_mask`` (fixed order)."""
@@ -184,8 +186,8 @@ class TextClassificationTask:
         n_layers = len(model.base_model.encoder.layer) if _is_bert_family(model) else None
         if start is None or n_layers is None:
             desc = f"{type(model).__name__} from {base_path}, full forward"
-            train = self.tokenized_batches(self.train, base_path)
-            test = self.tokenized_batches(self.test, base_path)
+            train = [_to(b, self.device) for b in self.tokenized_batches(self.train, base_path)]
+            test = [_to(b, self.device) for b in self.tokenized_batches(self.test, base_path)]
             return (
                 Objective(model, train, cross_entropy_loss, trainable, desc + " (train)"),
                 Objective(model, test, cross_entropy_loss, trainable, desc + " (test)"),
@@ -228,6 +230,7 @@ class TextClassificationTask:
         per_start: dict[int, list[Batch]] = {s: [] for s in starts}
         with torch.no_grad():
             for b in self.tokenized_batches(data, base_path):
+                b = _to(b, self.device)
                 states = model.base_model(**b.inputs, output_hidden_states=True).hidden_states
                 mask = b.inputs["attention_mask"]
                 for s in starts:
@@ -240,7 +243,22 @@ class TextClassificationTask:
         return per_start[start]
 
     def _cache_key(self, base_path: Path, data: LabelledTexts, start: int) -> tuple:
-        return (str(base_path), start, self.max_length, self.batch_size, hash(data.texts))
+        return (
+            str(base_path),
+            start,
+            self.max_length,
+            self.batch_size,
+            self.device,
+            hash(data.texts),
+        )
+
+
+def _to(batch: Batch, device: str) -> Batch:
+    """The batch's tensors on ``device`` (the batch itself when already there)."""
+    if device == "cpu":
+        return batch
+    inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+    return Batch(inputs, batch.labels.to(device))
 
 
 def _is_bert_family(model: nn.Module) -> bool:
