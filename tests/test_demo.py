@@ -27,8 +27,7 @@ def test_fast_demo_trains_reports_compares_and_reuses(fast_demo, capsys):
         comp = doc["bounds"]["compression"]
         assert comp["n_train"] == FAST.n_train and 0 < comp["bound"] <= 1
         assert doc["bounds"]["mi"]["d_actual"] == ckpt.num_trainable
-        # whole batches spread over the lengths: about curvature_examples, at least one batch
-        assert doc["curvature"]["examples"] == max(FAST.curvature_examples, FAST.batch_size)
+        assert doc["curvature"]["examples"] == FAST.curvature_examples
         assert set(doc["landscapes"]) == {"random-filter", "path"}
         assert (rep / "report.html").stat().st_size > 10_000  # figures embedded
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())

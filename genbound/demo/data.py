@@ -32,7 +32,7 @@ def tweets_split(n_train: int, n_test: int, seed: int = 0) -> tuple[LabelledText
 
 
 def tweets_task(
-    n_train: int = 7000,
+    n_train: int = 6000,
     n_test: int = 2000,
     seed: int = 0,
     max_length: int = 64,

@@ -54,7 +54,7 @@ def _job_matches(run_dir: Path, job: TrainJob) -> bool:
 
 
 #: Config fields that do not change what is trained.
-_REPORT_ONLY = ("variants", "curvature_examples", "landscape_steps")
+_REPORT_ONLY = ("variants", "curvature_examples", "trace_products", "landscape_steps")
 
 
 def _job_json(job: TrainJob) -> dict:
@@ -96,6 +96,7 @@ def run_demo(
             str(out / "reports" / name),
             options={
                 "curvature_examples": config.curvature_examples,
+                "trace_products": config.trace_products,
                 "landscape_steps": config.landscape_steps,
                 "seed": config.seed,
             },

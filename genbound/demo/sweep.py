@@ -57,11 +57,11 @@ class DemoConfig:
         epochs: passes over the training set; batches of ``batch_size`` similar-length texts.
         layers: the adapted encoder layers (the ones below are frozen and cached).
         seed: data split, head initialisation, adapter initialisation and shuffling.
-        curvature_examples, landscape_steps: the reports' Hessian and landscape settings
-            (a subset of the training set; see ``genbound.report.measures``).
+        curvature_examples, trace_products, landscape_steps: the reports' Hessian and
+            landscape settings (see :func:`genbound.report.measures.measure_checkpoint`).
     """
 
-    n_train: int = 7000
+    n_train: int = 6000
     n_test: int = 2000
     epochs: int = 1
     batch_size: int = 64
@@ -69,6 +69,7 @@ class DemoConfig:
     seed: int = 0
     max_length: int = 64
     curvature_examples: int = 32
+    trace_products: int = 10
     landscape_steps: int = 21
     variants: tuple[VariantSpec, ...] = field(default=())
 

@@ -35,7 +35,7 @@ from genbound.gap import GapResult, empirical_gap
 from genbound.landscape import Landscape, landscape_1d
 from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
-from genbound.tasks.objective import Objective
+from genbound.tasks.objective import Batch, Objective
 from genbound.tasks.protocol import Task
 
 DATA_FREE_PARTS = ("spectra", "mi", "theorem1")
@@ -103,20 +103,32 @@ class Curvature:
 
 
 def spread_subset(objective: Objective, n: int) -> Objective:
-    """The objective on about ``n`` examples: whole batches taken evenly across the batch
-    list (batches are length-bucketed, so the first ones alone would be the shortest)."""
+    """The objective on ``n`` examples (all when it has fewer): batches taken evenly across
+    the batch list (batches are length-bucketed, so the first ones alone would be the
+    shortest texts), the last one cut to size."""
     batches = list(objective.batches)
     if objective.num_examples <= n:
         return objective
     per = max(1, objective.num_examples // len(batches))
-    k = max(1, min(len(batches), round(n / per)))
+    k = max(1, min(len(batches), -(-n // per)))
     idx = np.unique(np.linspace(0, len(batches) - 1, k).round().astype(int))
-    chosen = [batches[i] for i in idx]
+    chosen, total = [], 0
+    for i in idx:
+        b = batches[i]
+        take = min(len(b), n - total)
+        if take <= 0:
+            break
+        chosen.append(b if take == len(b) else _first_rows(b, take))
+        total += take
     return dataclasses.replace(
-        objective,
-        batches=chosen,
-        description=f"{objective.description}, {sum(len(b) for b in chosen)} examples",
+        objective, batches=chosen, description=f"{objective.description}, {total} examples"
     )
+
+
+def _first_rows(batch: Batch, k: int) -> Batch:
+    inputs = batch.inputs
+    cut = {key: v[:k] for key, v in inputs.items()} if isinstance(inputs, dict) else inputs[:k]
+    return Batch(cut, batch.labels[:k])
 
 
 def base_values(ckpt: Checkpoint, objective: Objective) -> dict[str, torch.Tensor]:
@@ -155,6 +167,7 @@ def measure_checkpoint(
     parts: Collection[str] = PARTS,
     mi_loss: Mapping[str, Any] | None = None,
     curvature_examples: int = 256,
+    trace_products: int = 30,
     landscape_steps: int = 21,
     seed: int = 0,
     base_svd: str = "compute",
@@ -173,6 +186,7 @@ def measure_checkpoint(
             (default ``{"loss": "zero_one"}``; e.g. ``{"loss": "clipped_ce", "loss_range": 5}``
             or ``{"loss": "smoothed_ce", "smoothing": 0.1}``, K from the task).
         curvature_examples: training examples for curvature and landscapes.
+        trace_products: Hessian-vector products of the Hutch++ trace.
         landscape_steps: points of each 1-D landscape (odd).
         seed: seeds of Lanczos, Hutch++ and the random direction.
         base_svd: ``"cached"`` computes base-relative spectra and intruders only for layers
@@ -255,7 +269,7 @@ def measure_checkpoint(
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
         sub = spread_subset(train, curvature_examples)
-        curvature = attempt("curvature", lambda: _curvature(sub, seed))
+        curvature = attempt("curvature", lambda: _curvature(sub, seed, trace_products))
         landscapes = (
             attempt(
                 "landscape",
@@ -309,10 +323,10 @@ def _n_train(
     return None, None
 
 
-def _curvature(objective: Objective, seed: int) -> Curvature:
+def _curvature(objective: Objective, seed: int, trace_products: int) -> Curvature:
     space = "every entry of the updated tensors (merged model)"
     top = top_eigenvalues(objective, k=1, seed=seed)
-    trace = hessian_trace(objective, num_products=30, seed=seed)
+    trace = hessian_trace(objective, num_products=trace_products, seed=seed)
     top = dataclasses.replace(top, parameterization=space)
     trace = dataclasses.replace(trace, parameterization=space)
     return Curvature(top, trace, objective.num_examples, space)
