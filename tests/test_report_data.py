@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import random_texts, tiny_bert_lora, tiny_bert_with_tokenizer
 from safetensors.torch import load_file
+from scipy.integrate import trapezoid
 from scipy.optimize import brentq
 
 from genbound.bounds import binary_kl
@@ -125,6 +126,10 @@ def test_report_with_data_files_checked_by_hand(tmp_path, setup, capsys):
     ref = _top_hessian_eigenvalue(merged, base_dir, train, ckpt)
     assert curv["top_eigenvalue"] == pytest.approx(ref, rel=5e-3)
     assert curv["trace"]["stderr"] > 0
+    dens = curv["density"]
+    assert trapezoid(dens["density"], dens["grid"]) == pytest.approx(1.0, abs=1e-3)
+    nodes = np.array(dens["nodes"], dtype=float)
+    assert np.nanmax(nodes) <= ref * (1 + 1e-5)  # Ritz values lie inside the spectrum
     # landscapes: the centre is the checkpoint's train loss on the same examples
     for kind in ("random-filter", "path"):
         ls = doc["landscapes"][kind]
@@ -319,7 +324,9 @@ def test_report_on_a_folder_of_checkpoints_compares_and_reuses(tmp_path, capsys)
     args = ["report", str(sweep), "--data", str(paths[0]), str(paths[1]), "--text-column", "tweet"]
     args += ["--label-column", "sentiment", "--skip", "curvature,landscape"]
     assert main(args) == 0
-    assert "3 checkpoints (3 reported now, 0 reused)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "3 checkpoints (3 reported now, 0 reused)" in printed.out
+    assert "[3/3] checkpoint-5: reported" in printed.err and "s left" in printed.err
     out = sweep / "genbound-report"
     doc = json.loads((out / "sweep" / "sweep.json").read_text())
     names = [f"run{i}__checkpoint-5" for i in range(3)]

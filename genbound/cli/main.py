@@ -286,7 +286,22 @@ def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
         )
         for c, name in zip(found, names, strict=True)
     ]
-    results = run_report_jobs(jobs, workers=args.jobs, stage=stage)
+    import time
+
+    started, done = time.perf_counter(), []
+
+    def on_done(job, computed: bool) -> None:  # one line per checkpoint, with the time left
+        done.append(computed)
+        spent = time.perf_counter() - started
+        left = spent / len(done) * (len(jobs) - len(done))
+        what = "reported" if computed else "reused"
+        print(
+            f"[{len(done)}/{len(jobs)}] {Path(job.checkpoint).name}: {what}; "
+            f"{spent:.0f} s so far, about {left:.0f} s left",
+            file=sys.stderr,
+        )
+
+    results = run_report_jobs(jobs, workers=args.jobs, stage=stage, on_done=on_done)
     docs = {
         name: json.loads((Path(folder) / "report.json").read_text())
         for name, (folder, _) in zip(names, results, strict=True)

@@ -1,4 +1,4 @@
-"""Figures of one report: singular spectra of the updates and intruder counts (PNG)."""
+"""Figures of one report: update spectra, intruder counts, the Hessian's density (PNG)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,23 @@ def plot_intruders(spectra: SpectraResult, path: str | Path) -> Path | None:
     ax.set_title("Intruder dimensions")
     if len(layers) <= 12:
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_density(curvature, path: str | Path) -> Path:
+    """The SLQ spectral density of the Hessian (log scale), with the top eigenvalue marked."""
+    plt = _pyplot()
+    d = curvature.density
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.semilogy(d.grid, np.maximum(d.density, 1e-12))
+    ax.axvline(float(curvature.top.eigenvalues[0]), color="red", lw=0.8, label="top eigenvalue")
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    ax.set_title(f"Hessian spectral density (SLQ, {curvature.examples} examples)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -112,6 +112,10 @@ def curvature_markdown(measures: Measures) -> list[str]:
             f"- top eigenvalue: {top.eigenvalues[0]:.5g} (Lanczos, {top.iterations} products, "
             f"relative residual {top.residuals[0]:.2g}, {conv} at tol {top.tol:g})",
             f"- trace: {tr.trace:.5g} ± {tr.stderr:.2g} (Hutch++, {tr.num_products} products)",
+            f"- spectral density: stochastic Lanczos quadrature, {c.density.nodes.shape[0]} "
+            f"probes x {c.density.nodes.shape[1]} steps (SLQ trace {c.density.trace:.4g})",
+            "",
+            "![Hessian spectral density](figures/hessian-density.png)",
         ]
     if measures.landscapes:
         lines += [

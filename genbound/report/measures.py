@@ -6,7 +6,8 @@ Parts (names used by ``--only`` and ``--skip``):
   on the 0-1 loss unless another is chosen; needs N), ``theorem1`` (the corrected Theorem 1 terms; needs the base);
 * with a task: ``gap`` (the empirical gap), ``compression`` (the compression PAC-Bayes
   bound of the quantized trainable tensors on the training set), ``curvature`` (top
-  Hessian eigenvalue by Lanczos and the trace by Hutch++, with respect to the updated
+  Hessian eigenvalue by Lanczos, the trace by Hutch++ and the spectral density by
+  stochastic Lanczos quadrature, with respect to the updated
   tensors, on a subset of the training set) and ``landscape`` (1-D slices along a
   filter-normalized random direction and along the path from the base model, same subset).
 """
@@ -28,8 +29,8 @@ from genbound.bounds import MIBoundResult, Theorem1Result, mi_bound, theorem1_fr
 from genbound.bounds.compression import CompressionBoundResult
 from genbound.bounds.evaluated import compression_bound_on
 from genbound.checkpoint.model import Checkpoint
-from genbound.curvature import hessian_trace, top_eigenvalues
-from genbound.curvature.algorithms import EigenResult, TraceResult
+from genbound.curvature import hessian_density, hessian_trace, top_eigenvalues
+from genbound.curvature.algorithms import DensityResult, EigenResult, TraceResult
 from genbound.errors import GenboundError
 from genbound.gap import GapResult, empirical_gap
 from genbound.landscape import Landscape, landscape_1d
@@ -92,12 +93,14 @@ class Curvature:
     Attributes:
         top: the top eigenvalue (residual, converged flag, products used).
         trace: the Hutch++ trace with its standard error.
+        density: the spectral density by stochastic Lanczos quadrature.
         examples: training examples the loss averages over (a subset spread over lengths).
         space: what the Hessian is taken with respect to.
     """
 
     top: EigenResult
     trace: TraceResult
+    density: DensityResult
     examples: int
     space: str
 
@@ -168,6 +171,8 @@ def measure_checkpoint(
     mi_loss: Mapping[str, Any] | None = None,
     curvature_examples: int = 256,
     trace_products: int = 30,
+    density_probes: int = 2,
+    density_steps: int = 20,
     landscape_steps: int = 21,
     seed: int = 0,
     base_svd: str = "compute",
@@ -187,6 +192,7 @@ def measure_checkpoint(
             or ``{"loss": "smoothed_ce", "smoothing": 0.1}``, K from the task).
         curvature_examples: training examples for curvature and landscapes.
         trace_products: Hessian-vector products of the Hutch++ trace.
+        density_probes, density_steps: probes and Lanczos steps of the SLQ density.
         landscape_steps: points of each 1-D landscape (odd).
         seed: seeds of Lanczos, Hutch++ and the random direction.
         base_svd: ``"cached"`` computes base-relative spectra and intruders only for layers
@@ -269,7 +275,10 @@ def measure_checkpoint(
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
         sub = spread_subset(train, curvature_examples)
-        curvature = attempt("curvature", lambda: _curvature(sub, seed, trace_products))
+        curvature = attempt(
+            "curvature",
+            lambda: _curvature(sub, seed, trace_products, density_probes, density_steps),
+        )
         landscapes = (
             attempt(
                 "landscape",
@@ -323,10 +332,14 @@ def _n_train(
     return None, None
 
 
-def _curvature(objective: Objective, seed: int, trace_products: int) -> Curvature:
+def _curvature(
+    objective: Objective, seed: int, trace_products: int, probes: int, steps: int
+) -> Curvature:
     space = "every entry of the updated tensors (merged model)"
     top = top_eigenvalues(objective, k=1, seed=seed)
     trace = hessian_trace(objective, num_products=trace_products, seed=seed)
+    density = hessian_density(objective, num_probes=probes, num_steps=steps, seed=seed)
     top = dataclasses.replace(top, parameterization=space)
     trace = dataclasses.replace(trace, parameterization=space)
-    return Curvature(top, trace, objective.num_examples, space)
+    density = dataclasses.replace(density, parameterization=space)
+    return Curvature(top, trace, density, objective.num_examples, space)

@@ -9,7 +9,7 @@ import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
 from genbound.io import atomic_directory
-from genbound.report.figures import plot_intruders, plot_spectra
+from genbound.report.figures import plot_density, plot_intruders, plot_spectra
 from genbound.report.html import markdown_to_html
 from genbound.report.markdown import render_markdown
 from genbound.report.measures import Measures
@@ -137,6 +137,7 @@ def curvature_json(measures: Measures) -> dict | None:
         "top_eigenvalue": float(c.top.eigenvalues[0]),
         "top": jsonable(c.top, skip=frozenset({"vectors"})),
         "trace": jsonable(c.trace),
+        "density": jsonable(c.density) | {"figure": "figures/hessian-density.png"},
     }
 
 
@@ -229,6 +230,8 @@ def write_report(
         for kind, ls in measures.landscapes.items():
             ls.save_npz(tmp / f"landscape-{kind}.npz")
             ls.plot(tmp / "figures" / f"landscape-{kind}.png")
+        if measures.curvature is not None:
+            plot_density(measures.curvature, tmp / "figures" / "hessian-density.png")
         if measures.spectra is not None and measures.spectra.layers:
             plot_spectra(measures.spectra, tmp / "figures" / "spectra.png")
             plot_intruders(measures.spectra, tmp / "figures" / "intruders.png")
