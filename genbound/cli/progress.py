@@ -42,7 +42,7 @@ STAGE_NAMES = {
     "model": "rebuilding the model, caching activations",
     "gap": "empirical gap",
     "compression": "compression bound",
-    "curvature": "Hessian: top eigenvalue and trace",
+    "curvature": "Hessian: top eigenvalue, trace, density",
     "landscape": "landscape slices",
     "loading the task": "loading the task",
 }

@@ -54,7 +54,14 @@ def _job_matches(run_dir: Path, job: TrainJob) -> bool:
 
 
 #: Config fields that do not change what is trained.
-_REPORT_ONLY = ("variants", "curvature_examples", "trace_products", "landscape_steps")
+_REPORT_ONLY = (
+    "variants",
+    "curvature_examples",
+    "trace_products",
+    "density_probes",
+    "density_steps",
+    "landscape_steps",
+)
 
 
 def _job_json(job: TrainJob) -> dict:
@@ -97,6 +104,8 @@ def run_demo(
             options={
                 "curvature_examples": config.curvature_examples,
                 "trace_products": config.trace_products,
+                "density_probes": config.density_probes,
+                "density_steps": config.density_steps,
                 "landscape_steps": config.landscape_steps,
                 "seed": config.seed,
             },

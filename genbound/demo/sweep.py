@@ -57,8 +57,9 @@ class DemoConfig:
         epochs: passes over the training set; batches of ``batch_size`` similar-length texts.
         layers: the adapted encoder layers (the ones below are frozen and cached).
         seed: data split, head initialisation, adapter initialisation and shuffling.
-        curvature_examples, trace_products, landscape_steps: the reports' Hessian and
-            landscape settings (see :func:`genbound.report.measures.measure_checkpoint`).
+        curvature_examples, trace_products, density_probes, density_steps, landscape_steps:
+            the reports' Hessian and landscape settings (see
+            :func:`genbound.report.measures.measure_checkpoint`).
     """
 
     n_train: int = 6000
@@ -70,6 +71,8 @@ class DemoConfig:
     max_length: int = 64
     curvature_examples: int = 32
     trace_products: int = 10
+    density_probes: int = 1
+    density_steps: int = 20
     landscape_steps: int = 21
     variants: tuple[VariantSpec, ...] = field(default=())
 
