@@ -14,7 +14,6 @@ import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from genbound.errors import input_error
@@ -112,24 +111,28 @@ class TensorFile:
         self._is_safetensors = True
 
     def _read_safetensors(self, key: str) -> torch.Tensor:
-        """Map just this tensor's bytes, copy them out, and unmap (resident memory stays
-        near one tensor however large the file)."""
+        """Read just this tensor's bytes into a fresh buffer (one copy; resident memory stays
+        near one tensor however large the file, and nothing stays mapped)."""
         begin, end = self._offsets[key]
         dtype, shape = self._dtypes[key], self._shapes[key]
         if end == begin:
             return torch.empty(shape, dtype=dtype)
-        view = np.memmap(
-            self.path,
-            dtype=np.uint8,
-            mode="r",
-            offset=self._data_start + begin,
-            shape=(end - begin,),
-        )
+        buf = bytearray(end - begin)
         try:
-            buf = torch.from_numpy(np.array(view))  # one copy; the map is released below
-        finally:
-            del view
-        return buf.view(dtype).reshape(shape)
+            with open(self.path, "rb", buffering=0) as fh:
+                fh.seek(self._data_start + begin)
+                got = fh.readinto(buf)
+        except OSError as exc:
+            raise input_error(self.path, "cannot read file", key=key, found=str(exc)) from None
+        if got != len(buf):
+            raise input_error(
+                self.path,
+                "cannot read safetensors file (truncated or corrupt?)",
+                key=key,
+                expected=f"{len(buf)} bytes of tensor data",
+                found=f"{got} bytes",
+            )
+        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
 
     def _open_torch(self) -> None:
         try:
