@@ -155,17 +155,7 @@ def checkpoint_manifest(ckpt: Checkpoint) -> tuple[dict[str, Any], dict[str, tor
         }
         for name, u in ckpt.updates.items()
     }
-    hp = ckpt.hparams
-    hparams = {
-        "rank": hp.rank,
-        "alpha": hp.alpha,
-        "scale": hp.scale,
-        "rslora": hp.rslora,
-        "chain": hp.chain,
-        "selector_seed": hp.selector_seed,
-        "targets": sorted(hp.targets),
-        **hp.extra,
-    }
+    hparams = ckpt.hparams.as_dict() | {"targets": sorted(ckpt.hparams.targets)}
     manifest = {
         "variant": ckpt.variant,
         "hparams": hparams,

@@ -40,6 +40,20 @@ class Hyperparams:
     targets: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The hyper-parameters as one flat dict (``extra`` merged in), as manifests and
+        reports record them."""
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "scale": self.scale,
+            "rslora": self.rslora,
+            "chain": self.chain,
+            "selector_seed": self.selector_seed,
+            "targets": list(self.targets),
+            **self.extra,
+        }
+
 
 @dataclass(frozen=True, eq=False)
 class Checkpoint:

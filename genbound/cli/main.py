@@ -161,8 +161,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_reference(args: argparse.Namespace, ckpt=None) -> tuple[object | None, str]:
-    """The task reference the arguments (or else the checkpoint) name, and where it came from."""
+def _task_reference(args: argparse.Namespace) -> tuple[object | None, str]:
+    """The task reference the arguments name (None: the checkpoint's own, if any), and
+    which argument named it."""
     from genbound.tasks.reference import TaskReference
 
     if args.data and args.task:
@@ -193,9 +194,6 @@ def _task_reference(args: argparse.Namespace, ckpt=None) -> tuple[object | None,
         if args.label_names:
             kwargs["label_names"] = [x.strip() for x in args.label_names.split(",")]
         return TaskReference("genbound.tasks.hf_text:text_files", kwargs), "--data"
-    if ckpt is not None and ckpt.data:
-        where = f"{ckpt.path}: data"
-        return TaskReference.from_json(ckpt.data, where=where), where
     return None, ""
 
 
@@ -228,34 +226,14 @@ def _mi_loss(text: str) -> dict:
     )
 
 
-def _report(ckpt, out: Path, args: argparse.Namespace) -> Path:
-    from genbound.cli.progress import stage, track
-    from genbound.report import ensure_writable, write_report
-    from genbound.report.measures import measure_checkpoint
-    from genbound.tasks.reference import load_task
-
-    ensure_writable(out, force=args.force)  # fail before the work, not after
-    parts = _selected_parts(args)
-    ref, where = _task_reference(args, ckpt)
-    task = None
-    if ref is not None:
-        with stage("loading the task"):
-            task = load_task(ref, where=where)
-        if args.device != "cpu":
-            from genbound.report.batch import with_device
-
-            task = with_device(task, args.device)
-    measures = measure_checkpoint(
-        ckpt,
-        task=task,
-        task_reference=ref.to_json() if ref is not None else None,
-        n_train=args.n_train,
-        parts=parts,
-        mi_loss=_mi_loss(getattr(args, "mi_loss", "zero_one")),
-        progress=lambda it, n: track(it, n, "spectra"),
-        stage=stage,
-    )
-    return write_report(ckpt, out, measures, force=args.force)
+def _report_options(args: argparse.Namespace) -> dict:
+    """The report settings the arguments choose (keywords of ``measure_checkpoint``)."""
+    return {
+        "parts": sorted(_selected_parts(args)),
+        "mi_loss": _mi_loss(args.mi_loss),
+        "n_train": args.n_train,
+        "device": args.device,
+    }
 
 
 def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
@@ -267,12 +245,7 @@ def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
     root = args.path
     out = args.out or root / "genbound-report"
     ref, _ = _task_reference(args)
-    options = {
-        "parts": sorted(_selected_parts(args)),
-        "mi_loss": _mi_loss(args.mi_loss),
-        "n_train": args.n_train,
-        "device": args.device,
-    }
+    options = _report_options(args)
     names = [c.relative_to(root).as_posix().replace("/", "__") for c in found]
     jobs = [
         ReportJob(
@@ -322,9 +295,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
         found = find_checkpoints(args.path)
         if found and found != [args.path]:
             return _report_sweep(found, args)
-    ckpt = _load(args)
+    from genbound.cli.progress import stage, track
+    from genbound.report import ensure_writable
+    from genbound.report.batch import ReportJob, run_report_job
+
     out = args.out or (args.path if args.path.is_dir() else args.path.parent) / "genbound-report"
-    done = _report(ckpt, out, args)
+    ensure_writable(out, force=args.force)  # fail before the work, not after
+    ref, _ = _task_reference(args)
+    job = ReportJob(
+        str(args.path),
+        str(out),
+        task=ref.to_json() if ref is not None else None,
+        options=_report_options(args),
+        base=str(args.base) if args.base else None,
+        adapter=args.adapter,
+        force=True,
+    )
+    done, _ = run_report_job(job, stage=stage, progress=lambda it, n: track(it, n, "spectra"))
     print(f"report written to {done}/report.md (and report.json)")
     return 0
 

@@ -13,7 +13,6 @@ re-running the demo after adding a variant costs that variant only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -21,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genbound.demo.sweep import DemoConfig, TrainJob, train_variant
-from genbound.report.batch import ReportJob, run_report_jobs
-from genbound.report.measures import Stage
+from genbound.report.batch import ReportJob, read_json, run_report_jobs
+from genbound.report.measures import Stage, no_stage
 from genbound.report.sweep import write_sweep
 
 log = logging.getLogger(__name__)
@@ -39,10 +38,6 @@ class DemoResult:
     sweep: Path
     trained: tuple[str, ...]
     reported: tuple[str, ...]
-
-
-def _nostage(name: str):
-    return contextlib.nullcontext()
 
 
 def _job_matches(run_dir: Path, job: TrainJob) -> bool:
@@ -75,7 +70,7 @@ def run_demo(
     config: DemoConfig,
     *,
     force: bool = False,
-    stage: Stage = _nostage,
+    stage: Stage = no_stage,
     on_done: Callable[[str, str], None] | None = None,
 ) -> DemoResult:
     """Train (or reuse) every run of ``config``, report on each, write the sweep comparison.
@@ -116,13 +111,6 @@ def run_demo(
     results = run_report_jobs(jobs, stage=stage)
     reports = {name: Path(folder) for name, (folder, _) in zip(runs, results, strict=True)}
     reported = [name for name, (_, fresh) in zip(runs, results, strict=True) if fresh]
-    docs = {name: _read_json(folder / "report.json") for name, folder in reports.items()}
+    docs = {name: read_json(folder / "report.json") for name, folder in reports.items()}
     sweep = write_sweep(out / "sweep", docs)
     return DemoResult(runs, reports, sweep, tuple(trained), tuple(reported))
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

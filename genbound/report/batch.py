@@ -9,6 +9,7 @@ the same settings (task, options, base, adapter).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -101,15 +102,20 @@ def job_settings_key(job: ReportJob) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
 
-def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
-    """Run one job; returns (report folder, whether it was computed now rather than reused)."""
+def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple[str, bool]:
+    """Run one job; returns (report folder, whether it was computed now rather than reused).
+
+    ``stage`` and ``progress`` (in-process only) are passed to ``measure_checkpoint``; the
+    task is loaded inside ``stage("loading the task")``.
+    """
     from genbound.checkpoint import load_checkpoint
     from genbound.report.measures import measure_checkpoint
     from genbound.report.writer import write_report
@@ -119,7 +125,7 @@ def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
     out = Path(job.out)
     key = content_key(job.checkpoint)
     settings = job_settings_key(job)
-    old = _read_json(out / "report.json")
+    old = read_json(out / "report.json")
     if (
         not job.force
         and old is not None
@@ -127,19 +133,24 @@ def run_report_job(job: ReportJob | dict, *, stage=None) -> tuple[str, bool]:
         and old.get("settings_key") == settings
     ):
         return str(out), False
-    ckpt = load_checkpoint(job.checkpoint, base=job.base, adapter=job.adapter)
+    ckpt = load_checkpoint(
+        job.checkpoint, base=job.base, adapter=job.adapter, n_train=job.options.get("n_train")
+    )
     ref_json = job.task if job.task is not None else ckpt.data
     task = ref = None
     if ref_json:
         where = "task" if job.task is not None else f"{job.checkpoint}: data"
         ref = TaskReference.from_json(ref_json, where=where)
-        task = load_task(ref, where=where)
+        with stage("loading the task") if stage is not None else contextlib.nullcontext():
+            task = load_task(ref, where=where)
     options = dict(job.options)
     device = options.pop("device", None)
     if device is not None and task is not None:
         task = with_device(task, device)
     if stage is not None:
         options["stage"] = stage
+    if progress is not None:
+        options["progress"] = progress
     measures = measure_checkpoint(
         ckpt, task=task, task_reference=ref.to_json() if ref else None, **options
     )

@@ -150,7 +150,7 @@ def base_values(ckpt: Checkpoint, objective: Objective) -> dict[str, torch.Tenso
     return out
 
 
-def _no_stage(name: str) -> AbstractContextManager[None]:
+def no_stage(name: str) -> AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
@@ -177,7 +177,7 @@ def measure_checkpoint(
     seed: int = 0,
     base_svd: str = "compute",
     progress: Progress | None = None,
-    stage: Stage = _no_stage,
+    stage: Stage = no_stage,
 ) -> Measures:
     """Every requested part the checkpoint and ``task`` allow.
 

@@ -22,24 +22,12 @@ QUANTIZED_FILE = "quantized.safetensors"
 
 def checkpoint_info(ckpt: Checkpoint) -> dict:
     """The checkpoint-level facts every report starts with."""
-    hp = ckpt.hparams
     return {
         "path": str(ckpt.path),
         "format": ckpt.format,
         "variant": ckpt.variant,
         "adapter_name": ckpt.adapter_name,
-        "hparams": jsonable(
-            {
-                "rank": hp.rank,
-                "alpha": hp.alpha,
-                "scale": hp.scale,
-                "rslora": hp.rslora,
-                "chain": hp.chain,
-                "selector_seed": hp.selector_seed,
-                "targets": list(hp.targets),
-                **hp.extra,
-            }
-        ),
+        "hparams": jsonable(ckpt.hparams.as_dict()),
         "dtype": str(ckpt.dtype).removeprefix("torch."),
         "bits_per_param": ckpt.bits_per_param,
         "n_train": ckpt.n_train,
