@@ -163,11 +163,18 @@ def test_gram_path_of_base_cache_matches_svd(shape):
     ref_u, ref_s, _ = np.linalg.svd(w0.double().numpy(), full_matrices=False)
     np.testing.assert_allclose(exact.S, ref_s, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(gram.S[:50], ref_s[:50], rtol=1e-5)
-    kept = gram.U.shape[1]
-    assert kept + gram.n_dropped == min(shape)
-    # leading vectors (well separated values) agree up to sign; cosines accurate to 1e-4
-    cos = np.abs(np.sum(gram.U[:, :50].astype(np.float64) * ref_u[:, :50], axis=0))
-    np.testing.assert_allclose(cos, 1.0, atol=1e-4)
+    assert gram.kept + gram.n_dropped == min(shape)
+    # only the smaller side's basis is stored
+    assert (exact.U is None) == (gram.U is None) == (shape[0] > shape[1])
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((shape[0], 3)))
+    for spec, rows in ((exact, exact.kept), (gram, 50)):
+        # leading vectors (well separated values) agree up to sign; cosines accurate to 1e-4
+        u = spec.left_vectors(w0, 50).numpy()
+        np.testing.assert_allclose(np.abs(np.sum(u * ref_u[:, :50], axis=0)), 1.0, atol=1e-4)
+        # U0^T x through whichever basis is stored, against numpy's U0 (up to sign)
+        got = spec.left_cosines(w0, x).numpy()[:rows]
+        ref = ref_u[:, :rows].T @ x.numpy()
+        np.testing.assert_allclose(np.abs(got), np.abs(ref), atol=2e-4 * np.abs(ref).max())
 
 
 def test_cache_is_reused_across_checkpoints(tmp_path, monkeypatch):
@@ -282,3 +289,20 @@ def test_count_intruders_sweep_is_monotone():
     res = count_intruders(base_u, top_u, np.arange(6, 0, -1.0))
     assert list(res.counts) == sorted(res.counts)
     assert res.max_cos.shape == (6,) and np.all(res.max_cos >= 1 / np.sqrt(40) - 1e-12)
+
+
+def test_layers_on_threads_equal_one_at_a_time(tmp_path):
+    _, adapter_dir, _ = build_peft(
+        tmp_path, tiny_bert, dict(r=2, target_modules=["query", "value", "dense"])
+    )
+    ckpt = load_checkpoint(adapter_dir)
+    threads = torch.get_num_threads()
+    serial = analyze_spectra(ckpt, cache=BaseSpectrumCache(None), workers=1, k=4)
+    pooled = analyze_spectra(ckpt, cache=BaseSpectrumCache(None), workers=2, k=4)
+    assert torch.get_num_threads() == threads
+    assert [x.name for x in serial.layers] == [x.name for x in pooled.layers]
+    for a, b in zip(serial.layers, pooled.layers, strict=True):
+        np.testing.assert_allclose(a.singular_values, b.singular_values, rtol=1e-12)
+        np.testing.assert_allclose(a.intruders.max_cos, b.intruders.max_cos, atol=1e-10)
+        assert a.intruders.counts == b.intruders.counts
+        assert a.base_spectral_norm == pytest.approx(b.base_spectral_norm, rel=1e-12)

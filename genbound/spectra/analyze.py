@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,9 +20,10 @@ import torch
 from genbound.checkpoint.model import Checkpoint
 from genbound.checkpoint.updates import Update
 from genbound.errors import GenboundError
+from genbound.parallel import default_workers, threaded_map
 from genbound.spectra.basecache import BaseSpectrum, BaseSpectrumCache
 from genbound.spectra.esd import NotApplicable, PowerLawFit, fit_power_law
-from genbound.spectra.intruders import DEFAULT_EPS, Intruders, count_intruders
+from genbound.spectra.intruders import DEFAULT_EPS, Intruders, intruders_from_cosines
 from genbound.spectra.topk import TopSingular, top_singular
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,10 @@ def layer_spectrum(
     if not relative:
         why = "tensor new to the model (no pretrained W0)" if update.is_new else "no base model"
         return LayerSpectrum(**common, unavailable=why)
-    q = int(min(k, np.sum(svd.S > 1e-12 * max(spec, 1e-300)), base.U.shape[1]))
-    cos = principal_cosines(svd.U[:, :q], base.U[:, :q]) if q else np.zeros(0)
+    q = int(min(k, np.sum(svd.S > 1e-12 * max(spec, 1e-300)), base.kept))
+    cos = principal_cosines(svd.U[:, :q], base.left_vectors(w0, q)) if q else np.zeros(0)
     top = top_singular(w0, update, k, base=base, dense_threshold=dense_threshold, seed=seed)
+    cosines = base.left_cosines(w0, top.U).numpy()
     base_spec, base_frob = base.spectral_norm, base.frobenius_norm
     return LayerSpectrum(
         **common,
@@ -157,7 +159,7 @@ def layer_spectrum(
         relative_frobenius=frob / base_frob if base_frob > 0 else None,
         principal_cosines=cos,
         base_esd=fit_power_law(base.S),
-        intruders=count_intruders(base.U, top.U.numpy(), top.S, eps),
+        intruders=intruders_from_cosines(cosines, top.S, update.shape[0], eps),
         top=top,
     )
 
@@ -171,6 +173,7 @@ def analyze_spectra(
     use_base: bool = True,
     base_svd: str = "compute",
     dense_threshold: int = 512,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> SpectraResult:
     """Spectra of every matrix update of ``checkpoint``, one layer at a time.
@@ -183,6 +186,9 @@ def analyze_spectra(
         base_svd: ``"compute"`` (W0's SVD from the cache, else computed and cached) or
             ``"cached"`` (only layers whose W0 SVD is already cached get base-relative
             measures and intruders; nothing is computed, e.g. inside a training loop).
+        workers: layers analysed at once, each on one thread (default: torch's thread
+            count; see ``genbound.parallel``). Peak memory grows with it, by about one
+            layer's working set per worker.
         progress: optional wrapper ``progress(iterable, total)`` (the CLI's progress bar).
     """
     if base_svd not in ("compute", "cached"):
@@ -198,20 +204,16 @@ def analyze_spectra(
         if not u.is_matrix
     )
 
-    def layers() -> Iterator[LayerSpectrum]:
-        for u in matrices:
-            if with_base and not u.is_new:
-                w0 = u.base_weight(torch.float32)
-                spec = cache.get(w0) if base_svd == "compute" else cache.peek(w0)
-                if spec is None:
-                    yield layer_spectrum(u, k=k, eps=eps)
-                else:
-                    yield layer_spectrum(u, w0, spec, k=k, eps=eps, dense_threshold=dense_threshold)
-                del w0
-            else:
-                yield layer_spectrum(u, k=k, eps=eps)
+    def one(u: Update) -> LayerSpectrum:
+        if not (with_base and not u.is_new):
+            return layer_spectrum(u, k=k, eps=eps)
+        w0 = u.base_weight(torch.float32)
+        spec = cache.get(w0) if base_svd == "compute" else cache.peek(w0)
+        if spec is None:
+            return layer_spectrum(u, k=k, eps=eps)
+        return layer_spectrum(u, w0, spec, k=k, eps=eps, dense_threshold=dense_threshold)
 
-    it = layers()
+    it = threaded_map(one, matrices, workers if workers is not None else default_workers())
     out = tuple(progress(it, len(matrices)) if progress is not None else it)
     return SpectraResult(
         layers=out,

@@ -46,9 +46,17 @@ def count_intruders(
     base_u: np.ndarray, top_u: np.ndarray, top_s: np.ndarray, eps: Sequence[float] = DEFAULT_EPS
 ) -> Intruders:
     """Intruders of top vectors ``top_u`` (n x k) against W0's left vectors ``base_u`` (n x r0)."""
+    cosines = np.asarray(base_u, dtype=np.float64).T @ np.asarray(top_u, dtype=np.float64)
+    return intruders_from_cosines(cosines, top_s, top_u.shape[0], eps)
+
+
+def intruders_from_cosines(
+    cosines: np.ndarray, top_s: np.ndarray, n: int, eps: Sequence[float] = DEFAULT_EPS
+) -> Intruders:
+    """Intruders from the cosines U0^T U_k (r0 x k) of the top-k vectors of W0 + dW in R^n."""
     eps = tuple(sorted(float(e) for e in eps))
-    m = np.asarray(base_u, dtype=np.float64).T @ np.asarray(top_u, dtype=np.float64)  # (r0 x k)
-    max_cos = np.abs(m).max(axis=0) if m.size else np.zeros(top_u.shape[1])
+    m = np.asarray(cosines, dtype=np.float64)
+    max_cos = np.abs(m).max(axis=0) if m.size else np.zeros(m.shape[1])
     energy = np.asarray(top_s, dtype=np.float64) ** 2
     total = float(energy.sum())
     counts, shares = [], []
@@ -56,9 +64,8 @@ def count_intruders(
         mask = max_cos < e
         counts.append(int(mask.sum()))
         shares.append(float(energy[mask].sum() / total) if total > 0 else 0.0)
-    n = top_u.shape[0]
     return Intruders(
-        k=int(top_u.shape[1]),
+        k=int(m.shape[1]),
         eps=eps,
         counts=tuple(counts),
         energy_share=tuple(shares),

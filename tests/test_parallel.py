@@ -1,0 +1,54 @@
+"""genbound.parallel: order, errors, and thread settings restored."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from genbound.parallel import threaded_map
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info()]
+
+
+def test_results_in_order_and_threads_restored():
+    torch_threads, blas = torch.get_num_threads(), _blas_threads()
+    seen = []
+
+    def slow_first(i):
+        seen.append((torch.get_num_threads(), threading.current_thread().name))
+        time.sleep(0.02 if i == 0 else 0.0)
+        return i * i
+
+    assert list(threaded_map(slow_first, range(9), workers=2)) == [i * i for i in range(9)]
+    assert {t for t, _ in seen} == {1}  # each worker on one torch thread
+    assert len({name for _, name in seen}) == 2
+    assert torch.get_num_threads() == torch_threads and _blas_threads() == blas
+
+
+def test_error_is_raised_and_later_items_cancelled():
+    started = []
+
+    def fail_at_two(i):
+        started.append(i)
+        if i == 2:
+            raise ValueError("bad item 2")
+        time.sleep(0.01)
+        return i
+
+    torch_threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(threaded_map(fail_at_two, range(100), workers=2))
+    assert max(started) < 10  # at most 2 * workers in flight
+    assert torch.get_num_threads() == torch_threads
+
+
+def test_one_worker_is_a_plain_loop():
+    names = set()
+    out = list(threaded_map(lambda i: names.add(threading.current_thread().name) or i, [3, 1], 1))
+    assert out == [3, 1] and names == {threading.current_thread().name}
