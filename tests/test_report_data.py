@@ -118,12 +118,13 @@ def test_report_with_data_files_checked_by_hand(tmp_path, setup, capsys):
     assert 'src="figures' not in page and page.count("<table>") == md.count("\n|---")
 
     # curvature: the top eigenvalue of the Hessian of the mean train loss (40 examples, fewer
-    # than the subset size) with respect to the updated tensors of PEFT's merged model, by
-    # scipy's ARPACK on plain double-backward products
+    # than the subset size) with respect to the updated tensors of PEFT's merged model,
+    # restricted to what LoRA reaches (dW = s (dB A + B dA), the head in full), by scipy's
+    # ARPACK on plain double-backward products projected with bases of col(B) and row(A)
     curv = doc["curvature"]
     assert curv["examples"] == 40 and curv["top"]["converged"]
-    assert "merged" in curv["top"]["parameterization"]
-    ref = _top_hessian_eigenvalue(merged, base_dir, train, ckpt)
+    assert "directions its adapter reaches" in curv["top"]["parameterization"]
+    ref = _top_hessian_eigenvalue(merged, base_dir, train, ckpt, tangent=True)
     assert curv["top_eigenvalue"] == pytest.approx(ref, rel=5e-3)
     assert curv["trace"]["stderr"] > 0
     dens = curv["density"]
@@ -143,9 +144,11 @@ def test_report_with_data_files_checked_by_hand(tmp_path, setup, capsys):
     assert path["losses"][at_base[0]] == pytest.approx(base_losses.mean(), rel=1e-4)
 
 
-def _top_hessian_eigenvalue(model, base_dir, data, ckpt):
+def _top_hessian_eigenvalue(model, base_dir, data, ckpt, *, tangent=False):
     """Largest eigenvalue of the Hessian of the mean cross-entropy over ``data`` with respect
-    to the tensors ``ckpt`` updates, by ARPACK on autograd Hessian-vector products."""
+    to the tensors ``ckpt`` updates, by ARPACK on autograd Hessian-vector products; with
+    ``tangent``, of P H P where P projects each low-rank update's tensor onto the updates
+    its factors reach, X -> X Pa + Pb X - Pb X Pa."""
     from scipy.sparse.linalg import LinearOperator, eigsh
     from transformers import AutoTokenizer
 
@@ -158,11 +161,30 @@ def _top_hessian_eigenvalue(model, base_dir, data, ckpt):
     ]
     assert names
     ps = [params[n].requires_grad_(True) for n in names]
+    projections = []
+    for n in names:
+        u = next(u for u in ckpt.updates.values() if n == u.param or n.endswith("." + u.param))
+        if tangent and u.kind == "lowrank":
+            qb = np.linalg.qr(u.B.double().numpy())[0]
+            qa = np.linalg.qr(u.A.double().numpy().T)[0]
+            pb, pa = qb @ qb.T, qa @ qa.T
+            projections.append(lambda x, pb=pb, pa=pa: x @ pa + pb @ x - pb @ x @ pa)
+        else:
+            projections.append(lambda x: x)
+
+    def project(v):
+        out, i = np.empty_like(v), 0
+        for p, proj in zip(ps, projections, strict=True):
+            k = p.numel()
+            out[i : i + k] = proj(v[i : i + k].reshape(tuple(p.shape))).reshape(-1)
+            i += k
+        return out
+
     enc = tok(list(data.texts), return_tensors="pt", padding=True)  # masked: exact
     model.config._attn_implementation = "eager"  # double backward
 
     def hvp(v):
-        v = torch.as_tensor(v, dtype=torch.float32)
+        v = torch.as_tensor(project(np.asarray(v, dtype=np.float64)), dtype=torch.float32)
         chunks, i = [], 0
         for p in ps:
             chunks.append(v[i : i + p.numel()].view_as(p))
@@ -171,7 +193,7 @@ def _top_hessian_eigenvalue(model, base_dir, data, ckpt):
         grads = torch.autograd.grad(loss, ps, create_graph=True)
         dot = sum((g * c).sum() for g, c in zip(grads, chunks, strict=True))
         hv = torch.autograd.grad(dot, ps)
-        return torch.cat([h.reshape(-1) for h in hv]).double().numpy()
+        return project(torch.cat([h.reshape(-1) for h in hv]).double().numpy())
 
     dim = sum(p.numel() for p in ps)
     vals = eigsh(LinearOperator((dim, dim), matvec=hvp, dtype=np.float64), k=1, which="LA",

@@ -79,6 +79,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="loss of the MI bound: zero_one (default), clipped_ce:B (cross-entropy clipped "
         "at B nats) or smoothed_ce:A (predictions smoothed by A)",
     )
+    p.add_argument(
+        "--curvature-space",
+        choices=("merged", "factors", "tensors"),
+        default="merged",
+        help="what the Hessian is taken with respect to: merged (default; each adapted "
+        "layer's dW on the directions its adapter reaches), factors (the adapter's trained "
+        "factors) or tensors (every entry of each updated tensor)",
+    )
     p.add_argument("--only", help=f"comma-separated parts to compute (of: {', '.join(_parts())})")
     p.add_argument("--skip", help="comma-separated parts not to compute")
 
@@ -231,6 +239,7 @@ def _report_options(args: argparse.Namespace) -> dict:
     return {
         "parts": sorted(_selected_parts(args)),
         "mi_loss": _mi_loss(args.mi_loss),
+        "curvature_space": args.curvature_space,
         "n_train": args.n_train,
         "device": args.device,
     }

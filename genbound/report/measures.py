@@ -7,9 +7,15 @@ Parts (names used by ``--only`` and ``--skip``):
 * with a task: ``gap`` (the empirical gap), ``compression`` (the compression PAC-Bayes
   bound of the quantized trainable tensors on the training set), ``curvature`` (top
   Hessian eigenvalue by Lanczos, the trace by Hutch++ and the spectral density by
-  stochastic Lanczos quadrature, with respect to the updated
-  tensors, on a subset of the training set) and ``landscape`` (1-D slices along a
-  filter-normalized random direction and along the path from the base model, same subset).
+  stochastic Lanczos quadrature, on a subset of the training set; by default with
+  respect to each adapted layer's merged dW on the directions its adapter reaches, see
+  ``CURVATURE_SPACES``) and ``landscape`` (1-D slices along a filter-normalized random
+  direction in the adapter's trained factors and along the straight path from the base
+  model, same subset).
+
+Curvature and the random slice run on :func:`genbound.tasks.rebuild.adapter_objective`, a
+copy of the model with each factored update as an adapter layer, so they move what was
+trained; the gap and the compression bound evaluate the merged model.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from genbound.bounds.evaluated import compression_bound_on
 from genbound.checkpoint.model import Checkpoint
 from genbound.curvature import hessian_density, hessian_trace, top_eigenvalues
 from genbound.curvature.algorithms import DensityResult, EigenResult, TraceResult
+from genbound.curvature.operator import find_adapted
 from genbound.errors import GenboundError
 from genbound.gap import GapResult, empirical_gap
 from genbound.landscape import Landscape, landscape_1d
@@ -38,6 +45,7 @@ from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
 from genbound.tasks.objective import Batch, Objective
 from genbound.tasks.protocol import Task
+from genbound.tasks.rebuild import adapter_objective
 
 DATA_FREE_PARTS = ("spectra", "mi", "theorem1")
 DATA_PARTS = ("gap", "compression", "curvature", "landscape")
@@ -174,6 +182,7 @@ def measure_checkpoint(
     density_probes: int = 2,
     density_steps: int = 20,
     landscape_steps: int = 21,
+    curvature_space: str = "merged",
     seed: int = 0,
     base_svd: str = "compute",
     progress: Progress | None = None,
@@ -194,6 +203,11 @@ def measure_checkpoint(
         trace_products: Hessian-vector products of the Hutch++ trace.
         density_probes, density_steps: probes and Lanczos steps of the SLQ density.
         landscape_steps: points of each 1-D landscape (odd).
+        curvature_space: what the Hessian is taken with respect to (``CURVATURE_SPACES``):
+            ``"merged"`` (default; each adapted layer's dW on the directions its adapter
+            reaches, comparable across variants and factorisations), ``"factors"`` (the
+            adapter's own trained factors) or ``"tensors"`` (every entry of each updated
+            tensor, as if all of it had been trained).
         seed: seeds of Lanczos, Hutch++ and the random direction.
         base_svd: ``"cached"`` computes base-relative spectra and intruders only for layers
             whose W0 SVD is cached (see :func:`genbound.spectra.analyze_spectra`).
@@ -201,6 +215,10 @@ def measure_checkpoint(
         stage: wraps each stage (a spinner in the CLI).
     """
     wanted = check_parts(parts)
+    if curvature_space not in CURVATURE_SPACES:
+        raise GenboundError(
+            f"curvature_space must be one of {list(CURVATURE_SPACES)}; found {curvature_space!r}."
+        )
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
     warnings: list[str] = []
@@ -275,16 +293,29 @@ def measure_checkpoint(
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
         sub = spread_subset(train, curvature_examples)
+        adapted = sub
+        if wanted & {"curvature", "landscape"}:
+            adapted, notes = adapter_objective(sub, ckpt)
+            warnings.extend(notes)
         curvature = attempt(
             "curvature",
-            lambda: _curvature(sub, seed, trace_products, density_probes, density_steps),
+            lambda: _curvature(
+                sub if curvature_space == "tensors" else adapted,
+                curvature_space,
+                seed,
+                trace_products,
+                density_probes,
+                density_steps,
+            ),
         )
+        # the random slice moves what was trained (the adapter's factors); the path
+        # W0 + t dW is one line in weight space whatever the factorisation
         landscapes = (
             attempt(
                 "landscape",
                 lambda: {
                     "random-filter": landscape_1d(
-                        sub, kind="random", steps=landscape_steps, seed=seed
+                        adapted, kind="random", steps=landscape_steps, seed=seed
                     ),
                     "path": landscape_1d(
                         sub, kind="path", base=base_values(ckpt, sub), steps=landscape_steps
@@ -332,13 +363,28 @@ def _n_train(
     return None, None
 
 
+#: What a report's Hessian is taken with respect to, by ``curvature_space``.
+CURVATURE_SPACES = {
+    "merged": "the merged update dW of each adapted layer, on the directions its adapter "
+    "reaches (invariant to how dW is factored); other trained tensors in their own coordinates",
+    "factors": "the adapter's trained factors (B, A), as trained; other trained tensors in "
+    "their own coordinates",
+    "tensors": "every entry of the updated tensors (merged model)",
+}
+
+
 def _curvature(
-    objective: Objective, seed: int, trace_products: int, probes: int, steps: int
+    objective: Objective, space: str, seed: int, trace_products: int, probes: int, steps: int
 ) -> Curvature:
-    space = "every entry of the updated tensors (merged model)"
-    top = top_eigenvalues(objective, k=1, seed=seed)
-    trace = hessian_trace(objective, num_products=trace_products, seed=seed)
-    density = hessian_density(objective, num_probes=probes, num_steps=steps, seed=seed)
+    """Top eigenvalue, trace and density in ``space`` (full fine-tuning: its tensors)."""
+    parameterization = "merged" if space == "merged" else "factors"
+    if space == "merged" and not find_adapted(objective.model, objective.trainable)[0]:
+        parameterization, space = "factors", "tensors"  # no adapter layer: nothing to merge
+    kw = dict(parameterization=parameterization, seed=seed)
+    top = top_eigenvalues(objective, k=1, **kw)
+    trace = hessian_trace(objective, num_products=trace_products, **kw)
+    density = hessian_density(objective, num_probes=probes, num_steps=steps, **kw)
+    space = CURVATURE_SPACES[space]
     top = dataclasses.replace(top, parameterization=space)
     trace = dataclasses.replace(trace, parameterization=space)
     density = dataclasses.replace(density, parameterization=space)

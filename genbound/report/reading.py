@@ -76,7 +76,14 @@ def reading_lines(measures: Measures) -> list[str]:
         out.append(
             f"The top Hessian eigenvalue ({cv.top.eigenvalues[0]:.4g}, {conv}) and the trace "
             f"({cv.trace.trace:.4g} ± {cv.trace.stderr:.2g}) are taken on {cv.examples} "
-            "training examples with respect to the updated tensors; sharpness depends on the "
-            "parameterization, so compare it only between runs of the same variant."
+            f"training examples with respect to {cv.space}. "
+            + (
+                "Taken on dW, they do not depend on how dW is factored, but each variant "
+                "reaches different directions, and sharpness alone is not known to predict "
+                "the gap across variants: compare it with the measured gap in a sweep."
+                if cv.space.startswith("the merged update")
+                else "Sharpness depends on the parameterization, so compare it only between "
+                "runs of the same variant."
+            )
         )
     return [f"- {line}" for line in out]

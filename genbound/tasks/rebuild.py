@@ -1,14 +1,28 @@
-"""Rebuild a fine-tuned model: the base model's weights plus each update of a checkpoint."""
+"""Rebuild a fine-tuned model: the base model's weights plus each update of a checkpoint,
+merged, or with each factored update as an adapter layer (the coordinates that trained)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 
 import torch
 from torch import nn
 
+from genbound.adapters.asym import AsymLayer
+from genbound.adapters.layers import SelectorLayer, is_conv1d, is_linear
+from genbound.adapters.lora import LoraLayer
 from genbound.checkpoint.model import Checkpoint
+from genbound.checkpoint.updates import (
+    ChainUpdate,
+    DoraUpdate,
+    LowRankUpdate,
+    SelectorUpdate,
+    Update,
+)
 from genbound.errors import GenboundError
+from genbound.tasks.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +75,75 @@ def load_updates_into(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
         tensor.copy_(new.to(tensor.dtype))
     log.debug("loaded %d updates into %s", len(checkpoint.updates), type(model).__name__)
     return model
+
+
+def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Objective, list[str]]:
+    """The objective on a copy of its model in which every factored update is an adapter.
+
+    ``objective`` evaluates the merged model (each updated parameter W0 + dW, as tasks
+    build it). In the copy, the module of each low-rank, selector or chained update is
+    wrapped in genbound's adapter layer with the checkpoint's factors: the base weight is
+    W0 plus the finished links of a chain, and the trained factors of the last link
+    (B and A, or B alone) are parameters. Dense and DoRA updates (full fine-tuning, a
+    head, biases) stay as they are, in their own coordinates. The copy computes the same
+    function up to float rounding, and ``trainable`` names the adapter's coordinates:
+    Hessians and landscapes on it are in the space that was trained. The objective's
+    own model is not touched.
+
+    Returns the new objective and notes on updates kept merged.
+    """
+    model = copy.deepcopy(objective.model)
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    trainable = list(objective.trainable)
+    notes: list[str] = []
+    for u in checkpoint.updates.values():
+        target = resolve_parameter(set(params), u.param)
+        if target is None or target not in trainable:
+            continue
+        link = u.links[-1] if isinstance(u, ChainUpdate) else u
+        owner, _, leaf = target.rpartition(".")
+        module = modules.get(owner)
+        if not isinstance(link, LowRankUpdate | SelectorUpdate) or leaf != "weight":
+            if isinstance(u, DoraUpdate | ChainUpdate):
+                notes.append(f"{u.name}: {u.kind} update kept merged (no adapter layer for it)")
+            continue
+        if module is None or not (is_linear(module) or is_conv1d(module)):
+            notes.append(f"{u.name}: the module is not a Linear/Conv1D; update kept merged")
+            continue
+        layer = _adapter_layer(module, u, link)
+        parent, _, child = owner.rpartition(".")
+        setattr(modules[parent] if parent else model, child, layer)
+        prefix = f"{owner}."
+        trainable.remove(target)
+        trainable += [
+            prefix + f for f in ("A", "B") if f in link.trained and f in layer._parameters
+        ]
+    rebuilt = dataclasses.replace(
+        objective,
+        model=model,
+        trainable=tuple(trainable),
+        description=f"{objective.description}, adapter layers",
+    )
+    return rebuilt, notes
+
+
+@torch.no_grad()
+def _adapter_layer(module: nn.Module, update: Update, link: Update) -> nn.Module:
+    """``module`` (holding W0 + dW) wrapped as an adapter layer with ``link``'s factors."""
+    w = module.weight
+    base_w = update.base_weight(torch.float64)
+    if isinstance(update, ChainUpdate):
+        for finished in update.links[:-1]:
+            base_w = base_w + finished.delta(torch.float64)
+    module.weight.copy_((base_w.T if update.transposed else base_w).to(w.dtype))
+    gen = torch.Generator().manual_seed(0)
+    if isinstance(link, SelectorUpdate):
+        layer = SelectorLayer(module, rank=link.B.shape[1], scale=link.scale, plan=[link.indices])
+        layer.indices.copy_(link.indices)
+    else:
+        cls = LoraLayer if "A" in link.trained else AsymLayer
+        layer = cls(module, rank=link.B.shape[1], scale=link.scale, generator=gen)
+        layer.A.copy_(link.A.to(w.dtype))
+    layer.B.copy_(link.B.to(w.dtype))
+    return layer.to(w.device)
