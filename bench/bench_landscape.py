@@ -3,10 +3,12 @@
 
 Same model and data as bench/bench_curvature.py (MiniLM-L6 + LoRA r = 8 on query/value of
 layers 4-5 + head, 256 sentences, max length 64). genbound evaluates its cached-suffix
-objective (layers 4-5 + pooling + head on the hidden states entering layer 4, padding
-trimmed per length group) with filter-normalised Gaussian directions in the adapter
-subspace. The floor is steps^2 evaluations of that same objective's mean loss with no
-perturbation at all (measured in the same run). loss-landscapes' ``random_plane``
+objective (layers 4-5 + pooling + head on the hidden states entering layer 4, in
+batches of at most 1,024 padded tokens, as reports pack them) with filter-normalised
+Gaussian directions in the adapter subspace; the time of caching those hidden states
+(layers 0-3, once) is added when comparing with the peer. The floor is steps^2
+evaluations of that same objective's mean loss with no perturbation at all (measured in
+the same run). loss-landscapes' ``random_plane``
 (filter normalisation, ``deepcopy_model=True`` so the user's model is not displaced)
 runs on the full model with tokenized inputs, as a user would call it, and again on the
 cached-suffix model with one padded batch.
@@ -58,18 +60,20 @@ def main() -> None:
 
     t = time.perf_counter()
     land = landscape_2d(suf, steps=args.steps, extent=1.0, seed=0)
-    ours = time.perf_counter() - t
+    grid = time.perf_counter() - t
+    ours = grid + data["cache_seconds"]  # what a user waits for, against the peers
     print(
-        f"genbound landscape_2d (adapter space)            {ours:8.1f} s  "
-        f"= {ours / floor:.3f} x floor; centre {land.centre_loss:.4f}, "
+        f"genbound landscape_2d (adapter space)            {grid:8.1f} s  "
+        f"= {grid / floor:.3f} x floor; + caching layers 0-3 {data['cache_seconds']:.1f} s; "
+        f"centre {land.centre_loss:.4f}, "
         f"curvature {land.curvature[0]:.3g} / {land.curvature[1]:.3g}, "
         f"flat {land.flat_fraction:.2f}"
     )
 
     crit = nn.CrossEntropyLoss()
-    cases = [("suffix", suffix, {k: data[k] for k in ("hidden", "additive_mask", "mask")})]
+    cases = [("suffix", suffix, {k: data[k] for k in ("hidden", "attention_mask")})]
     if not args.skip_full:
-        full_inputs = {"input_ids": data["input_ids"], "attention_mask": data["mask"]}
+        full_inputs = {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"]}
         cases.insert(0, ("full", full, full_inputs))
     for where, model, inputs in cases:
         metric = Loss(crit, inputs, data["labels"])
@@ -82,7 +86,7 @@ def main() -> None:
         peer = time.perf_counter() - t
         print(
             f"loss-landscapes random_plane ({where:<6} model)    {peer:8.1f} s  "
-            f"genbound is {peer / ours:.2f} x faster"
+            f"genbound (with caching) is {peer / ours:.2f} x faster"
         )
 
 

@@ -34,14 +34,26 @@ def test_rebuilt_adapters_equal_the_live_training_model(method, tmp_path):
     train_all_links(h, x)
     ckpt = load_checkpoint(h.save(tmp_path / "run", base_model=base, n_train=9))
     merged = merged_objective(ckpt, x, y)
+    merged.model.fc2.bias.requires_grad_(False)
+    merged.model.fc1.train()
     before = {k: v.clone() for k, v in merged.model.state_dict().items()}
+
+    def flags(model):
+        return [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()]
+
+    flags_before, rng = flags(merged.model), torch.get_rng_state()
 
     rebuilt, notes = adapter_objective(merged, ckpt)
     assert not notes
-    # the same function, and the merged objective's model untouched
-    assert rebuilt.mean_loss() == pytest.approx(merged.mean_loss(), rel=1e-6)
+    # the merged objective's model untouched: values, flags, modes; the global RNG too
     after = merged.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert flags(merged.model) == flags_before
+    assert torch.equal(rng, torch.get_rng_state())
+    # the same function
+    merged.model.eval()
+    rebuilt.model.eval()
+    assert rebuilt.mean_loss() == pytest.approx(merged.mean_loss(), rel=1e-6)
     # the coordinates that trained: the live model's last-link factors and dense tensors,
     # by name and value
     live = h.named_trainable_parameters()

@@ -392,3 +392,23 @@ def test_spread_subset_takes_n_examples_across_the_batches():
     assert [len(b) for b in sub.batches] == [8, 8, 4]
     assert torch.equal(sub.batches[-1].inputs["x"], batches[picked[-1]].inputs["x"][:4])
     assert spread_subset(obj, 500) is obj
+
+
+def test_readme_data_example_runs(tmp_path, setup, monkeypatch):
+    """The README's Python example for data, as written, on the tiny checkpoint."""
+    from pathlib import Path
+
+    _, ckpt, _, train, test, _ = setup
+    for name, data in (("train.csv", train), ("test.csv", test)):
+        with open(tmp_path / name, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["text", "label"])
+            w.writerows(zip(data.texts, [LABELS[y] for y in data.labels.tolist()], strict=True))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Data: the gap", 1)[1]
+    code = re.search(r"```python\n(.+?)\n```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    env = {"ckpt": ckpt}
+    exec(compile(code, "README.md", "exec"), env)
+    assert (tmp_path / "landscape.png").exists()
+    assert env["ad"].trainable != env["tr"].trainable and not env["notes"]

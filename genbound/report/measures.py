@@ -44,6 +44,7 @@ from genbound.landscape import Landscape, landscape_1d
 from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
 from genbound.tasks.objective import Batch, Objective
+from genbound.tasks.packing import pack_by_tokens
 from genbound.tasks.protocol import Task
 from genbound.tasks.rebuild import adapter_objective
 
@@ -293,6 +294,7 @@ def measure_checkpoint(
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
         sub = spread_subset(train, curvature_examples)
+        sub = dataclasses.replace(sub, batches=pack_by_tokens(sub.batches))
         adapted = sub
         if wanted & {"curvature", "landscape"}:
             adapted, notes = adapter_objective(sub, ckpt)

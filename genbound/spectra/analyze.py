@@ -3,8 +3,9 @@
 For each matrix update dW (n x m): its exact singular values (factor space), spectral
 and Frobenius norms, stable rank, effective rank, and, with the base model, the ratios
 ||dW|| / ||W0||, the principal angles between dW's and W0's top left singular subspaces,
-and the intruder dimensions of W0 + dW. W0 is read, used and released layer by layer,
-so peak memory stays near the largest layer.
+and the intruder dimensions of W0 + dW. W0 is read, used and released layer by layer;
+``workers`` layers (default: one per core) are analysed side by side on single-threaded
+workers, so peak memory stays near that many of the largest layer.
 """
 
 from __future__ import annotations
