@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from genbound.adapters.asym import AsymLayer
+from genbound.adapters.layers import SelectorLayer
 from genbound.adapters.lora import LoraLayer
 from genbound.curvature import (
     FACTORS,
@@ -195,6 +196,29 @@ def test_merged_curvature_matches_projected_w_hessian(layer_cls):
     np.testing.assert_allclose(r.eigenvalues, ev[::-1][:2], rtol=1e-6)
     t = hessian_trace(obj, num_products=24, parameterization="merged", seed=1)
     assert t.stderr > 0 and abs(t.trace - float(torch.trace(P @ H @ P))) <= 3 * t.stderr
+
+
+def _selector_layer(base, *, rank, scale, generator):
+    """A cLA-type layer on columns (4, 1, 4): a repeated column must count once."""
+    return SelectorLayer(base, rank=3, scale=scale, plan=[torch.tensor([4, 1, 4])])
+
+
+@pytest.mark.parametrize("layer_cls", [LoraLayer, AsymLayer, _selector_layer])
+def test_merged_operator_is_the_projected_w_hessian_entry_by_entry(layer_cls):
+    """Every column of the operator (rank-r tangent coordinates inside the model) against
+    P H_W P from torch.func.hessian of a dense dW, P built from the layer's own projector."""
+    obj, X, y = adapted_objective(layer_cls)
+    op = MergedHessianOperator(obj)
+    P = projector_matrix(op)
+    eye = torch.eye(op.size, dtype=torch.float64)
+    with op:
+        full = op.matmat(eye)  # through the fused gather for the selector
+    obj.model[0].fused = False  # torch.func cannot see inside the fused autograd.Function
+    H = exact_w_hessian(obj.model, X, y).detach()
+    torch.testing.assert_close(full, P @ H @ P, atol=1e-10, rtol=1e-8)
+    assert op.num_products == op.size
+    if layer_cls is _selector_layer:  # columns 1 and 4 of dW, all n rows
+        assert op.dimension == 2 * obj.model[0].n == int(torch.linalg.matrix_rank(P))
 
 
 def test_merged_curvature_does_not_depend_on_the_factorisation():

@@ -158,7 +158,16 @@ class _Base:
         if self._session is None:
             with self:
                 return self.matmat(vs)
-        vs = self.project(vs)
+        out = self._products(vs)
+        self.num_products += vs.shape[1]
+        return out
+
+    def _products(self, vs: torch.Tensor) -> torch.Tensor:
+        """H V in the operator's coordinates (here the inputs' own, projected)."""
+        return self.project(self._input_products(self.project(vs)))
+
+    def _input_products(self, vs: torch.Tensor) -> torch.Tensor:
+        """H_x V for V (sum of input sizes x p), the Hessian in the inputs' own coordinates."""
         inputs = self._inputs()
         chunks = self._split(vs)
         out = torch.zeros_like(vs, dtype=torch.float64)
@@ -178,8 +187,7 @@ class _Base:
                     gs, xs, grad_outputs=outs, retain_graph=True, allow_unused=True
                 )
                 out[:, j] += self._flat(hv, xs)
-        self.num_products += vs.shape[1]
-        return self.project(out)
+        return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat float64 vector v (size,)."""
@@ -365,6 +373,10 @@ def _make(name, mod, kind, fn, A, B, cols, selected) -> AdaptedModule:
     qa = None
     if "B" in trained and cols is None:
         qa = _basis(A.T)
+    if cols is not None and "B" in trained:
+        cols = torch.unique(cols.detach().to(torch.int64))  # the set of selected columns
+    else:
+        cols = None
     return AdaptedModule(
         name=name,
         module=mod,
@@ -375,7 +387,7 @@ def _make(name, mod, kind, fn, A, B, cols, selected) -> AdaptedModule:
         trained=trained,
         qb=qb,
         qa=qa,
-        cols=cols.detach().to(torch.int64).clone() if cols is not None and "B" in trained else None,
+        cols=cols,
     )
 
 
@@ -390,10 +402,18 @@ class MergedHessianOperator(_Base):
     """Hessian with respect to the merged weights of adapted layers, on their tangent spaces.
 
     Coordinates: for each adapted layer (in model order) its (n x m) dW, row-major,
-    then every other selected parameter (a head) as in :class:`HessianOperator`. Products
-    apply P_T before and after, so the operator is P_T H_W P_T: its non-zero spectrum is
-    the Hessian restricted to the updates the adapter can reach. :attr:`skipped` lists
-    adapted modules of unknown structure (left out, with their parameters).
+    then every other selected parameter (a head) as in :class:`HessianOperator`. The
+    operator is P_T H_W P_T: its non-zero spectrum is the Hessian restricted to the
+    updates the adapter can reach. :attr:`skipped` lists adapted modules of unknown
+    structure (left out, with their parameters).
+
+    Products never form a dense dW direction in the model. Each tangent space is the image
+    of a linear map J from small coordinates, T = {Qb Y + Z Qa^T} (Qb: basis of col(B),
+    Qa: basis of row(A); a trained factor alone keeps one term; a selector is
+    {Z on the selected columns}), added to the layer's output as a rank-r term. Since J
+    is linear, the Hessian in (Y, Z) is exactly J^T H_W J: a product maps v to
+    coordinates u with J u = P_T v, takes J^T H_W J u by double backward, and rebuilds
+    P_T H_W J u from J^T h = (Qb^T h, h Qa). A product costs what one in the factors does.
     """
 
     parameterization = MERGED
@@ -412,11 +432,9 @@ class MergedHessianOperator(_Base):
         ]
         self._others = [lookup[n] for n in self.other_names]
         dtype = next(iter(lookup.values())).dtype
-        self._E = [
-            torch.zeros(lay.n, lay.m, dtype=dtype, requires_grad=True) for lay in self.layers
-        ]
+        self._coords = [_TangentCoordinates(layer, dtype) for layer in self.layers]
         self.names = [f"{lay.name} (dW)" for lay in self.layers] + self.other_names
-        self.size = sum(e.numel() for e in self._E) + sum(p.numel() for p in self._others)
+        self.size = sum(lay.n * lay.m for lay in self.layers) + sum(p.numel() for p in self._others)
         self.dimension = sum(lay.tangent_dimension for lay in self.layers) + sum(
             p.numel() for p in self._others
         )
@@ -429,30 +447,119 @@ class MergedHessianOperator(_Base):
             )
 
     def _inputs(self) -> list[torch.Tensor]:
-        return [*self._E, *self._others]
+        return [t for c in self._coords for t in c.tensors] + self._others
 
     def _prepare(self, stack: contextlib.ExitStack) -> None:
         for p in self.model.parameters():
             p.requires_grad_(False)
         for p in self._others:
             p.requires_grad_(True)
-        for layer, e in zip(self.layers, self._E, strict=True):
-            handle = layer.module.register_forward_hook(_adder(e))
+        for layer, coords in zip(self.layers, self._coords, strict=True):
+            handle = layer.module.register_forward_hook(coords.hook)
             stack.callback(handle.remove)
 
-    def project(self, vs: torch.Tensor) -> torch.Tensor:
-        out, start = vs.clone(), 0
-        p = vs.shape[1]
-        for layer in self.layers:
+    def _blocks(self, vs: torch.Tensor):
+        """Yield (layer, coordinates, rows) of each layer's dW block in vs (size x p)."""
+        start = 0
+        for layer, coords in zip(self.layers, self._coords, strict=True):
             k = layer.n * layer.m
-            block = vs[start : start + k].T.reshape(p, layer.n, layer.m)
-            out[start : start + k] = layer.project(block.double()).reshape(p, k).T
+            yield layer, coords, slice(start, start + k)
             start += k
+
+    def project(self, vs: torch.Tensor) -> torch.Tensor:
+        out, p = vs.clone(), vs.shape[1]
+        for layer, _, rows in self._blocks(vs):
+            block = vs[rows].T.reshape(p, layer.n, layer.m)
+            out[rows] = layer.project(block.double()).reshape(p, -1).T
+        return out
+
+    def _products(self, vs: torch.Tensor) -> torch.Tensor:
+        p = vs.shape[1]
+        parts, others_start = [], 0
+        for layer, coords, rows in self._blocks(vs):
+            block = vs[rows].T.reshape(p, layer.n, layer.m).double()
+            parts += [u.reshape(p, -1).T for u in coords.to_coordinates(block)]
+            others_start = rows.stop
+        parts.append(vs[others_start:].double())
+        hc = self._input_products(torch.cat(parts))
+        out = torch.empty_like(vs, dtype=torch.float64)
+        start = 0
+        for _, coords, rows in self._blocks(vs):
+            pieces = []
+            for t in coords.tensors:
+                pieces.append(hc[start : start + t.numel()].T.reshape(p, *t.shape))
+                start += t.numel()
+            out[rows] = coords.from_coordinates(pieces).reshape(p, -1).T
+        out[others_start:] = hc[start:]
         return out
 
 
-def _adder(e: torch.Tensor):
-    def hook(module, args, output):
-        return output + nn.functional.linear(args[0], e)
+class _TangentCoordinates:
+    """The coordinates (Y, Z) of one adapted layer's tangent space and the maps to them.
 
-    return hook
+    ``tensors``: the zero coordinate tensors the model is differentiated at (Y (rb x m)
+    when A trains, Z (n x ra) when B trains; a selector: Z (n x c) on its c columns).
+    """
+
+    def __init__(self, layer: AdaptedModule, dtype: torch.dtype):
+        self.layer = layer
+        self.qb, self.qa, self.cols = layer.qb, layer.qa, layer.cols
+        shapes = []
+        if self.cols is not None:
+            shapes.append((layer.n, int(self.cols.numel())))
+        else:
+            if self.qb is not None:
+                shapes.append((self.qb.shape[1], layer.m))  # Y
+            if self.qa is not None:
+                shapes.append((layer.n, self.qa.shape[1]))  # Z
+        self.tensors = [torch.zeros(s, dtype=dtype, requires_grad=True) for s in shapes]
+        self._qb = self.qb.to(dtype) if self.qb is not None else None
+        self._qa_t = self.qa.T.to(dtype).contiguous() if self.qa is not None else None
+
+    def hook(self, module, args, output):
+        """Add x (Qb Y + Z Qa^T)^T (or x[..., cols] Z^T) to the layer's output."""
+        x = args[0]
+        if self.cols is not None:
+            return output + nn.functional.linear(x.index_select(-1, self.cols), self.tensors[0])
+        i = 0
+        if self._qb is not None:  # x Y^T Qb^T
+            output = output + nn.functional.linear(
+                nn.functional.linear(x, self.tensors[0]), self._qb
+            )
+            i = 1
+        if self._qa_t is not None:  # x Qa Z^T
+            output = output + nn.functional.linear(
+                nn.functional.linear(x, self._qa_t), self.tensors[i]
+            )
+        return output
+
+    def to_coordinates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """u with J u = P_T X for X (p x n x m), float64."""
+        if self.cols is not None:
+            return [x[..., self.cols]]
+        out = []
+        if self.qb is not None:
+            out.append(self.qb.T @ x)  # Y = Qb^T X
+        if self.qa is not None:
+            rest = x - self.qb @ (self.qb.T @ x) if self.qb is not None else x
+            out.append(rest @ self.qa)  # Z = (I - Qb Qb^T) X Qa
+        return out
+
+    def from_coordinates(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """P_T h (p x n x m) from J^T h = (Qb^T h, h Qa) (or h[..., cols])."""
+        if self.cols is not None:
+            z = parts[0]
+            out = torch.zeros(*z.shape[:-1], self.layer.m, dtype=torch.float64)
+            out[..., self.cols] = z
+            return out
+        out, i = None, 0
+        if self.qb is not None:
+            out = self.qb @ parts[0]  # Qb Qb^T h
+            i = 1
+        if self.qa is not None:
+            hqa = parts[i]
+            if self.qb is not None:
+                hqa = hqa - self.qb @ (self.qb.T @ hqa)
+            term = hqa @ self.qa.T  # (I - Qb Qb^T) h Qa Qa^T
+            out = term if out is None else out + term
+        return out
