@@ -8,9 +8,9 @@ nothing is trained: curvature cost does not depend on training.
 
 genbound's objective caches the hidden states entering layer 4 (layers 0-3 run once, no
 grad; that time is counted in genbound's total) and evaluates layers 4-5, pooling and
-head, in batches of at most 1,024 padded tokens as reports pack them. The peers run on the full model as a
-user gives it (tokenized inputs), and again on the same cached-suffix model, so that the
-algorithmic and the caching speed-ups are both visible.
+head, in batches of at most 1,024 padded tokens as reports pack them. The peers run on
+the full model as a user gives it (tokenized inputs), and again on the same
+cached-suffix model, so that the algorithmic and the caching speed-ups are both visible.
 
 Task: the top eigenvalue to relative tolerance 1e-3 (genbound: Lanczos Ritz residual
 <= 1e-3; PyHessian: power iteration, consecutive estimates within 1e-3; hessian-eigenthings:

@@ -147,6 +147,7 @@ def layer_spectrum(
     if not relative:
         why = "tensor new to the model (no pretrained W0)" if update.is_new else "no base model"
         return LayerSpectrum(**common, unavailable=why)
+    w0 = w0.to(torch.float64)  # once: every product with W0 below is in float64
     q = int(min(k, np.sum(svd.S > 1e-12 * max(spec, 1e-300)), base.kept))
     cos = principal_cosines(svd.U[:, :q], base.left_vectors(w0, q)) if q else np.zeros(0)
     top = top_singular(w0, update, k, base=base, dense_threshold=dense_threshold, seed=seed)

@@ -159,12 +159,15 @@ class BaseSpectrumCache:
         self.misses = 0
         self._lock = threading.Lock()  # counters; analyze_spectra may look up from threads
 
+    def _path(self, key: str) -> Path | None:
+        return self.root / key[:2] / f"{key}.npz" if self.root is not None else None
+
     def peek(self, w0: torch.Tensor) -> BaseSpectrum | None:
         """The cached spectrum of ``w0``, or None when it is not cached (nothing computed)."""
         return self._lookup(content_key(w0), count_miss=False)
 
     def _lookup(self, key: str, *, count_miss: bool = True) -> BaseSpectrum | None:
-        path = self.root / key[:2] / f"{key}.npz" if self.root is not None else None
+        path = self._path(key)
         if path is not None and path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -189,7 +192,7 @@ class BaseSpectrumCache:
         found = self._lookup(key)
         if found is not None:
             return found
-        path = self.root / key[:2] / f"{key}.npz" if self.root is not None else None
+        path = self._path(key)
         with self._lock:
             self.misses += 1
         spec = compute_base_spectrum(w0, exact_threshold=self.exact_threshold, key=key)

@@ -116,9 +116,7 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
         setattr(modules[parent] if parent else model, child, layer)
         prefix = f"{owner}."
         trainable.remove(target)
-        trainable += [
-            prefix + f for f in ("A", "B") if f in link.trained and f in layer._parameters
-        ]
+        trainable += [prefix + f for f in ("A", "B") if f in link.trained]
     rebuilt = dataclasses.replace(
         objective,
         model=model,
@@ -140,7 +138,6 @@ def _adapter_layer(module: nn.Module, update: Update, link: Update) -> nn.Module
     gen = torch.Generator().manual_seed(0)
     if isinstance(link, SelectorUpdate):
         layer = SelectorLayer(module, rank=link.B.shape[1], scale=link.scale, plan=[link.indices])
-        layer.indices.copy_(link.indices)
     else:
         cls = LoraLayer if "A" in link.trained else AsymLayer
         layer = cls(module, rank=link.B.shape[1], scale=link.scale, generator=gen)
