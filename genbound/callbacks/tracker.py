@@ -53,7 +53,8 @@ from genbound.callbacks.live import (
 from genbound.curvature import top_eigenvalues
 from genbound.errors import GenboundError
 from genbound.gap import empirical_gap
-from genbound.report.measures import DATA_FREE_PARTS, Measures, measure_checkpoint
+from genbound.parts import DATA_FREE_PARTS
+from genbound.report.measures import Measures, measure_checkpoint
 from genbound.spectra import DEFAULT_EPS
 from genbound.tasks.objective import Batch, Objective, PerExampleLoss, cross_entropy_loss
 from genbound.tasks.state import preserved_state

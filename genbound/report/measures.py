@@ -41,16 +41,13 @@ from genbound.curvature.operator import find_adapted
 from genbound.errors import GenboundError
 from genbound.gap import GapResult, empirical_gap
 from genbound.landscape import Landscape, landscape_1d
+from genbound.parts import DATA_PARTS, PARTS, check_parts
 from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
 from genbound.tasks.objective import Batch, Objective
 from genbound.tasks.packing import pack_by_tokens
 from genbound.tasks.protocol import Task
 from genbound.tasks.rebuild import adapter_objective
-
-DATA_FREE_PARTS = ("spectra", "mi", "theorem1")
-DATA_PARTS = ("gap", "compression", "curvature", "landscape")
-PARTS = DATA_FREE_PARTS + DATA_PARTS
 
 #: ``stage(name)`` returns a context manager around one stage (the CLI shows a spinner).
 Stage = Callable[[str], AbstractContextManager[Any]]
@@ -161,13 +158,6 @@ def base_values(ckpt: Checkpoint, objective: Objective) -> dict[str, torch.Tenso
 
 def no_stage(name: str) -> AbstractContextManager[None]:
     return contextlib.nullcontext()
-
-
-def check_parts(parts: Collection[str], *, where: str = "parts") -> frozenset[str]:
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise GenboundError(f"{where}: unknown part(s) {unknown}; expected some of {list(PARTS)}.")
-    return frozenset(parts)
 
 
 def measure_checkpoint(
