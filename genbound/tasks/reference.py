@@ -4,11 +4,13 @@ A reference is what a genbound run folder records under ``data`` and what ``--ta
 names on the command line. Loading it imports ``module``, calls ``function(**kwargs)``
 and checks that the result is a :class:`~genbound.tasks.protocol.Task`. Because it is
 plain JSON, a report can record exactly how its data were obtained.
+
+A reference recorded in a checkpoint resolves only to one of genbound's own task functions
+(:data:`genbound.trust.TASKS`) unless the caller trusts it; see :mod:`genbound.trust`.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any
 
 from genbound.errors import GenboundError
 from genbound.tasks.protocol import Task
+from genbound.trust import TASKS, checked_target, import_function
 
 
 @dataclass(frozen=True)
@@ -44,27 +47,21 @@ class TaskReference:
         return cls(obj["task"], dict(kwargs))
 
 
-def _function(target: str, where: str):
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise GenboundError(f"{where}: expected 'package.module:function'; found {target!r}.")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise GenboundError(f"{where}: cannot import module {module_name!r} ({exc}).") from None
-    fn = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise GenboundError(f"{where}: module {module_name!r} has no attribute {attr!r}.")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise GenboundError(f"{where}: {target!r} is not callable.")
-    return fn
+def load_task(ref: TaskReference, *, where: str = "task reference", trusted: bool = False) -> Task:
+    """Import and call the reference's function; check the result is a task.
 
+    Args:
+        ref: the reference.
+        where: its source, for messages (a file and key, or a command-line option).
+        trusted: True for a reference the user gave (``--task``) or whose code the user
+            trusts; False (default) for one recorded in a checkpoint, which then resolves
+            only to genbound's own task functions.
 
-def load_task(ref: TaskReference, *, where: str = "task reference") -> Task:
-    """Import and call the reference's function; check the result is a task."""
-    fn = _function(ref.target, where)
+    Raises:
+        genbound.trust.UntrustedCode: ``ref`` names other code and ``trusted`` is False;
+            nothing has been imported.
+    """
+    fn = import_function(checked_target(ref.target, TASKS, where=where, trusted=trusted), where)
     try:
         inspect.signature(fn).bind(**ref.kwargs)
     except TypeError as exc:
