@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,6 +58,7 @@ class TensorFile:
         self._torch: Mapping[str, torch.Tensor] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, torch.dtype] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}
         if self.path.suffix in SAFETENSORS_SUFFIXES:
             self._open_safetensors()
         elif self.path.suffix in TORCH_SUFFIXES:
@@ -69,45 +73,15 @@ class TensorFile:
 
     # -- opening ---------------------------------------------------------------
     def _open_safetensors(self) -> None:
-        """Parse the header (8-byte length, then JSON); tensor bytes are mapped on demand."""
-        size = self.path.stat().st_size
-
-        def corrupt(found: str) -> Exception:
-            return input_error(
-                self.path,
-                "cannot read safetensors file (truncated or corrupt?)",
-                expected="a complete safetensors file whose header covers its data",
-                found=f"{size} bytes; {found}",
-            )
-
-        try:
-            with open(self.path, "rb") as fh:
-                head = fh.read(8)
-                if len(head) < 8:
-                    raise corrupt("no header length")
-                n = int.from_bytes(head, "little")
-                if n > size - 8:
-                    raise corrupt(f"a header of {n} bytes that does not fit")
-                header = json.loads(fh.read(n))
-        except OSError as exc:
-            raise input_error(self.path, "cannot read file", found=str(exc)) from None
-        except (ValueError, UnicodeDecodeError):
-            raise corrupt("a header that is not JSON") from None
-        self._data_start = 8 + n
-        self._meta = header.pop("__metadata__", None) or {}
-        self._offsets: dict[str, tuple[int, int]] = {}
-        for key, info in header.items():
-            try:
-                begin, end = (int(x) for x in info["data_offsets"])
-                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-                shape = tuple(int(d) for d in info["shape"])
-            except (KeyError, TypeError, ValueError):
-                raise corrupt(f"an unreadable header entry for {key!r}") from None
-            if self._data_start + end > size:
-                raise corrupt(f"tensor {key!r} ends at byte {self._data_start + end}")
-            self._offsets[key] = (begin, end)
-            self._shapes[key] = shape
-            self._dtypes[key] = dtype
+        """Read and validate the header (see :func:`read_safetensors_header`); tensor bytes
+        are read on demand."""
+        header = read_safetensors_header(self.path)
+        self._data_start = header.data_start
+        self._meta = header.metadata
+        for key, entry in header.tensors.items():
+            self._offsets[key] = (entry.begin, entry.end)
+            self._shapes[key] = entry.shape
+            self._dtypes[key] = entry.dtype
         self._is_safetensors = True
 
     def _read_safetensors(self, key: str) -> torch.Tensor:
@@ -142,11 +116,13 @@ class TensorFile:
                 # Legacy (non-zip) torch files cannot be memory-mapped.
                 obj = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:
+            found, hint = _torch_load_failure(exc)
             raise input_error(
                 self.path,
                 "cannot load torch file with weights_only=True",
                 expected="a state dict of tensors saved by torch.save",
-                found=str(exc).splitlines()[0][:300],
+                found=found,
+                hint=hint,
             ) from None
         if (
             isinstance(obj, Mapping)
@@ -222,6 +198,229 @@ class TensorFile:
 
     def __repr__(self) -> str:
         return f"TensorFile({str(self.path)!r}, {len(self)} tensors)"
+
+
+#: Longest header accepted; the reference implementation refuses longer ones as corrupt.
+MAX_HEADER_BYTES = 100_000_000
+
+_JSON_KINDS = {"list": "array", "int": "number", "float": "number", "str": "string"}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a safetensors header: its bytes are ``[begin, end)`` of the data section."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated safetensors header: ``data_start`` is the file offset of byte 0 of the
+    data section; ``tensors`` tile that section exactly."""
+
+    data_start: int
+    metadata: dict[str, str]
+    tensors: dict[str, TensorEntry]
+
+
+def read_safetensors_header(path: Path) -> SafetensorsHeader:
+    """Read and check a safetensors header as the format requires; no tensor data is read.
+
+    The file is an 8-byte little-endian length n (at most :data:`MAX_HEADER_BYTES`), n bytes
+    of UTF-8 JSON holding an object, then the data section (file size - 8 - n bytes). The
+    object's ``__metadata__``, if present and not null, maps strings to strings; every other
+    key names a tensor ``{"dtype", "shape", "data_offsets": [begin, end]}`` with a dtype
+    genbound reads, a shape of non-negative integers, 0 <= begin <= end and
+    end - begin = dtype size x product(shape). Sorted by offsets, the tensors' byte ranges
+    tile the data section: the first begins at 0, each begins where the previous ends and
+    the last ends at the end of the file. Any violation is a CheckpointError naming the
+    file, the tensor, what was expected and what was found.
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            if len(head) < 8:
+                raise input_error(
+                    path,
+                    "safetensors file too short (truncated or corrupt?)",
+                    expected="an 8-byte header length followed by the header",
+                    found=f"{size} bytes",
+                )
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES:
+                raise input_error(
+                    path,
+                    "safetensors header length too large (corrupt?)",
+                    expected=f"at most {MAX_HEADER_BYTES:,} bytes",
+                    found=f"{n:,} bytes",
+                )
+            if n > size - 8:
+                raise input_error(
+                    path,
+                    "safetensors header does not fit in the file (truncated or corrupt?)",
+                    expected=f"a header of at most {size - 8} bytes (the file has {size})",
+                    found=f"a header length of {n}",
+                )
+            raw = fh.read(n)
+    except OSError as exc:
+        raise input_error(path, "cannot read file", found=str(exc)) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise input_error(
+            path,
+            "safetensors header is not JSON (truncated or corrupt?)",
+            expected=f"{n} bytes of UTF-8 JSON",
+            found=str(exc).split(":")[0],
+        ) from None
+    if not isinstance(header, dict):
+        kind = type(header).__name__
+        raise input_error(
+            path,
+            "safetensors header is not a JSON object",
+            expected="an object of tensor entries",
+            found=f"a JSON {_JSON_KINDS.get(kind, kind)}: {_shown(header)}",
+        )
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise input_error(
+            path,
+            "invalid safetensors metadata",
+            key="__metadata__",
+            expected="an object of strings to strings",
+            found=_shown(metadata),
+        )
+    tensors = {name: _tensor_entry(path, name, info) for name, info in header.items()}
+    _check_tiling(path, tensors, data_size=size - 8 - n)
+    return SafetensorsHeader(data_start=8 + n, metadata=metadata, tensors=tensors)
+
+
+def _tensor_entry(path: Path, name: str, info: object) -> TensorEntry:
+    """Check one header entry on its own (fields, types, byte count)."""
+    fields = ("dtype", "shape", "data_offsets")
+    if not (isinstance(info, dict) and all(f in info for f in fields)):
+        raise input_error(
+            path,
+            "invalid safetensors tensor entry",
+            key=name,
+            expected="an object with dtype, shape and data_offsets",
+            found=_shown(info),
+        )
+    dtype_name, shape, offsets = (info[f] for f in fields)
+    if not (isinstance(dtype_name, str) and dtype_name in _SAFETENSORS_DTYPES):
+        problem = (
+            f"unsupported safetensors dtype {dtype_name}"
+            if isinstance(dtype_name, str)
+            else "invalid safetensors dtype"
+        )
+        raise input_error(
+            path,
+            problem,
+            key=name,
+            expected="one of " + ", ".join(_SAFETENSORS_DTYPES),
+            found=_shown(dtype_name),
+        )
+    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+        raise input_error(
+            path,
+            "invalid tensor shape",
+            key=name,
+            expected="a list of non-negative integers",
+            found=_shown(shape),
+        )
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_is_count(x) for x in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise input_error(
+            path,
+            "invalid data_offsets",
+            key=name,
+            expected="[begin, end], integers with 0 <= begin <= end",
+            found=_shown(offsets),
+        )
+    dtype = _SAFETENSORS_DTYPES[dtype_name]
+    begin, end = offsets
+    nbytes = dtype.itemsize * math.prod(shape)
+    if end - begin != nbytes:
+        raise input_error(
+            path,
+            "tensor byte count does not match its shape and dtype",
+            key=name,
+            expected=f"{nbytes} bytes ({dtype_name}, shape {shape})",
+            found=f"data_offsets [{begin}, {end}]: {end - begin} bytes",
+        )
+    return TensorEntry(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+def _check_tiling(path: Path, tensors: Mapping[str, TensorEntry], data_size: int) -> None:
+    """The tensors' byte ranges, sorted by offsets, must cover ``[0, data_size)`` exactly once."""
+    start, previous = 0, None
+    for name, e in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if e.begin != start:
+            after = f"where {previous!r} ends" if previous else "the start of the data section"
+            raise input_error(
+                path,
+                "tensors overlap" if e.begin < start else "unused bytes between tensors",
+                key=name,
+                expected=f"data_offsets beginning at {start} ({after})",
+                found=f"data_offsets [{e.begin}, {e.end}]",
+            )
+        start, previous = e.end, name
+    if start > data_size:
+        raise input_error(
+            path,
+            "tensor data runs past the end of the file (truncated?)",
+            key=previous,
+            expected=f"tensors within the {data_size}-byte data section",
+            found=f"data up to byte {start}",
+        )
+    if start < data_size:
+        raise input_error(
+            path,
+            "bytes after the last tensor (corrupt?)",
+            expected=f"tensors that fill the {data_size}-byte data section",
+            found=f"{data_size - start} bytes after the last tensor's end at byte {start}",
+        )
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """A JSON value as found, shortened to ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_NON_TENSOR_HINT = (
+    "The file holds objects other than tensors (a pickled class or function), which genbound "
+    "never unpickles; save a plain state dict (torch.save(model.state_dict(), path)) or "
+    "convert the weights to safetensors"
+)
+
+
+def _torch_load_failure(exc: Exception, limit: int = 300) -> tuple[str, str | None]:
+    """Why ``torch.load(weights_only=True)`` refused a file: the first sentence of the
+    unpickler's own reason (at most ``limit`` characters, cut at a word), and a hint when
+    the file holds non-tensor objects."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    detail = text.split("WeightsUnpickler error:", 1)[-1]
+    line = next((ln.strip() for ln in detail.splitlines() if ln.strip()), type(exc).__name__)
+    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].rstrip(".")
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    hint = _NON_TENSOR_HINT if "Unsupported global" in detail else None
+    return sentence, hint
 
 
 def check_finite(t: torch.Tensor, path: str | Path, key: str) -> None:
