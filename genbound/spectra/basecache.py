@@ -18,6 +18,14 @@ cost as much as the Gram matrix and triple the cache); a product U0^T X is taken
 diag(1 / S0) V0^T (W0^T X), which is exact for every direction with S0 > 0. Directions
 with S0 < 1e-3 S0[0] (where float32 Gram eigenvalues are rounding noise) are left out
 of such products and counted in ``n_dropped``. Cosines are accurate to about 1e-4.
+
+Each entry (``<root>/<key[:2]>/<key>.npz``) stores, beside the arrays, the format version,
+its key, W0's shape (n, m) and a BLAKE2b checksum of every stored array (name, dtype, shape
+and bytes). An entry is used only when it reads back whole and every check passes (version,
+key, shapes of S and of U or V against (n, m), the checksum, finite values, a known method);
+any other entry is reported in a warning, recomputed and replaced. Entries are written to a
+hidden temporary file (``.<key>.*.npz``) that is renamed into place; temporary files older
+than :data:`STALE_TEMP_SECONDS` (left by a killed writer) are removed.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +45,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+
+#: How each way of computing is named in an entry.
+METHODS = ("svd-float64", "gram-eigh-float32")
+
+#: A hidden temporary entry older than this (seconds) was left by a killed writer: a writer
+#: creates its file only once the spectrum is computed, and fills it in well under a minute.
+STALE_TEMP_SECONDS = 600
 
 #: Left directions of a tall W0 with S0 below this share of S0[0] are not used (float32 noise).
 KEEP_RELATIVE = 1e-3
@@ -146,8 +163,10 @@ def default_cache_dir() -> Path:
 class BaseSpectrumCache:
     """On-disk cache of :class:`BaseSpectrum` by content key (``root=None``: no caching).
 
-    ``hits`` and ``misses`` count lookups; a miss computes and stores the spectrum
-    (written to a temporary file, then renamed, so a crash never leaves a bad entry).
+    ``hits`` and ``misses`` count lookups; a miss computes and stores the spectrum (written
+    to a temporary file, then renamed, so a crash never leaves a partial entry). An entry
+    that fails verification on read (see the module docstring) counts as a miss: it is
+    logged, recomputed and replaced.
     """
 
     def __init__(self, root: str | Path | None = "default", *, exact_threshold: int = 1024):
@@ -158,56 +177,189 @@ class BaseSpectrumCache:
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()  # counters; analyze_spectra may look up from threads
+        self._swept = False
 
     def _path(self, key: str) -> Path | None:
         return self.root / key[:2] / f"{key}.npz" if self.root is not None else None
 
     def peek(self, w0: torch.Tensor) -> BaseSpectrum | None:
-        """The cached spectrum of ``w0``, or None when it is not cached (nothing computed)."""
-        return self._lookup(content_key(w0), count_miss=False)
+        """The cached spectrum of ``w0``, or None when it is not cached (nothing computed;
+        an entry that fails verification is removed)."""
+        return self._lookup(content_key(w0), tuple(w0.shape), remove_bad=True)
 
-    def _lookup(self, key: str, *, count_miss: bool = True) -> BaseSpectrum | None:
+    def _lookup(
+        self, key: str, shape: tuple[int, int], *, remove_bad: bool = False
+    ) -> BaseSpectrum | None:
+        """The verified entry of ``key`` for a W0 of ``shape``, or None (absent or bad; a bad
+        one is recomputed by :meth:`get`, or removed when ``remove_bad``)."""
         path = self._path(key)
-        if path is not None and path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    spec = BaseSpectrum(
-                        key=key,
-                        S=z["S"],
-                        U=z["U"] if "U" in z.files else None,
-                        method=str(z["method"]),
-                        n_dropped=int(z["n_dropped"]),
-                        V=z["V"] if "V" in z.files else None,
-                    )
-                with self._lock:
-                    self.hits += 1
-                return spec
-            except (OSError, KeyError, ValueError) as exc:
-                log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
-        return None
+        if path is None:
+            return None
+        self._sweep_stale_temps()
+        if not path.exists():
+            return None
+        try:
+            spec = read_entry(path, key, shape)
+        except BadEntry as exc:
+            action = "removing it" if remove_bad else "recomputing it"
+            log.warning("base-SVD cache entry %s is invalid (%s); %s", path, exc, action)
+            if remove_bad:
+                path.unlink(missing_ok=True)
+            return None
+        with self._lock:
+            self.hits += 1
+        return spec
 
     def get(self, w0: torch.Tensor) -> BaseSpectrum:
         """The spectrum of ``w0``: from the cache, else computed and stored."""
         key = content_key(w0)
-        found = self._lookup(key)
+        shape = tuple(w0.shape)
+        found = self._lookup(key, shape)
         if found is not None:
             return found
-        path = self._path(key)
         with self._lock:
             self.misses += 1
         spec = compute_base_spectrum(w0, exact_threshold=self.exact_threshold, key=key)
+        path = self._path(key)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            vectors = {"U": spec.U} if spec.U is not None else {"V": spec.V}
-            # A unique temporary name: two threads may store the same key (equal layers).
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".npz")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    S=spec.S,
-                    method=np.array(spec.method),
-                    n_dropped=np.array(spec.n_dropped),
-                    **vectors,
-                )
-            Path(tmp).replace(path)
+            try:
+                write_entry(path, spec, shape)
+            except OSError as exc:
+                log.warning("cannot store base-SVD cache entry %s (%s)", path, exc)
         return spec
+
+    def _sweep_stale_temps(self) -> None:
+        """Once per cache object: remove temporary entries that killed writers left."""
+        if self._swept:
+            return
+        self._swept = True
+        remove_stale_temps(self.root)
+
+
+class BadEntry(Exception):
+    """A cache entry that cannot be used; the message says why."""
+
+
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{40}\..*\.npz$")
+
+
+def remove_stale_temps(root: Path, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete hidden temporary entries (``<root>/xx/.<key>.*.npz``) not modified for
+    ``max_age`` seconds; files being written now are younger and kept. Returns the paths."""
+    removed: list[Path] = []
+    now = time.time()
+    for tmp in root.glob("??/.*.npz"):
+        if not _TEMP_NAME.match(tmp.name):
+            continue
+        try:
+            if now - tmp.stat().st_mtime < max_age:
+                continue
+            tmp.unlink()
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+        log.warning("removed a temporary base-SVD cache file left by an interrupted run: %s", tmp)
+        removed.append(tmp)
+    return removed
+
+
+def entry_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """BLAKE2b over each array (sorted by name; ``checksum`` itself excluded): its name,
+    dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=20)
+    for name in sorted(arrays):
+        if name == "checksum":
+            continue
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}:".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_entry(path: Path, spec: BaseSpectrum, shape: tuple[int, int]) -> None:
+    """Store ``spec`` (of a W0 of ``shape``) at ``path``: a temporary file renamed into place."""
+    vectors = {"U": spec.U} if spec.U is not None else {"V": spec.V}
+    arrays = {
+        "format_version": np.array(FORMAT_VERSION),
+        "key": np.array(spec.key),
+        "shape": np.array(shape, dtype=np.int64),
+        "S": np.asarray(spec.S, dtype=np.float64),
+        "method": np.array(spec.method),
+        "n_dropped": np.array(spec.n_dropped),
+        **vectors,
+    }
+    arrays["checksum"] = np.array(entry_checksum(arrays))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique temporary name: two threads may store the same key (equal layers).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{spec.key}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_entry(path: Path, key: str, shape: tuple[int, int]) -> BaseSpectrum:
+    """Read and verify the entry of ``key`` for a W0 of ``shape`` (n, m).
+
+    Raises:
+        BadEntry: the file does not read back whole, or any stored field disagrees with
+            what an entry of this key and shape must hold (see the module docstring).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except Exception as exc:  # any failure to read is a bad entry (zip, npy, EOF, memory)
+        raise BadEntry(f"unreadable: {type(exc).__name__}: {exc}") from None
+    n, m = shape
+    vector_name, side = ("U", n) if n <= m else ("V", m)
+    common = {"format_version", "key", "shape", "S", "method", "n_dropped", "checksum"}
+    if missing := sorted(common - arrays.keys()):
+        raise BadEntry(f"fields missing: {', '.join(missing)}")
+    if arrays["checksum"].shape != () or str(arrays["checksum"]) != entry_checksum(arrays):
+        raise BadEntry("checksum does not match the stored arrays")
+    S, n_dropped, method = arrays["S"], arrays["n_dropped"], str(arrays["method"])
+    vectors = arrays.get(vector_name, np.empty(0, np.float32))
+    checks = (
+        (lambda: int(arrays["format_version"]) == FORMAT_VERSION, "another format version"),
+        (lambda: str(arrays["key"]) == key, "stored under another key"),
+        (lambda: arrays["shape"].tolist() == [n, m], f"not of a W0 of shape {[n, m]}"),
+        (
+            lambda: arrays.keys() == common | {vector_name},
+            f"fields {sorted(arrays.keys() - common)}, not [{vector_name!r}]",
+        ),
+        (lambda: S.dtype == np.float64 and S.shape == (min(n, m),), f"S of shape {S.shape}"),
+        (
+            lambda: vectors.dtype == np.float32 and vectors.shape == (side, side),
+            f"{vector_name} of shape {vectors.shape}, not {(side, side)}",
+        ),
+        (lambda: method in METHODS, f"unknown method {method!r}"),
+        (lambda: np.isfinite(S).all() and np.isfinite(vectors).all(), "non-finite values"),
+        (lambda: (S >= 0).all() and (np.diff(S) <= 0).all(), "S not non-negative, descending"),
+        (lambda: int(n_dropped) == _dropped(S, n, m), "n_dropped does not match S"),
+    )
+    for ok, why in checks:
+        try:
+            passed = bool(ok())
+        except (TypeError, ValueError, IndexError):
+            passed = False
+        if not passed:
+            raise BadEntry(why)
+    return BaseSpectrum(
+        key=key,
+        S=S,
+        U=vectors if n <= m else None,
+        method=method,
+        n_dropped=int(n_dropped),
+        V=vectors if n > m else None,
+    )
+
+
+def _dropped(S: np.ndarray, n: int, m: int) -> int:
+    """Left directions a tall W0 leaves out of products (see the module docstring)."""
+    if n <= m or S.size == 0:
+        return 0
+    return int(S.size - (S > KEEP_RELATIVE * S[0]).sum())
