@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import Any, Protocol
 
@@ -70,7 +70,8 @@ class Nullable:
         return f"{self.inner.text} or null"
 
     def mismatch(self, value: Any, key: str) -> Mismatch | None:
-        return None if value is None else self.inner.mismatch(value, key)
+        m = None if value is None else self.inner.mismatch(value, key)
+        return replace(m, expected=self.text) if m is not None and m.key == key else m
 
 
 @dataclass(frozen=True)
