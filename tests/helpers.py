@@ -57,9 +57,11 @@ def tiny_bert_with_tokenizer(tmp_path):
     from conftest import tiny_bert
 
     tiny_bert().save_pretrained(base_dir)
-    vocab = tmp_path / "vocab.txt"
+    vocab = tmp_path / "tokenizer" / "vocab.txt"
+    vocab.parent.mkdir(exist_ok=True)
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(base_dir)
+    # read from a folder: transformers 5 ignores BertTokenizerFast(vocab_file=...)
+    BertTokenizerFast.from_pretrained(vocab.parent).save_pretrained(base_dir)
     return base_dir
 
 

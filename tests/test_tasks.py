@@ -151,3 +151,22 @@ def test_load_tweets_matches_the_csv():
         r["sentiment"] for r in rows[:500]
     ]
     assert len(load_tweets(7)) == 7
+
+
+def test_test_set_read_on_its_own_must_have_the_training_classes(tmp_path):
+    """A test file read without the training set's names can number its classes differently
+    (no 'neu' in it: 'pos' would be class 1); the task refuses it instead of mislabelling."""
+    (tmp_path / "train.csv").write_text("text,label\ngood,pos\nok,neu\nbad,neg\n")
+    (tmp_path / "test.csv").write_text("text,label\ngreat,pos\nawful,neg\n")
+    train = read_labelled(tmp_path / "train.csv", text_column="text", label_column="label")
+    alone = read_labelled(tmp_path / "test.csv", text_column="text", label_column="label")
+    assert alone.label_names == ("neg", "pos") and alone.labels.tolist() == [1, 0]
+    with pytest.raises(GenboundError, match=r"test\.csv: expected the training set's classes"):
+        TextClassificationTask(train, alone)
+    test = read_labelled(
+        tmp_path / "test.csv",
+        text_column="text",
+        label_column="label",
+        label_names=train.label_names,
+    )
+    assert TextClassificationTask(train, test).test.labels.tolist() == [2, 0]

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from genbound.checkpoint.model import Checkpoint
-from genbound.errors import GenboundError
+from genbound.errors import GenboundError, input_error
 from genbound.tasks.objective import Batch, Objective, cross_entropy_loss
 from genbound.tasks.rebuild import load_updates_into
-from genbound.tasks.texts import LabelledTexts, read_labelled
+from genbound.tasks.texts import LabelledTexts, preview, read_labelled
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TextClassificationTask:
     """Sequence classification of labelled texts with a Hugging Face model.
 
     Attributes:
-        train, test: the data (test uses the training set's label names).
+        train, test: the data; test must have the training set's ``label_names``.
         base_path: the pretrained model folder (read offline); None: the checkpoint's base
             model.
         max_length: tokens per text (longer texts are truncated).
@@ -101,6 +101,17 @@ class TextClassificationTask:
     batch_size: int = 64
     cache_activations: bool = True
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_positive("max_length", self.max_length, "tokens")
+        check_positive("batch_size", self.batch_size, "examples")
+        if self.test.label_names != self.train.label_names:
+            raise GenboundError(
+                f"{self.test.source or 'test set'}: expected the training set's classes "
+                f"{preview(self.train.label_names)} (from {self.train.source or 'train'}) in "
+                f"that order; found {preview(self.test.label_names)}. Read the test file with "
+                "label_names=train.label_names."
+            )
 
     @property
     def n_train(self) -> int:
@@ -138,6 +149,7 @@ class TextClassificationTask:
         from transformers import AutoModelForSequenceClassification
 
         base_path = self.base_for(checkpoint)
+        self.check_head(checkpoint, base_path)
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
@@ -155,11 +167,41 @@ class TextClassificationTask:
             load_updates_into(model, checkpoint)
         return model.to(self.device).eval()
 
+    def check_head(self, checkpoint: Checkpoint | None, base_path: Path) -> None:
+        """A GenboundError unless the classifier the model gets has ``num_labels`` rows.
+
+        The head is the checkpoint's updated output layer (a tensor named like
+        ``classifier.weight`` or ``score.weight``, K = its outputs), else the base model's
+        saved one; a base without a head gets a fresh one of ``num_labels`` rows.
+        """
+        update = _head_update(checkpoint)
+        if update is not None:
+            where, name, k = checkpoint.path, update.param, update.shape[0]
+            whose = "the checkpoint's head"
+        else:
+            found = _base_head(checkpoint, base_path)
+            if found is None:
+                return
+            (name, k), where, whose = found, base_path, "the base model's head"
+        if k == self.num_labels:
+            return
+        files = self.train.source + (
+            f" (and {self.test.source})" if self.test.source != self.train.source else ""
+        )
+        names = self.train.label_names
+        raise input_error(
+            where,
+            f"{whose} has {k} classes but the data have {self.num_labels}",
+            key=name,
+            expected=f"{k} classes, the rows of {name!r}",
+            found=f"{self.num_labels} labels {preview(names)} from {files}",
+            hint=f"Give the head's {k} classes in order with --label-names (labels are "
+            "matched to them by value), or check --label-column",
+        )
+
     def tokenized_batches(self, data: LabelledTexts, base_path: Path) -> list[Batch]:
         """Length-bucketed batches of ``input_ids``/``attention_mask`` (fixed order)."""
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(base_path)
+        tok = load_tokenizer(base_path)
         enc = tok(list(data.texts), truncation=True, max_length=self.max_length)
         lengths = torch.tensor([len(ids) for ids in enc["input_ids"]])
         order = torch.argsort(lengths, stable=True)
@@ -253,6 +295,88 @@ class TextClassificationTask:
         )
 
 
+#: Names (suffixes) of sequence classifiers' output layers, (K, hidden): BERT-family,
+#: decoder (``score``), RoBERTa/ELECTRA, BART and XLNet heads.
+HEAD_TENSORS = (
+    "classifier.weight",
+    "score.weight",
+    "classifier.out_proj.weight",
+    "classification_head.out_proj.weight",
+    "logits_proj.weight",
+)
+
+
+def _is_head(name: str) -> bool:
+    return any(name == h or name.endswith("." + h) for h in HEAD_TENSORS)
+
+
+def _head_update(checkpoint: Checkpoint | None):
+    """The checkpoint's update of the output layer, or None."""
+    if checkpoint is None:
+        return None
+    return next((u for u in checkpoint.updates.values() if _is_head(u.param)), None)
+
+
+def _base_head(checkpoint: Checkpoint | None, base_path: Path) -> tuple[str, int] | None:
+    """(name, K) of the output layer saved in the base model at ``base_path``, or None."""
+    from genbound.checkpoint.base import BaseModel
+
+    base = getattr(checkpoint, "base", None)
+    opened = None
+    if base is None or Path(base.path).resolve() != base_path.resolve():
+        try:
+            base = opened = BaseModel(base_path)
+        except GenboundError:
+            return None  # no readable weights: loading the model says so
+    try:
+        name = next((k for k in base.keys() if _is_head(k)), None)
+        return (name, base.shape(name)[0]) if name is not None else None
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def load_tokenizer(base_path: Path):
+    """The tokenizer saved in the model folder ``base_path`` (read offline, no remote code).
+
+    Raises a GenboundError naming the folder when none loads, or when what loads has no
+    vocabulary beyond its special tokens (transformers then builds an empty tokenizer
+    that maps every word to the unknown token).
+    """
+    from transformers import AutoTokenizer
+
+    expected = "a tokenizer saved with the model (tokenizer.json, or vocab.txt / vocab.json "
+    expected += "with tokenizer_config.json)"
+    try:
+        tok = AutoTokenizer.from_pretrained(base_path)
+    except Exception as exc:  # transformers and tokenizers raise many kinds for a bad folder
+        detail = " ".join(str(exc).split())[:300]
+        raise input_error(
+            base_path,
+            "cannot load a tokenizer",
+            expected=expected,
+            found=f"{type(exc).__name__} ({detail})" if detail else type(exc).__name__,
+            hint="Save the tokenizer in the base model folder (tokenizer.save_pretrained)",
+            cls=GenboundError,
+        ) from None
+    if not set(tok.get_vocab()) - set(tok.all_special_tokens):
+        raise input_error(
+            base_path,
+            "no tokenizer vocabulary",
+            expected=expected,
+            found=f"only the special tokens {sorted(tok.all_special_tokens)}",
+            hint="Save the tokenizer in the base model folder (tokenizer.save_pretrained)",
+            cls=GenboundError,
+        )
+    return tok
+
+
+def check_positive(name: str, value: object, unit: str) -> None:
+    """A GenboundError unless ``value`` is a whole number >= 1 (``name`` names the setting)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GenboundError(f"{name}: expected a positive number of {unit}; found {value!r}.")
+
+
 def _to(batch: Batch, device: str) -> Batch:
     """The batch's tensors on ``device`` (the batch itself when already there)."""
     if device == "cpu":
@@ -296,15 +420,20 @@ def text_files(
 ) -> TextClassificationTask:
     """The task of ``--data TRAIN TEST``: labelled texts from two ``.csv`` or ``.jsonl`` files.
 
-    String labels map to indices in the order of ``label_names`` (default: the sorted
-    labels of the training file); the test file must use the same labels.
+    The classes are ``label_names`` in that order, else the training file's labels (see
+    :mod:`genbound.tasks.texts`: class indices when all are non-negative integers, else the
+    sorted distinct labels); labels are compared by value (``1``, ``1.0`` and ``"1"`` are
+    one class). Every test label must be one of the classes.
     """
+    check_positive("--max-length", max_length, "tokens")
+    check_positive("batch_size", batch_size, "examples")
     tr = read_labelled(
         train,
         text_column=text_column,
         label_column=label_column,
         label_names=label_names,
         encoding=encoding,
+        names_from="--label-names",
     )
     te = read_labelled(
         test,
@@ -312,6 +441,7 @@ def text_files(
         label_column=label_column,
         label_names=tr.label_names,
         encoding=encoding,
+        names_from=f"the classes of the training file {train}",
     )
     return TextClassificationTask(
         tr,
