@@ -259,7 +259,11 @@ def test_trainer_checkpoint_with_log_history(tmp_path):
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
     ckpt = load_checkpoint(ckpt_dir)
-    assert ckpt.metrics["train_loss"] == losses[-1] and ckpt.metrics["eval_loss"] == evals[-1]
+    assert ckpt.metrics["last_logged_train_loss"] == losses[-1]
+    assert ckpt.metrics["eval_loss"] == evals[-1]
+    # logging_steps=1: the last logged loss is the mean over the last step alone
+    assert ckpt.metrics["last_logged_train_loss_step"] == 4
+    assert ckpt.metrics["last_logged_train_loss_window"] == 1
     assert [loss for _, loss in ckpt.metrics["train_loss_history"]] == losses
     assert ckpt.metrics["global_step"] == 4
     merged = pm.merge_and_unload().state_dict()

@@ -17,12 +17,32 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.model import Checkpoint, Hyperparams
+from genbound.checkpoint.schema import (
+    BOOL,
+    NONNEGATIVE_INT,
+    NUMBER,
+    POSITIVE_INT,
+    STRING,
+    STRINGS,
+    AnyOf,
+    Leaf,
+    ListOf,
+    MapOf,
+    Mismatch,
+    Node,
+    Nullable,
+    Record,
+    check_json,
+    shown,
+)
 from genbound.checkpoint.tensors import TensorFile, read_json
 from genbound.checkpoint.updates import DenseUpdate, DoraUpdate, LowRankUpdate, Update
 from genbound.errors import input_error
@@ -45,6 +65,72 @@ _LORA_SUFFIXES = {
 }
 
 
+@dataclass(frozen=True)
+class PatternMap:
+    """An object whose names are PEFT module patterns (regular expressions, matched as in
+    :func:`pattern_key`) and whose values are all of ``value``."""
+
+    text: str
+    value: Node
+
+    def mismatch(self, value: Any, key: str) -> Mismatch | None:
+        if not isinstance(value, dict):
+            return Mismatch(key, self.text, shown(value))
+        for name in value:
+            try:
+                for regex in (name, _pattern_regex(name)):
+                    re.compile(regex)
+            except re.error as exc:
+                return Mismatch(
+                    f"{key}.{name}",
+                    "a module pattern that is a valid regular expression",
+                    f"{name!r} ({exc})",
+                    problem="invalid module pattern",
+                )
+        return MapOf(self.text, self.value).mismatch(value, key)
+
+
+#: The fields of ``adapter_config.json`` that genbound reads, and what each must hold; fields
+#: it does not read are not checked. Absent fields take PEFT's defaults.
+CONFIG_SCHEMA = Record(
+    "an object (PEFT's LoraConfig)",
+    {
+        "peft_type": STRING,
+        "r": POSITIVE_INT,
+        "lora_alpha": NUMBER,
+        "use_rslora": BOOL,
+        "use_dora": BOOL,
+        "fan_in_fan_out": BOOL,
+        "rank_pattern": Nullable(
+            PatternMap("an object of module patterns to positive integers", POSITIVE_INT)
+        ),
+        "alpha_pattern": Nullable(
+            PatternMap("an object of module patterns to finite numbers", NUMBER)
+        ),
+        "target_modules": Nullable(AnyOf("a string or a list of strings", (STRING, STRINGS))),
+        "modules_to_save": Nullable(STRINGS),
+        "base_model_name_or_path": Nullable(STRING),
+        "init_lora_weights": AnyOf("true, false or a string", (BOOL, STRING)),
+        "bias": STRING,
+    },
+)
+
+_LOSS = Leaf("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+
+#: The fields of a Trainer's ``trainer_state.json`` that genbound reads.
+TRAINER_STATE_SCHEMA = Record(
+    "an object (transformers' TrainerState)",
+    {
+        "global_step": Nullable(NONNEGATIVE_INT),
+        "logging_steps": Nullable(NONNEGATIVE_INT),
+        "log_history": ListOf(
+            "a list of logged entries",
+            Record("an object", {"step": NONNEGATIVE_INT, "loss": _LOSS, "eval_loss": _LOSS}),
+        ),
+    },
+)
+
+
 def is_peft_dir(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG).exists()
 
@@ -52,9 +138,13 @@ def is_peft_dir(path: Path) -> bool:
 def pattern_key(patterns: list[str], module: str) -> str | None:
     """PEFT's rule (``peft.utils.other.get_pattern_key``): first pattern matching a suffix."""
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
+        if re.match(_pattern_regex(key), module):
             return key
     return None
+
+
+def _pattern_regex(key: str) -> str:
+    return rf"(.*\.)?({key})$"
 
 
 def load_peft(
@@ -63,7 +153,8 @@ def load_peft(
     """Load one PEFT adapter folder (and its sub-folder adapters into ``others``)."""
     config_path = path / CONFIG
     config = read_json(config_path)
-    peft_type = str(config.get("peft_type", "")).upper()
+    check_json(config, CONFIG_SCHEMA, config_path)
+    peft_type = config.get("peft_type", "").upper()
     if peft_type != "LORA":
         raise input_error(
             config_path,
@@ -101,9 +192,9 @@ def load_peft(
     for sub in sorted(p for p in path.iterdir() if is_peft_dir(p)):
         others[sub.name] = load_peft(sub, base=base, base_arg=True, adapter_name=sub.name)
 
-    r = int(config.get("r", 8))
+    r = config.get("r", 8)
     alpha = float(config.get("lora_alpha", 8))
-    rslora = bool(config.get("use_rslora", False))
+    rslora = config.get("use_rslora", False)
     targets = config.get("target_modules") or ()
     hp = Hyperparams(
         rank=r,
@@ -130,7 +221,7 @@ def load_peft(
         metrics=state,
         adapter_name=adapter_name,
         others=others,
-        notes=tuple(notes),
+        notes=(*notes, *_trainer_loss_note(state)),
     )
 
 
@@ -146,13 +237,11 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
         else:
             saved[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = key
 
-    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
-    rslora = bool(config.get("use_rslora", False))
-    r_default, alpha_default = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
-    rank_pat, alpha_pat = (
-        dict(config.get("rank_pattern") or {}),
-        dict(config.get("alpha_pattern") or {}),
-    )
+    fan_in_fan_out = config.get("fan_in_fan_out", False)
+    rslora = config.get("use_rslora", False)
+    r_default, alpha_default = config.get("r", 8), float(config.get("lora_alpha", 8))
+    rank_pat = config.get("rank_pattern") or {}
+    alpha_pat = config.get("alpha_pattern") or {}
     updates: dict[str, Update] = {}
     dtypes: set[torch.dtype] = set()
     notes: list[str] = []
@@ -189,7 +278,7 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
                 found=f"shape {tuple(B.shape)}",
             )
         rk = pattern_key(list(rank_pat), module)
-        r_cfg = int(rank_pat[rk]) if rk is not None else r_default
+        r_cfg = rank_pat[rk] if rk is not None else r_default
         if r_cfg != r:
             raise input_error(
                 tf.path,
@@ -307,31 +396,61 @@ def check_against_base(u: Update, base: BaseModel) -> None:
 
 
 def _trainer_state(path: Path) -> dict:
-    """Train and eval losses from a Trainer's ``trainer_state.json`` (empty if absent)."""
+    """Losses a Trainer logged, from ``trainer_state.json`` (empty if absent).
+
+    The Trainer logs, every ``logging_steps`` steps, the mean training loss over the steps
+    since its previous log; so the last logged value is the mean over the last logging
+    window, not over the epoch or the run. It is stored under that name:
+
+    - ``last_logged_train_loss``: the last logged training loss (nats);
+    - ``last_logged_train_loss_step``: the step it was logged at;
+    - ``last_logged_train_loss_window``: the steps it is a mean over (from the previous
+      logged loss, else from step 0);
+    - ``logging_steps``: the Trainer's logging interval, when the state records it;
+    - ``eval_loss``, ``eval_loss_step``: the last evaluation loss and its step;
+    - ``run_mean_train_loss``: the mean training loss over the whole run, which the Trainer
+      logs (as ``train_loss``) only when training ends, so a ``checkpoint-N`` folder saved
+      during training lacks it;
+    - ``global_step``; ``train_loss_history`` and ``eval_loss_history``: (step, loss) pairs.
+    """
     state_path = path / "trainer_state.json"
     if not state_path.exists():
         return {}
     state = read_json(state_path)
-    history = state.get("log_history") or []
-    if not isinstance(history, list):
-        raise input_error(
-            state_path,
-            "invalid log_history",
-            key="log_history",
-            expected="a list",
-            found=type(history).__name__,
-        )
-    train = [(h.get("step"), h["loss"]) for h in history if isinstance(h, dict) and "loss" in h]
-    evals = [
-        (h.get("step"), h["eval_loss"]) for h in history if isinstance(h, dict) and "eval_loss" in h
-    ]
+    check_json(state, TRAINER_STATE_SCHEMA, state_path)
+    history = state.get("log_history", [])
+    train = [(h.get("step"), h["loss"]) for h in history if "loss" in h]
+    evals = [(h.get("step"), h["eval_loss"]) for h in history if "eval_loss" in h]
     out: dict = {
         "global_step": state.get("global_step"),
         "train_loss_history": train,
         "eval_loss_history": evals,
     }
+    if state.get("logging_steps") is not None:
+        out["logging_steps"] = state["logging_steps"]
     if train:
-        out["train_loss"] = train[-1][1]
+        step, loss = train[-1]
+        previous = train[-2][0] if len(train) > 1 else 0
+        out["last_logged_train_loss"] = loss
+        out["last_logged_train_loss_step"] = step
+        if step is not None and previous is not None:
+            out["last_logged_train_loss_window"] = step - previous
     if evals:
-        out["eval_loss"] = evals[-1][1]
+        out["eval_loss"], out["eval_loss_step"] = evals[-1][1], evals[-1][0]
+    run_means = [h["train_loss"] for h in history if "train_loss" in h]
+    if run_means:
+        out["run_mean_train_loss"] = run_means[-1]
     return out
+
+
+def _trainer_loss_note(metrics: dict) -> list[str]:
+    """A sentence saying what the recorded training loss is a mean over."""
+    if "last_logged_train_loss" not in metrics:
+        return []
+    window = metrics.get("last_logged_train_loss_window")
+    over = f"the last logging window of {window} steps" if window else "the last logging window"
+    return [
+        f"trainer_state.json: last_logged_train_loss is the last logged training loss "
+        f"(mean over {over}, step {metrics['last_logged_train_loss_step']}), not a mean "
+        "over the epoch or the run"
+    ]
