@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import build_peft, tiny_bert
 
 from genbound import load_checkpoint
+from genbound.checkpoint.peft import CONFIG_SCHEMA
 from genbound.cli.main import main
 from genbound.errors import GenboundError
 from genbound.report.writer import checkpoint_info
@@ -101,6 +103,23 @@ def test_valid_patterns_and_nulls_still_load(adapter):
     assert ckpt.updates["bert.encoder.layer.0.attention.self.query"].scale == pytest.approx(2.0)
 
 
+def _peft_docs() -> str:
+    doc = (Path(__file__).parents[1] / "docs" / "checkpoint-format.md").read_text()
+    return doc[doc.index("# PEFT adapter folders") :]
+
+
+def test_docs_state_every_config_field():
+    doc = _peft_docs()
+    for name in CONFIG_SCHEMA.fields:
+        assert f"`{name}`" in doc, name
+
+
+def _assert_metrics_documented(metrics) -> None:
+    doc = _peft_docs()
+    for name in metrics:
+        assert name.endswith("_history") or f"`{name}`" in doc, name
+
+
 def _write_state(ad, log_history, **extra):
     state = {"global_step": 25, "log_history": log_history, **extra}
     (ad / "trainer_state.json").write_text(json.dumps(state))
@@ -130,6 +149,7 @@ def test_trainer_loss_is_named_as_the_last_logged_window(adapter):
     assert info["metrics"]["last_logged_train_loss"] == 0.5
     assert not any(k.endswith("_history") for k in info["metrics"])
     assert note in info["notes"]
+    _assert_metrics_documented(m)
 
 
 def test_run_mean_train_loss_when_the_trainer_logged_it(adapter):
@@ -142,6 +162,7 @@ def test_run_mean_train_loss_when_the_trainer_logged_it(adapter):
     m = load_checkpoint(adapter).metrics
     assert m["run_mean_train_loss"] == 0.8 and m["last_logged_train_loss"] == 0.6
     assert m["last_logged_train_loss_window"] == 10 and "logging_steps" not in m
+    _assert_metrics_documented(m)
 
 
 @pytest.mark.parametrize(
