@@ -196,7 +196,9 @@ def test_run_manifest_errors(tmp_path, capsys):
 
 def test_nonpositive_n_train(adapter, capsys):
     _, ad = adapter
-    _assert_fails(["inspect", str(ad), "--n-train", "0"], capsys, "n_train > 0")
+    _assert_fails(["inspect", str(ad), "--n-train", "0"], capsys, "--n-train", "positive", "0")
+    with pytest.raises(GenboundError, match="n_train > 0"):
+        load_checkpoint(ad, n_train=0)
 
 
 def test_failed_report_writes_nothing(adapter, tmp_path, capsys):

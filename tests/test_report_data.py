@@ -348,7 +348,7 @@ def test_report_on_a_folder_of_checkpoints_compares_and_reuses(tmp_path, capsys)
     assert main(args) == 0
     printed = capsys.readouterr()
     assert "3 checkpoints (3 reported now, 0 reused)" in printed.out
-    assert "[3/3] checkpoint-5: reported" in printed.err and "s left" in printed.err
+    assert "[3/3] run2/checkpoint-5: reported" in printed.err and "s left" in printed.err
     out = sweep / "genbound-report"
     doc = json.loads((out / "sweep" / "sweep.json").read_text())
     names = [f"run{i}__checkpoint-5" for i in range(3)]

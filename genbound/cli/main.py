@@ -1,7 +1,10 @@
 """``genbound``: inspect checkpoints, write reports, run the demo.
 
-User errors (bad paths, inconsistent checkpoints) print one paragraph to stderr and
-exit with status 2; no traceback is shown for them.
+User errors (bad paths, inconsistent checkpoints, bad options) print one paragraph to
+stderr and exit with status 2. Any other failure prints a short "internal error"
+paragraph naming a log file that holds the traceback, and exits with status 1. No
+traceback is ever shown. Arguments are parsed before torch is imported, so ``--help``,
+``--version`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from genbound.errors import GenboundError
+from genbound.parts import PARTS, check_parts
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -32,8 +37,15 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--n-train",
-        type=int,
+        type=_positive_int,
         help="number of training examples, if the checkpoint does not record it",
+    )
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let the checkpoint name Python code to run: a task or base-model function that "
+        "is not genbound's own (off by default: a checkpoint from someone else never runs "
+        "code it names)",
     )
 
 
@@ -57,9 +69,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoding", default="utf-8", help="encoding of --data (default: utf-8)")
     g.add_argument(
         "--label-names",
-        help="comma-separated label names in class-index order (default: sorted labels)",
+        help="comma-separated label names in class-index order (default: integer labels are class indices, other labels sorted)",
     )
-    g.add_argument("--max-length", type=int, default=64, help="tokens per text (default: 64)")
+    g.add_argument(
+        "--max-length", type=_positive_int, default=64, help="tokens per text (default: 64)"
+    )
     g.add_argument(
         "--task",
         metavar="MODULE:FUNCTION",
@@ -87,20 +101,94 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "layer's dW on the directions its adapter reaches), factors (the adapter's trained "
         "factors) or tensors (every entry of each updated tensor)",
     )
-    p.add_argument("--only", help=f"comma-separated parts to compute (of: {', '.join(_parts())})")
+    p.add_argument("--only", help=f"comma-separated parts to compute (of: {', '.join(PARTS)})")
     p.add_argument("--skip", help="comma-separated parts not to compute")
+    c = p.add_argument_group(
+        "curvature and landscapes",
+        "their cost grows with the examples times the products or points",
+    )
+    c.add_argument(
+        "--curvature-examples",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="training examples the Hessian and the landscapes average over: a seeded sample "
+        "stratified by label (default: 256)",
+    )
+    c.add_argument(
+        "--trace-products",
+        type=_positive_int,
+        default=30,
+        metavar="N",
+        help="Hessian-vector products of the Hutch++ trace (default: 30)",
+    )
+    c.add_argument(
+        "--density-probes",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="random probes of the Hessian spectral density (default: 2)",
+    )
+    c.add_argument(
+        "--density-steps",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="Lanczos steps per density probe (default: 20)",
+    )
+    c.add_argument(
+        "--landscape-steps",
+        type=_landscape_steps,
+        default=21,
+        metavar="N",
+        help="points of each 1-D landscape slice, 4 k + 1 (default: 21)",
+    )
+    c.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the example sample, Lanczos, Hutch++ and the random direction (default: 0)",
+    )
 
 
-def _parts() -> tuple[str, ...]:
-    from genbound.report.measures import PARTS
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; found {value}")
+    return value
 
-    return PARTS
+
+def _landscape_steps(text: str) -> int:
+    value = _positive_int(text)
+    if value < 5 or (value - 1) % 4:
+        raise argparse.ArgumentTypeError(
+            f"expected 4 k + 1 points (5, 9, ..., 21, ...) so the path slice hits the base model "
+            f"and the checkpoint; found {value}"
+        )
+    return value
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps; found {text!r}")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one paragraph, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"genbound: error: {self.prog}: {message}; see '{self.prog} --help'.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="genbound", description="Generalization analysis for fine-tuned models."
-    )
+    parser = _Parser(prog="genbound", description="Generalization analysis for fine-tuned models.")
     parser.add_argument("--version", action="version", version=f"genbound {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,12 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument(
         "--device",
+        type=_device,
         default="cpu",
-        help="where the model runs on data: cpu (default), cuda, cuda:N",
+        help="where the model runs on data: cpu (default), cuda, cuda:N or mps",
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=_positive_int,
         default=1,
         help="a folder of checkpoints: report on N at a time in separate processes",
     )
@@ -153,7 +242,13 @@ def _version() -> str:
 def _load(args: argparse.Namespace):
     from genbound.checkpoint import load_checkpoint
 
-    return load_checkpoint(args.path, base=args.base, adapter=args.adapter, n_train=args.n_train)
+    return load_checkpoint(
+        args.path,
+        base=args.base,
+        adapter=args.adapter,
+        n_train=args.n_train,
+        trust_code=args.trust_code,
+    )
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -206,8 +301,6 @@ def _task_reference(args: argparse.Namespace) -> tuple[object | None, str]:
 
 
 def _selected_parts(args: argparse.Namespace) -> frozenset[str]:
-    from genbound.report.measures import PARTS, check_parts
-
     def split(text: str | None, flag: str) -> frozenset[str]:
         if text is None:
             return frozenset()
@@ -240,112 +333,167 @@ def _report_options(args: argparse.Namespace) -> dict:
         "parts": sorted(_selected_parts(args)),
         "mi_loss": _mi_loss(args.mi_loss),
         "curvature_space": args.curvature_space,
+        "curvature_examples": args.curvature_examples,
+        "trace_products": args.trace_products,
+        "density_probes": args.density_probes,
+        "density_steps": args.density_steps,
+        "landscape_steps": args.landscape_steps,
+        "seed": args.seed,
         "n_train": args.n_train,
         "device": args.device,
     }
 
 
+def _check_report_inputs(args: argparse.Namespace, out: Path) -> None:
+    """Everything about the command line that can be checked before any work: the output
+    folder, the cache folder and the device."""
+    from genbound.report.writer import check_output_folder
+    from genbound.spectra.basecache import default_cache_dir
+
+    check_output_folder(out, what="report folder")
+    cache = default_cache_dir()
+    check_output_folder(cache, what="cache folder (set by GENBOUND_CACHE or XDG_CACHE_HOME)")
+    if args.device != "cpu":
+        from genbound.report.batch import check_device
+
+        check_device(args.device)
+
+
+def _job(args: argparse.Namespace, checkpoint: Path, out: Path, name: str = "", **kw):
+    from genbound.report.batch import ReportJob
+
+    ref, _ = _task_reference(args)
+    return ReportJob(
+        str(checkpoint),
+        str(out),
+        task=ref.to_json() if ref is not None else None,
+        options=_report_options(args),
+        base=str(args.base) if args.base else None,
+        adapter=args.adapter,
+        trust_code=args.trust_code,
+        name=name,
+        **kw,
+    )
+
+
 def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
     """Reports for every checkpoint under ``args.path`` (reused by content), then the comparison."""
-    from genbound.cli.progress import stage
-    from genbound.report.batch import ReportJob, run_report_jobs
-    from genbound.report.sweep import write_sweep
+    import time
+
+    from genbound.cli.progress import make_stage, report_stage_names
+    from genbound.report.batch import run_sweep
 
     root = args.path
     out = args.out or root / "genbound-report"
-    ref, _ = _task_reference(args)
-    options = _report_options(args)
-    names = [c.relative_to(root).as_posix().replace("/", "__") for c in found]
+    _check_report_inputs(args, out)
+    names = [c.relative_to(root).as_posix() for c in found]
     jobs = [
-        ReportJob(
-            str(c),
-            str(out / "reports" / name),
-            task=ref.to_json() if ref is not None else None,
-            options=options,
-            base=str(args.base) if args.base else None,
-            adapter=args.adapter,
-            force=args.force,
-        )
+        _job(args, c, out / "reports" / name.replace("/", "__"), name, force=args.force)
         for c, name in zip(found, names, strict=True)
     ]
-    import time
-
     started, done = time.perf_counter(), []
 
-    def on_done(job, computed: bool) -> None:  # one line per checkpoint, with the time left
-        done.append(computed)
+    def on_done(outcome) -> None:  # one line per checkpoint, with the time left
+        done.append(outcome)
         spent = time.perf_counter() - started
         left = spent / len(done) * (len(jobs) - len(done))
-        what = "reported" if computed else "reused"
+        what = "reported" if outcome.computed else "reused" if outcome.ok else "FAILED"
         print(
-            f"[{len(done)}/{len(jobs)}] {Path(job.checkpoint).name}: {what}; "
+            f"[{len(done)}/{len(jobs)}] {outcome.name}: {what}; "
             f"{spent:.0f} s so far, about {left:.0f} s left",
             file=sys.stderr,
+            flush=True,
         )
 
-    results = run_report_jobs(jobs, workers=args.jobs, stage=stage, on_done=on_done)
-    docs = {
-        name: json.loads((Path(folder) / "report.json").read_text())
-        for name, (folder, _) in zip(names, results, strict=True)
-    }
-    write_sweep(out / "sweep", docs)
-    fresh = sum(computed for _, computed in results)
+    stage = make_stage(report_stage_names(jobs[0].options))
+    result = run_sweep(jobs, out / "sweep", workers=args.jobs, stage=stage, on_done=on_done)
+    ok = [o for o in result.outcomes if o.ok]
+    fresh = sum(o.computed for o in ok)
+    count = f"{len(ok)} of {len(found)}" if result.failed else f"{len(found)}"
     print(
-        f"{len(found)} checkpoints ({fresh} reported now, {len(found) - fresh} reused): "
-        f"reports in {out}/reports, comparison in {out}/sweep/sweep.md"
+        f"{count} checkpoints ({fresh} reported now, {len(ok) - fresh} reused): "
+        f"reports in {out}/reports"
+        + (f", comparison in {result.sweep}/sweep.md" if result.sweep else "")
     )
-    return 0
+    return _report_failures(result.failed)
+
+
+def _report_failures(failed) -> int:
+    """Print each failed checkpoint's error (logging internal ones); the exit status."""
+    if not failed:
+        return 0
+    lines = [f"{len(failed)} checkpoint(s) could not be reported:"]
+    internal = False
+    for o in failed:
+        msg = o.error
+        if o.internal:
+            internal = True
+            msg += f"; details in {_write_log(o.details or o.error)}"
+        lines.append(f"  {o.name}: {msg}")
+    print("genbound: error: " + "\n".join(lines), file=sys.stderr)
+    return 1 if internal else 2
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if not args.path.exists():
+        from genbound.errors import input_error
+
+        raise input_error(
+            args.path,
+            "checkpoint not found",
+            expected="a checkpoint folder or file, or a folder of checkpoints",
+            found="no such path",
+        )
     if args.path.is_dir():
         from genbound.report.batch import find_checkpoints
 
         found = find_checkpoints(args.path)
         if found and found != [args.path]:
             return _report_sweep(found, args)
-    from genbound.cli.progress import stage, track
+    from genbound.cli.progress import make_stage, report_stage_names, track
     from genbound.report import ensure_writable
-    from genbound.report.batch import ReportJob, run_report_job
+    from genbound.report.batch import run_report_job
 
     out = args.out or (args.path if args.path.is_dir() else args.path.parent) / "genbound-report"
+    _check_report_inputs(args, out)
     ensure_writable(out, force=args.force)  # fail before the work, not after
-    ref, _ = _task_reference(args)
-    job = ReportJob(
-        str(args.path),
-        str(out),
-        task=ref.to_json() if ref is not None else None,
-        options=_report_options(args),
-        base=str(args.base) if args.base else None,
-        adapter=args.adapter,
-        force=True,
-    )
+    job = _job(args, args.path, out, force=True)
+    stage = make_stage(report_stage_names(job.options))
     done, _ = run_report_job(job, stage=stage, progress=lambda it, n: track(it, n, "spectra"))
-    print(f"report written to {done}/report.md (and report.json)")
+    print(f"report written to {done}/report.html (and report.md, report.json)")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from genbound.cli.progress import stage
+    from genbound.cli.progress import make_stage, report_stage_names
     from genbound.demo import ALL, DEFAULT, FAST
     from genbound.demo.run import run_demo
+    from genbound.report.writer import check_output_folder
 
     config = FAST if args.fast else ALL if args.all else DEFAULT
+    check_output_folder(args.out, what="demo folder")
     start = time.perf_counter()
+    stage = make_stage(report_stage_names(config.report_options()))
     result = run_demo(args.out, config, force=args.force, stage=stage)
+    first = next(iter(result.reports))
     print(
         f"{len(result.runs)} runs ({len(result.trained)} trained now) in {args.out}/runs, "
-        f"reports in {args.out}/reports, done in {time.perf_counter() - start:.0f} s"
+        f"done in {time.perf_counter() - start:.0f} s\n"
+        f"reports: {args.out}/reports/<run>/report.html (e.g. "
+        f"{result.reports[first]}/report.html), with report.md and report.json\n"
+        f"sweep comparison: {result.sweep}/sweep.md"
     )
-    print(f"sweep comparison: {result.sweep}/sweep.md")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or an argument error already printed
+        return int(exc.code or 0)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
@@ -357,6 +505,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genbound: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not the input's fault: no traceback on screen
+        import traceback
+
+        log_path = _write_log(traceback.format_exc(), argv=sys.argv if argv is None else argv)
+        print(
+            f"genbound: internal error: {type(exc).__name__}: {_first_line(exc)}. This is a bug "
+            f"in genbound, not a problem with your input; the details are in {log_path} "
+            "(please include that file when you report it).",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else "(no message)"
+
+
+def _write_log(details: str, *, argv: Sequence[str] | None = None) -> str:
+    """Write ``details`` (a traceback) to a new log file; its path, or a note if none could be
+    written (the traceback then goes to stderr as the last resort)."""
+    import os
+    import tempfile
+    import time
+
+    header = (
+        f"genbound {_version()}, python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\nargv: {list(argv or [])}\n\n"
+    )
+    for folder in (_cache_root() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(
+                prefix=f"genbound-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log", dir=folder
+            )
+            with os.fdopen(fd, "w") as fh:
+                fh.write(header + details)
+            return path
+        except OSError:
+            continue
+    print(details, file=sys.stderr)
+    return "the traceback above (no log file could be written)"
+
+
+def _cache_root() -> Path:
+    import os
+
+    root = os.environ.get("GENBOUND_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genbound"
 
 
 if __name__ == "__main__":

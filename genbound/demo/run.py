@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genbound.demo.sweep import DemoConfig, TrainJob, train_variant
-from genbound.report.batch import ReportJob, read_json, run_report_jobs
+from genbound.errors import GenboundError
+from genbound.report.batch import ReportJob, run_sweep
 from genbound.report.measures import Stage, no_stage
-from genbound.report.sweep import write_sweep
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +96,19 @@ def run_demo(
         ReportJob(
             str(run_dir),
             str(out / "reports" / name),
-            options={
-                "curvature_examples": config.curvature_examples,
-                "trace_products": config.trace_products,
-                "density_probes": config.density_probes,
-                "density_steps": config.density_steps,
-                "landscape_steps": config.landscape_steps,
-                "seed": config.seed,
-            },
+            options=config.report_options(),
             force=force,
         )
         for name, run_dir in runs.items()
     ]
-    results = run_report_jobs(jobs, stage=stage)
-    reports = {name: Path(folder) for name, (folder, _) in zip(runs, results, strict=True)}
-    reported = [name for name, (_, fresh) in zip(runs, results, strict=True) if fresh]
-    docs = {name: read_json(folder / "report.json") for name, folder in reports.items()}
-    sweep = write_sweep(out / "sweep", docs)
-    return DemoResult(runs, reports, sweep, tuple(trained), tuple(reported))
+    result = run_sweep(jobs, out / "sweep", stage=stage)
+    internal = [o for o in result.failed if o.internal]
+    if internal:  # an error inside genbound: keep its traceback for the log
+        raise RuntimeError(f"demo: the report of {internal[0].name} failed\n{internal[0].details}")
+    if result.failed:
+        raise GenboundError(
+            "demo: reports failed for " + "; ".join(f"{o.name}: {o.error}" for o in result.failed)
+        )
+    reports = {name: Path(o.folder) for name, o in zip(runs, result.outcomes, strict=True)}
+    reported = [name for name, o in zip(runs, result.outcomes, strict=True) if o.computed]
+    return DemoResult(runs, reports, result.sweep, tuple(trained), tuple(reported))

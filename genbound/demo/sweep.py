@@ -85,6 +85,18 @@ class DemoConfig:
             "batch_size": self.batch_size,
         }
 
+    def report_options(self) -> dict:
+        """The reports' settings (keywords of ``measure_checkpoint``); the same as
+        ``genbound report RUN --curvature-examples ... --seed ...``."""
+        return {
+            "curvature_examples": self.curvature_examples,
+            "trace_products": self.trace_products,
+            "density_probes": self.density_probes,
+            "density_steps": self.density_steps,
+            "landscape_steps": self.landscape_steps,
+            "seed": self.seed,
+        }
+
 
 DEFAULT_VARIANTS = (
     VariantSpec("head", "head", rank=None, lr=5e-3, epochs=8),  # cheap: the top is cached

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genbound.checkpoint.native import is_run_dir
+from genbound.checkpoint.native import MANIFEST, is_run_dir
 from genbound.checkpoint.peft import is_peft_dir
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,12 @@ def content_key(path: str | os.PathLike) -> str:
     """BLAKE2b over the names and bytes of a checkpoint's files (a folder's top-level files,
     or one file): equal keys, equal checkpoints."""
     p = Path(path)
+    if not p.exists():
+        from genbound.errors import input_error
+
+        raise input_error(
+            p, "checkpoint not found", expected="a checkpoint folder or file", found="no such path"
+        )
     files = (
         sorted(f for f in p.iterdir() if f.is_file() and f.name not in _NOT_CONTENT)
         if p.is_dir()
@@ -49,23 +55,36 @@ def content_key(path: str | os.PathLike) -> str:
 
 def find_checkpoints(root: str | os.PathLike, *, max_depth: int = 3) -> list[Path]:
     """PEFT adapter folders and genbound run folders under ``root`` (not inside each other),
-    in sorted order; ``root`` itself if it is one."""
+    in sorted order; ``root`` itself if it is one.
+
+    Each checkpoint is listed once, by a path without symbolic links where there is one:
+    links are followed only after the plain folders have been walked, and a link to a
+    folder already seen (a loop back to ``root``, a second name of a checkpoint) is skipped.
+    """
     root = Path(root)
     if is_peft_dir(root) or is_run_dir(root):
         return [root]
     found: list[Path] = []
+    seen: set[Path] = {root.resolve()}
 
-    def walk(d: Path, depth: int) -> None:
+    def walk(d: Path, depth: int, links: bool) -> None:
         for sub in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")):
-            if sub.name == "genbound-report":
+            link = sub.is_symlink()
+            if sub.name == "genbound-report" or (link and not links):
+                continue
+            real = sub.resolve()
+            if link and real in seen:  # a loop, or a second name of something walked
                 continue
             if is_peft_dir(sub) or is_run_dir(sub):
-                found.append(sub)
+                if real not in seen:
+                    found.append(sub)
             elif depth < max_depth:
-                walk(sub, depth + 1)
+                walk(sub, depth + 1, links)
+            seen.add(real)
 
-    walk(root, 1)
-    return found
+    walk(root, 1, links=False)
+    walk(root, 1, links=True)
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,10 @@ class ReportJob:
             (``parts``, ``mi_loss``, ``n_train``, ``curvature_examples``, ...).
         base, adapter: as for :func:`genbound.load_checkpoint`.
         force: recompute even if a report of the same content exists.
+        trust_code: let the checkpoint's recorded task and base-model references run code
+            that is not genbound's own (``--trust-code``).
+        name: how progress lines and errors name the checkpoint (default: its folder name;
+            a sweep uses its path relative to the sweep's root).
     """
 
     checkpoint: str
@@ -90,6 +113,12 @@ class ReportJob:
     base: str | None = None
     adapter: str | None = None
     force: bool = False
+    trust_code: bool = False
+    name: str = ""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or Path(self.checkpoint).name
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,15 +163,22 @@ def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple
     ):
         return str(out), False
     ckpt = load_checkpoint(
-        job.checkpoint, base=job.base, adapter=job.adapter, n_train=job.options.get("n_train")
+        job.checkpoint,
+        base=job.base,
+        adapter=job.adapter,
+        n_train=job.options.get("n_train"),
+        trust_code=job.trust_code,
     )
     ref_json = job.task if job.task is not None else ckpt.data
     task = ref = None
     if ref_json:
-        where = "task" if job.task is not None else f"{job.checkpoint}: data"
+        # the job's task is the user's own choice; the checkpoint's needs genbound's own code
+        # or trust_code
+        trusted = job.task is not None or job.trust_code
+        where = "task" if job.task is not None else f"{ckpt.path / MANIFEST} [key 'data.task']"
         ref = TaskReference.from_json(ref_json, where=where)
         with stage("loading the task") if stage is not None else contextlib.nullcontext():
-            task = load_task(ref, where=where)
+            task = load_task(ref, where=where, trusted=trusted)
     options = dict(job.options)
     device = options.pop("device", None)
     if device is not None and task is not None:
@@ -154,8 +190,37 @@ def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple
     measures = measure_checkpoint(
         ckpt, task=task, task_reference=ref.to_json() if ref else None, **options
     )
-    write_report(ckpt, out, measures, force=True, content_key=key, settings_key=settings)
+    write_report(
+        ckpt,
+        out,
+        measures,
+        force=True,
+        content_key=key,
+        settings_key=settings,
+        settings=job.options,
+    )
     return str(out), True
+
+
+def check_device(device: str) -> None:
+    """A GenboundError unless ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is here."""
+    import torch
+
+    from genbound.errors import GenboundError
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise GenboundError(f"--device {device}: expected a CUDA device; found none.")
+        if index and int(index) >= count:
+            raise GenboundError(
+                f"--device {device}: expected a CUDA device index below {count}; found {index}."
+            )
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise GenboundError(f"--device {device}: expected an Apple MPS device; found none.")
+    elif kind not in ("cpu", "cuda", "mps"):
+        raise GenboundError(f"--device {device}: expected cpu, cuda, cuda:N or mps.")
 
 
 def with_device(task: Any, device: str) -> Any:
@@ -164,11 +229,7 @@ def with_device(task: Any, device: str) -> Any:
 
     from genbound.errors import GenboundError
 
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise GenboundError(f"--device {device}: expected a CUDA device; found none.")
+    check_device(device)
     if device == getattr(task, "device", "cpu"):
         return task
     if not (
@@ -187,33 +248,128 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    """What became of one :class:`ReportJob`.
+
+    Attributes:
+        name: the job's display name (its checkpoint's path relative to the sweep).
+        folder: the report folder.
+        computed: the report was computed now (False: reused, or failed).
+        error: None on success; else one paragraph saying what went wrong.
+        internal: the failure is not the input's fault (an error inside genbound).
+        details: the traceback of an internal failure, for the log.
+    """
+
+    name: str
+    folder: str
+    computed: bool = False
+    error: str | None = None
+    internal: bool = False
+    details: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def attempt_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> JobOutcome:
+    """:func:`run_report_job`, with a failure returned as the outcome instead of raised (so
+    one broken checkpoint of a sweep does not stop the others). Interrupts still propagate."""
+    import traceback
+
+    from genbound.errors import GenboundError
+
+    job = job if isinstance(job, ReportJob) else ReportJob(**job)
+    try:
+        folder, computed = run_report_job(job, stage=stage, progress=progress)
+    except GenboundError as exc:
+        return JobOutcome(job.display_name, job.out, error=str(exc))
+    except Exception as exc:
+        return JobOutcome(
+            job.display_name,
+            job.out,
+            error=f"internal error ({type(exc).__name__}: {exc})",
+            internal=True,
+            details=traceback.format_exc(),
+        )
+    return JobOutcome(job.display_name, folder, computed)
+
+
 def run_report_jobs(
     jobs: Sequence[ReportJob],
     *,
     workers: int = 1,
     stage=None,
-    on_done: Callable[[ReportJob, bool], None] | None = None,
-) -> list[tuple[str, bool]]:
+    on_done: Callable[[JobOutcome], None] | None = None,
+) -> list[JobOutcome]:
     """Run jobs in this process (``workers=1``, with ``stage`` spinners) or in a pool of
-    ``workers`` processes sharing the cores; results in job order."""
+    ``workers`` processes sharing the cores; outcomes in job order. A job that fails does
+    not stop the others: its outcome carries the error."""
     if workers <= 1 or len(jobs) <= 1:
         results = []
         for job in jobs:
-            name = Path(job.checkpoint).name
-            res = run_report_job(
+            name = job.display_name
+            res = attempt_report_job(
                 job, stage=(lambda s, n=name: stage(f"{n}: {s}")) if stage else None
             )
             results.append(res)
             if on_done:
-                on_done(job, res[1])
+                on_done(res)
         return results
+    from concurrent.futures.process import BrokenProcessPool
+
     threads = max(1, (os.cpu_count() or 1) // workers)
-    out: dict[int, tuple[str, bool]] = {}
+    out: dict[int, JobOutcome] = {}
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_report_job, job.to_json()): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(attempt_report_job, job.to_json()): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
             i = futures[fut]
-            out[i] = fut.result()
+            try:
+                out[i] = fut.result()
+            except BrokenProcessPool:
+                out[i] = JobOutcome(
+                    jobs[i].display_name,
+                    jobs[i].out,
+                    error="internal error (a worker process died, e.g. killed for lack of "
+                    "memory; try fewer --jobs)",
+                    internal=True,
+                )
             if on_done:
-                on_done(jobs[i], out[i][1])
+                on_done(out[i])
     return [out[i] for i in range(len(jobs))]
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """A sweep's reports and comparison: ``outcomes`` in job order, ``sweep`` the comparison
+    folder (None when no report succeeded)."""
+
+    outcomes: tuple[JobOutcome, ...]
+    sweep: Path | None
+
+    @property
+    def failed(self) -> tuple[JobOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.ok)
+
+
+def run_sweep(
+    jobs: Sequence[ReportJob],
+    sweep_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    stage=None,
+    on_done: Callable[[JobOutcome], None] | None = None,
+) -> SweepOutcome:
+    """Report on every job's checkpoint, then compare the reports that succeeded (keyed by
+    their report folder's name) in ``sweep_dir``; failed jobs are in the outcome."""
+    from genbound.report.sweep import write_sweep
+
+    outcomes = run_report_jobs(jobs, workers=workers, stage=stage, on_done=on_done)
+    docs = {
+        Path(o.folder).name: doc
+        for o in outcomes
+        if o.ok and (doc := read_json(Path(o.folder) / "report.json")) is not None
+    }
+    sweep = write_sweep(Path(sweep_dir), docs) if docs else None
+    return SweepOutcome(tuple(outcomes), sweep)
