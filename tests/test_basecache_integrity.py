@@ -120,6 +120,14 @@ def _entry_of_another_shape(path):
     basecache.write_entry(path, spec, (20, 20))
 
 
+def _double_s_resummed(path):
+    def change(a):
+        a["S"] = 2 * a["S"]
+        a["checksum"] = np.array(basecache.entry_checksum(a))
+
+    _resave(path, change)
+
+
 def _unknown_method(path):
     def change(a):
         a["method"] = np.array("magic")
@@ -143,6 +151,7 @@ CORRUPTIONS = {
     "empty": (_empty, "unreadable: EOFError"),
     "not a zip": (_not_a_zip, "unreadable"),
     "doubled S": (_double_s, "checksum"),
+    "doubled S, checksum redone": (_double_s_resummed, "Frobenius"),
     "wrong vector shape": (_wrong_vectors_shape, "checksum"),
     "wrong vector shape, checksum redone": (_wrong_vectors_shape_resummed, "of shape"),
     "old format": (_old_format_wrong_shape, "fields missing"),
@@ -170,7 +179,7 @@ def test_bad_entry_is_recomputed_and_replaced(tmp_path, caplog, orientation, cor
     _assert_is_spectrum_of(spec, w0, rtol=1e-10)
 
     # the entry on disk was replaced by a valid one: read back without recomputing
-    read_entry(path, content_key(w0), shape)
+    read_entry(path, content_key(w0), w0)
     again = BaseSpectrumCache(tmp_path / "cache")
     caplog.clear()
     reread = again.get(w0)
@@ -186,7 +195,7 @@ def test_gram_entries_are_verified_too(tmp_path, caplog):
         spec = cache.get(w0)
     assert spec.method == "gram-eigh-float32" and "checksum" in caplog.text
     _assert_is_spectrum_of(spec, w0, rtol=1e-5)
-    assert read_entry(path, content_key(w0), (45, 30)).method == "gram-eigh-float32"
+    assert read_entry(path, content_key(w0), w0).method == "gram-eigh-float32"
 
 
 def test_peek_drops_a_bad_entry_and_computes_nothing(tmp_path, caplog, monkeypatch):

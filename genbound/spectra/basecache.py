@@ -22,7 +22,8 @@ of such products and counted in ``n_dropped``. Cosines are accurate to about 1e-
 Each entry (``<root>/<key[:2]>/<key>.npz``) stores, beside the arrays, the format version,
 its key, W0's shape (n, m) and a BLAKE2b checksum of every stored array (name, dtype, shape
 and bytes). An entry is used only when it reads back whole and every check passes (version,
-key, shapes of S and of U or V against (n, m), the checksum, finite values, a known method);
+key, shapes of S and of U or V against (n, m), the checksum, finite values, a known method,
+sum(S^2) against ||W0||_F^2);
 any other entry is reported in a warning, recomputed and replaced. Entries are written to a
 hidden temporary file (``.<key>.*.npz``) that is renamed into place; temporary files older
 than :data:`STALE_TEMP_SECONDS` (left by a killed writer) are removed.
@@ -49,6 +50,10 @@ FORMAT_VERSION = 4
 
 #: How each way of computing is named in an entry.
 METHODS = ("svd-float64", "gram-eigh-float32")
+
+#: Relative accuracy of sum(S^2) against ||W0||_F^2 for each method (float32 Gram
+#: eigenvalues carry rounding of about 1e-6 of the largest).
+FROBENIUS_RTOL = {"svd-float64": 1e-9, "gram-eigh-float32": 1e-4}
 
 #: A hidden temporary entry older than this (seconds) was left by a killed writer: a writer
 #: creates its file only once the spectrum is computed, and fills it in well under a minute.
@@ -185,12 +190,12 @@ class BaseSpectrumCache:
     def peek(self, w0: torch.Tensor) -> BaseSpectrum | None:
         """The cached spectrum of ``w0``, or None when it is not cached (nothing computed;
         an entry that fails verification is removed)."""
-        return self._lookup(content_key(w0), tuple(w0.shape), remove_bad=True)
+        return self._lookup(content_key(w0), w0, remove_bad=True)
 
     def _lookup(
-        self, key: str, shape: tuple[int, int], *, remove_bad: bool = False
+        self, key: str, w0: torch.Tensor, *, remove_bad: bool = False
     ) -> BaseSpectrum | None:
-        """The verified entry of ``key`` for a W0 of ``shape``, or None (absent or bad; a bad
+        """The verified entry of ``key`` for ``w0``, or None (absent or bad; a bad
         one is recomputed by :meth:`get`, or removed when ``remove_bad``)."""
         path = self._path(key)
         if path is None:
@@ -199,7 +204,7 @@ class BaseSpectrumCache:
         if not path.exists():
             return None
         try:
-            spec = read_entry(path, key, shape)
+            spec = read_entry(path, key, w0)
         except BadEntry as exc:
             action = "removing it" if remove_bad else "recomputing it"
             log.warning("base-SVD cache entry %s is invalid (%s); %s", path, exc, action)
@@ -213,8 +218,7 @@ class BaseSpectrumCache:
     def get(self, w0: torch.Tensor) -> BaseSpectrum:
         """The spectrum of ``w0``: from the cache, else computed and stored."""
         key = content_key(w0)
-        shape = tuple(w0.shape)
-        found = self._lookup(key, shape)
+        found = self._lookup(key, w0)
         if found is not None:
             return found
         with self._lock:
@@ -223,7 +227,7 @@ class BaseSpectrumCache:
         path = self._path(key)
         if path is not None:
             try:
-                write_entry(path, spec, shape)
+                write_entry(path, spec, tuple(w0.shape))
             except OSError as exc:
                 log.warning("cannot store base-SVD cache entry %s (%s)", path, exc)
         return spec
@@ -302,8 +306,9 @@ def write_entry(path: Path, spec: BaseSpectrum, shape: tuple[int, int]) -> None:
         raise
 
 
-def read_entry(path: Path, key: str, shape: tuple[int, int]) -> BaseSpectrum:
-    """Read and verify the entry of ``key`` for a W0 of ``shape`` (n, m).
+def read_entry(path: Path, key: str, w0: torch.Tensor) -> BaseSpectrum:
+    """Read and verify the entry of ``key`` for ``w0`` (n x m): besides the stored fields,
+    sum(S^2) must equal ||W0||_F^2 (to :data:`FROBENIUS_RTOL` of the method).
 
     Raises:
         BadEntry: the file does not read back whole, or any stored field disagrees with
@@ -314,7 +319,7 @@ def read_entry(path: Path, key: str, shape: tuple[int, int]) -> BaseSpectrum:
             arrays = {name: z[name] for name in z.files}
     except Exception as exc:  # any failure to read is a bad entry (zip, npy, EOF, memory)
         raise BadEntry(f"unreadable: {type(exc).__name__}: {exc}") from None
-    n, m = shape
+    n, m = w0.shape
     vector_name, side = ("U", n) if n <= m else ("V", m)
     common = {"format_version", "key", "shape", "S", "method", "n_dropped", "checksum"}
     if missing := sorted(common - arrays.keys()):
@@ -340,6 +345,7 @@ def read_entry(path: Path, key: str, shape: tuple[int, int]) -> BaseSpectrum:
         (lambda: np.isfinite(S).all() and np.isfinite(vectors).all(), "non-finite values"),
         (lambda: (S >= 0).all() and (np.diff(S) <= 0).all(), "S not non-negative, descending"),
         (lambda: int(n_dropped) == _dropped(S, n, m), "n_dropped does not match S"),
+        (lambda: _frobenius_agrees(S, w0, method), "S does not match W0's Frobenius norm"),
     )
     for ok, why in checks:
         try:
@@ -356,6 +362,12 @@ def read_entry(path: Path, key: str, shape: tuple[int, int]) -> BaseSpectrum:
         n_dropped=int(n_dropped),
         V=vectors if n > m else None,
     )
+
+
+def _frobenius_agrees(S: np.ndarray, w0: torch.Tensor, method: str) -> bool:
+    """sum(S^2) = ||W0||_F^2 within the method's accuracy (a check against W0 itself)."""
+    frob_sq = float(torch.linalg.vector_norm(w0.detach().to(torch.float64)) ** 2)
+    return abs(float(np.sum(S**2)) - frob_sq) <= FROBENIUS_RTOL[method] * frob_sq
 
 
 def _dropped(S: np.ndarray, n: int, m: int) -> int:
