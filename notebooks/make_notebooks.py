@@ -113,12 +113,13 @@ NOTEBOOKS = {
         new_code_cell(
             "import genbound\n"
             "from genbound.landscape import landscape_1d, landscape_2d\n"
-            "from genbound.report.measures import base_values, spread_subset\n"
-            "from genbound.tasks.reference import TaskReference, load_task\n\n"
+            "from genbound.report.measures import base_values\n"
+            "from genbound.tasks.reference import TaskReference, load_task\n"
+            "from genbound.tasks.sampling import sample_objective\n\n"
             "ckpt = genbound.load_checkpoint(demo / 'runs' / 'lora')\n"
             "task = load_task(TaskReference.from_json(ckpt.data))\n"
             "train, test = task.objectives(ckpt)\n"
-            "sub = spread_subset(train, 64)\n"
+            "sub, sample = sample_objective(train, 64, seed=0)\n"
             "sub.description"
         ),
         new_code_cell(

@@ -376,24 +376,6 @@ def test_report_on_a_folder_of_checkpoints_compares_and_reuses(tmp_path, capsys)
         assert a["gap"] == b["gap"] and a["bounds"] == b["bounds"] and a["updates"] == b["updates"]
 
 
-def test_spread_subset_takes_n_examples_across_the_batches():
-    from genbound.report.measures import spread_subset
-    from genbound.tasks.objective import Batch, Objective, cross_entropy_loss
-
-    batches = [
-        Batch({"x": torch.full((8, 2), float(i))}, torch.full((8,), i, dtype=torch.int64))
-        for i in range(10)
-    ]
-    obj = Objective(torch.nn.Identity(), batches, cross_entropy_loss, (), "toy")
-    sub = spread_subset(obj, 20)
-    assert sub.num_examples == 20 and len(sub.batches) == 3
-    picked = [int(b.labels[0]) for b in sub.batches]
-    assert picked[0] == 0 and picked[-1] >= 4  # spread over the list, not its head
-    assert [len(b) for b in sub.batches] == [8, 8, 4]
-    assert torch.equal(sub.batches[-1].inputs["x"], batches[picked[-1]].inputs["x"][:4])
-    assert spread_subset(obj, 500) is obj
-
-
 def test_readme_data_example_runs(tmp_path, setup, monkeypatch):
     """The README's Python example for data, as written, on the tiny checkpoint."""
     from pathlib import Path

@@ -13,6 +13,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+#: A trace estimate is ``reliable`` when its standard error is at most this fraction of its
+#: absolute value (zero then lies at least 4 standard errors away). Above it the estimate
+#: is noise around an unresolved value and reports say so.
+RELIABLE_RELATIVE_STDERR = 0.25
+
+
+def relative_stderr(value: float, stderr: float) -> float:
+    """stderr / |value| (0 for an exact zero, inf for a noisy zero or an unknown error)."""
+    if not math.isfinite(stderr):
+        return float("inf")
+    if value == 0.0:
+        return 0.0 if stderr == 0.0 else float("inf")
+    return stderr / abs(value)
+
 
 @dataclass(frozen=True)
 class EigenResult:
@@ -60,10 +74,14 @@ class TraceResult:
 
     Attributes:
         trace: the estimate.
-        stderr: standard error of the Hutchinson part (the sketch part is exact).
+        stderr: standard error of the Hutchinson part (the sketch part is exact); inf when
+            a single residual sample leaves it unknown.
         sketch_trace: tr(Q^T H Q) of the low-rank part.
         num_products, seed, parameterization, params, dimension, notes: as in EigenResult.
         samples: the residual Hutchinson samples.
+        relative_stderr: stderr / |trace| (see :func:`relative_stderr`).
+        reliable: relative_stderr <= ``RELIABLE_RELATIVE_STDERR``; False means the estimate
+            does not resolve the trace (take more products).
     """
 
     trace: float
@@ -76,6 +94,8 @@ class TraceResult:
     dimension: int = 0
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0))
     notes: tuple[str, ...] = ()
+    relative_stderr: float = float("inf")
+    reliable: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,8 +107,14 @@ class DensityResult:
         weights: (probes, steps) quadrature weights per probe (each row sums to 1).
         grid: (G,) eigenvalue grid; density: (G,) Gaussian-broadened density on it
             (integrates to 1); sigma: the broadening.
-        trace: dimension * mean of sum(weights * nodes) (an SLQ trace estimate).
+        trace: the SLQ trace estimate, the mean of ``trace_samples``.
         num_products, seed, parameterization, params, dimension, notes: as in EigenResult.
+        trace_samples: (probes,) ||z||^2 sum(weights * nodes) per probe z (the Rademacher
+            vector in the operator's domain before normalisation), which is z^T H z: each
+            is an unbiased Hutchinson sample of the trace.
+        trace_stderr: standard error of their mean (inf with one probe: unknown).
+        trace_relative_stderr, trace_reliable: as ``relative_stderr`` and ``reliable`` of
+            :class:`TraceResult`.
     """
 
     nodes: np.ndarray
@@ -103,6 +129,18 @@ class DensityResult:
     params: str = ""
     dimension: int = 0
     notes: tuple[str, ...] = ()
+    trace_samples: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    trace_stderr: float = float("inf")
+    trace_relative_stderr: float = float("inf")
+    trace_reliable: bool = False
+
+
+def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the mean (inf for fewer than two samples)."""
+    mean = float(samples.mean()) if samples.size else 0.0
+    if samples.size < 2:
+        return mean, float("inf")
+    return mean, float(samples.std(ddof=1) / math.sqrt(samples.size))
 
 
 def _unit(op, gen: torch.Generator) -> torch.Tensor:
@@ -236,6 +274,7 @@ def hutchpp(op, num_products: int = 30, *, seed: int = 0) -> TraceResult:
     A third of the budget sketches Q = orth(H S), a third gives tr(Q^T H Q) exactly, the
     rest estimates the trace of the deflated operator with Rademacher probes
     (I - Q Q^T) g; the standard error is that of their mean. Needs num_products >= 3.
+    The result says whether the standard error resolves the value (``reliable``).
     """
     m = max(3, int(num_products))
     s = m // 3
@@ -253,8 +292,8 @@ def hutchpp(op, num_products: int = 30, *, seed: int = 0) -> TraceResult:
         samples, rest, stderr = np.zeros(0), 0.0, 0.0
     else:
         samples = (G * op.matmat(G)).sum(dim=0).numpy()
-        rest = float(samples.mean())
-        stderr = float(samples.std(ddof=1) / math.sqrt(h)) if h > 1 else float("inf")
+        rest, stderr = _mean_stderr(samples)
+    rel = relative_stderr(sketch + rest, stderr)
     return TraceResult(
         trace=sketch + rest,
         stderr=stderr,
@@ -266,6 +305,8 @@ def hutchpp(op, num_products: int = 30, *, seed: int = 0) -> TraceResult:
         dimension=getattr(op, "dimension", op.size),
         samples=samples,
         notes=tuple(getattr(op, "skipped", ())),
+        relative_stderr=rel,
+        reliable=rel <= RELIABLE_RELATIVE_STDERR,
     )
 
 
@@ -283,16 +324,20 @@ def slq_density(
     For each Rademacher probe (normalised, in the operator's domain) ``num_steps`` Lanczos
     steps give nodes (Ritz values) and weights (squared first components). The density on
     a grid spanning the nodes is their Gaussian broadening with ``sigma`` (default 1 % of
-    the node range).
+    the node range). Each probe also gives a Hutchinson sample of the trace,
+    z^T H z = ||z||^2 e1^T T e1 (the quadrature sum of weights times nodes); their mean and
+    its standard error are the SLQ trace.
     """
     gen = torch.Generator().manual_seed(int(seed))
     dim = getattr(op, "dimension", op.size)
     start = op.num_products
     nodes = np.full((num_probes, num_steps), np.nan)
     weights = np.zeros((num_probes, num_steps))
+    norms2 = np.zeros(num_probes)
     for i in range(num_probes):
         z = _rademacher(op, 1, gen)[:, 0]
-        z = z / torch.linalg.vector_norm(z)
+        norms2[i] = float(z @ z)
+        z = z / math.sqrt(norms2[i])
         alpha, beta, _ = lanczos_tridiagonal(op, z, num_steps, keep_basis=False)
         evals, evecs = np.linalg.eigh(_tridiag(alpha, beta))
         nodes[i, : len(evals)] = evals
@@ -306,7 +351,9 @@ def slq_density(
     nd, wt = nodes[ok], weights[ok] / num_probes
     dens = (wt[None, :] * np.exp(-0.5 * ((grid[:, None] - nd[None, :]) / sigma) ** 2)).sum(1)
     dens /= sigma * math.sqrt(2 * math.pi)
-    trace = dim * float((np.nan_to_num(nodes) * weights).sum() / num_probes)
+    trace_samples = norms2 * (np.nan_to_num(nodes) * weights).sum(axis=1)
+    trace, trace_stderr = _mean_stderr(trace_samples)
+    rel = relative_stderr(trace, trace_stderr)
     return DensityResult(
         nodes=nodes,
         weights=weights,
@@ -320,4 +367,8 @@ def slq_density(
         params=getattr(op, "params_description", ""),
         dimension=dim,
         notes=tuple(getattr(op, "skipped", ())),
+        trace_samples=trace_samples,
+        trace_stderr=trace_stderr,
+        trace_relative_stderr=rel,
+        trace_reliable=rel <= RELIABLE_RELATIVE_STDERR,
     )

@@ -6,9 +6,9 @@ Two coordinate systems:
   parameters (the trained adapter factors by default, so in (A, B) coordinates for LoRA).
 * :class:`MergedHessianOperator`: the Hessian with respect to the merged weight W of each
   adapted layer, restricted to the tangent space T of updates the adapter can reach
-  (LoRA: T = {s (dB A + B dA)}; B-only variants: T = {s dB A}), so a number does not
-  depend on how dW = s B A is factored. Other selected parameters (a trained head) keep
-  their own coordinates.
+  (LoRA: T = {s (dB A + B dA)}; B-only variants: T = {s dB A}; DoRA: its magnitude and
+  direction, see :func:`find_adapted`), so a number does not depend on how dW = s B A is
+  factored. Other selected parameters (a trained head) keep their own coordinates.
 
 The mean loss is the sum of per-example losses over all batches divided by the number
 of examples, so a short last batch is not over-weighted. Products are float64 vectors
@@ -261,12 +261,18 @@ class AdaptedModule:
         name: module path.
         module: the adapted module (its output gets ``x @ E^T`` added).
         n, m: outputs and inputs of the merged weight.
-        kind: ``"peft-lora"``, ``"lowrank"`` or ``"selector"``.
-        factor_names: parameter names of the factors (``"B"``, ``"A"`` as present).
-        trained: which factors are in the selection (``("A", "B")``, ``("B",)``, ``("A",)``).
-        qb: orthonormal basis of col(B) (n x rb), or None when B is not trained.
-        qa: orthonormal basis of row(A) as columns (m x ra), or None when A is not trained.
+        kind: ``"peft-lora"``, ``"lowrank"``, ``"selector"`` or ``"dora"``.
+        factor_names: parameter names of the factors (``"B"``, ``"A"``, ``"magnitude"`` as
+            present).
+        trained: which factors are in the selection (``("A", "B")``, ``("B",)``, ``("A",)``;
+            DoRA adds ``"magnitude"``).
+        qb: orthonormal basis of the column space dA reaches (n x rb): col(B), for DoRA
+            col(diag(g) B); None when A is not trained.
+        qa: orthonormal basis of row(A) as columns (m x ra), or None when B is not trained.
         cols: for a selector, the selected input columns (the row space of A = E^T).
+        rows: DoRA only: ``(U, M)`` spanning what its magnitude adds beyond qb and qa, the
+            matrices (I - Qb Qb^T) diag(M c) U for c in R^k, orthonormal in c. U (n x m)
+            holds the unit rows of V = W0 + s B A with row(A) removed; M (n x k).
     """
 
     name: str
@@ -279,6 +285,21 @@ class AdaptedModule:
     qb: torch.Tensor | None
     qa: torch.Tensor | None
     cols: torch.Tensor | None
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _off_b(self, x: torch.Tensor) -> torch.Tensor:
+        """(I - Qb Qb^T) X for X (... x n x q)."""
+        return x if self.qb is None else x - self.qb @ (self.qb.T @ x)
+
+    def row_coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """DoRA: the (p x k) coordinates of X (p x n x m) along the magnitude block."""
+        u, mat = self.rows
+        return (self._off_b(x) * u).sum(-1) @ mat
+
+    def row_directions(self, c: torch.Tensor) -> torch.Tensor:
+        """DoRA: the (p x n x m) matrices of coordinates c (p x k) in the magnitude block."""
+        u, mat = self.rows
+        return self._off_b((c @ mat.T)[..., None] * u)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """P_T X for X (p x n x m), float64."""
@@ -295,6 +316,8 @@ class AdaptedModule:
             out = out + self.qb @ (self.qb.T @ x)
             if xa is not None:
                 out = out - self.qb @ (self.qb.T @ xa)
+        if self.rows is not None:  # orthogonal to the rest by construction
+            out = out + self.row_directions(self.row_coordinates(x))
         return out
 
     @property
@@ -303,7 +326,8 @@ class AdaptedModule:
             return int(self.cols.numel()) * self.n
         ra = 0 if self.qa is None else self.qa.shape[1]
         rb = 0 if self.qb is None else self.qb.shape[1]
-        return ra * self.n + rb * self.m - ra * rb
+        k = 0 if self.rows is None else self.rows[1].shape[1]
+        return ra * self.n + rb * self.m - ra * rb + k
 
 
 def _basis(x: torch.Tensor) -> torch.Tensor:
@@ -322,7 +346,18 @@ def find_adapted(
 
     Recognised by duck typing: PEFT LoRA layers (``lora_A``/``lora_B`` ModuleDicts and
     ``scaling``, one active adapter, no DoRA), genbound low-rank layers (``B``, ``A``,
-    ``base``) and selector layers (``B``, ``indices``, ``base``).
+    ``base``), selector layers (``B``, ``indices``, ``base``) and DoRA layers
+    (:class:`~genbound.adapters.dora.DoraLayer`: ``magnitude``, ``B``, ``A``, ``base``).
+
+    DoRA's W = diag(g) V, g = magnitude / ||V|| (row norms), V = W0 + s B A, moves along
+    diag(g) {s (dB A + B dA)} plus, for each output i, the row direction e_i v_i^T / ||v_i||
+    of its magnitude (the part of dV along v_i is a magnitude change too). Its tangent
+    space is {Qb Y + Z Qa^T} (Qb: basis of col(diag(g) B), Qa: of row(A)) plus the
+    magnitude directions' parts outside it, (I - Qb Qb^T) e_i u_i^T with u_i the unit row
+    v_i / ||v_i|| minus its part in row(A), orthonormalised through their (n x n) Gram
+    matrix (eigenvalues below max(n, m) eps of the largest dropped). A DoRA layer is
+    recognised only with its magnitude selected; a magnitude of exactly zero makes its
+    row's B and A directions unreachable, which this space does not model.
     """
     selected = set(selected)
     found, notes = [], []
@@ -345,7 +380,13 @@ def find_adapted(
             found.append(_make(name, mod, "peft-lora", fn, A, B, None, selected))
         elif hasattr(mod, "B") and hasattr(mod, "base") and isinstance(mod.B, torch.Tensor):
             fn = {"B": f"{prefix}B"}
-            if hasattr(mod, "indices") and not hasattr(mod, "A"):
+            if isinstance(getattr(mod, "magnitude", None), torch.Tensor):
+                fn.update(A=f"{prefix}A", magnitude=f"{prefix}magnitude")
+                if fn["magnitude"] not in selected:
+                    notes.append(f"{name}: DoRA layer without its magnitude selected, skipped")
+                else:
+                    found.append(_make_dora(name, mod, fn, selected))
+            elif hasattr(mod, "indices") and not hasattr(mod, "A"):
                 found.append(_make(name, mod, "selector", fn, None, mod.B, mod.indices, selected))
             elif isinstance(getattr(mod, "A", None), torch.Tensor):
                 if isinstance(mod.A, nn.Parameter):
@@ -388,6 +429,40 @@ def _make(name, mod, kind, fn, A, B, cols, selected) -> AdaptedModule:
         qb=qb,
         qa=qa,
         cols=cols,
+    )
+
+
+@torch.no_grad()
+def _make_dora(name, mod, fn, selected) -> AdaptedModule:
+    """The tangent space of a DoRA layer (see :func:`find_adapted`)."""
+    trained = tuple(k for k in ("A", "B", "magnitude") if fn[k] in selected)
+    v = mod.direction().detach().double()
+    norms = torch.linalg.vector_norm(v, dim=1)
+    gain = mod.magnitude.detach().double() / norms
+    qb = _basis(gain[:, None] * mod.B.detach().double()) if "A" in trained else None
+    qa = _basis(mod.A.detach().double().T) if "B" in trained else None
+    u = v / norms[:, None]
+    if qa is not None:
+        u = u - (u @ qa) @ qa.T
+    gram = u @ u.T  # Gram matrix of (I - Qb Qb^T) e_i u_i^T: (I - Qb Qb^T) times U U^T
+    if qb is not None:
+        gram = gram * (torch.eye(len(gram), dtype=torch.float64) - qb @ qb.T)
+    lam, vecs = torch.linalg.eigh(gram)
+    eps = torch.finfo(mod.B.dtype).eps
+    keep = lam > lam.max().clamp_min(0) * max(v.shape) * eps
+    mat = vecs[:, keep] / lam[keep].sqrt()
+    return AdaptedModule(
+        name=name,
+        module=mod,
+        n=int(v.shape[0]),
+        m=int(v.shape[1]),
+        kind="dora",
+        factor_names=fn,
+        trained=trained,
+        qb=qb,
+        qa=qa,
+        cols=None,
+        rows=(u, mat) if bool(keep.any()) else None,
     )
 
 
@@ -498,7 +573,8 @@ class _TangentCoordinates:
     """The coordinates (Y, Z) of one adapted layer's tangent space and the maps to them.
 
     ``tensors``: the zero coordinate tensors the model is differentiated at (Y (rb x m)
-    when A trains, Z (n x ra) when B trains; a selector: Z (n x c) on its c columns).
+    when A trains, Z (n x ra) when B trains; a selector: Z (n x c) on its c columns; then
+    DoRA's magnitude block c (k,)).
     """
 
     def __init__(self, layer: AdaptedModule, dtype: torch.dtype):
@@ -512,9 +588,14 @@ class _TangentCoordinates:
                 shapes.append((self.qb.shape[1], layer.m))  # Y
             if self.qa is not None:
                 shapes.append((layer.n, self.qa.shape[1]))  # Z
+        if layer.rows is not None:
+            shapes.append((layer.rows[1].shape[1],))  # c
         self.tensors = [torch.zeros(s, dtype=dtype, requires_grad=True) for s in shapes]
         self._qb = self.qb.to(dtype) if self.qb is not None else None
         self._qa_t = self.qa.T.to(dtype).contiguous() if self.qa is not None else None
+        self._rows = None
+        if layer.rows is not None:
+            self._rows = tuple(t.to(dtype).contiguous() for t in layer.rows)
 
     def hook(self, module, args, output):
         """Add x (Qb Y + Z Qa^T)^T (or x[..., cols] Z^T) to the layer's output."""
@@ -531,6 +612,12 @@ class _TangentCoordinates:
             output = output + nn.functional.linear(
                 nn.functional.linear(x, self._qa_t), self.tensors[i]
             )
+        if self._rows is not None:  # ((x U^T) * (M c)) (I - Qb Qb^T)
+            u, mat = self._rows
+            t = nn.functional.linear(x, u) * (mat @ self.tensors[-1])
+            if self._qb is not None:
+                t = t - (t @ self._qb) @ self._qb.T
+            output = output + t
         return output
 
     def to_coordinates(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -543,6 +630,8 @@ class _TangentCoordinates:
         if self.qa is not None:
             rest = x - self.qb @ (self.qb.T @ x) if self.qb is not None else x
             out.append(rest @ self.qa)  # Z = (I - Qb Qb^T) X Qa
+        if self.layer.rows is not None:
+            out.append(self.layer.row_coordinates(x))  # c
         return out
 
     def from_coordinates(self, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -561,5 +650,8 @@ class _TangentCoordinates:
             if self.qb is not None:
                 hqa = hqa - self.qb @ (self.qb.T @ hqa)
             term = hqa @ self.qa.T  # (I - Qb Qb^T) h Qa Qa^T
+            out = term if out is None else out + term
+        if self.layer.rows is not None:
+            term = self.layer.row_directions(parts[-1])
             out = term if out is None else out + term
         return out

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from genbound.bounds import MIBoundResult, Theorem1Result, mi_bound, theorem1_from_checkpoint
@@ -36,7 +36,12 @@ from genbound.bounds.compression import CompressionBoundResult
 from genbound.bounds.evaluated import compression_bound_on
 from genbound.checkpoint.model import Checkpoint
 from genbound.curvature import hessian_density, hessian_trace, top_eigenvalues
-from genbound.curvature.algorithms import DensityResult, EigenResult, TraceResult
+from genbound.curvature.algorithms import (
+    RELIABLE_RELATIVE_STDERR,
+    DensityResult,
+    EigenResult,
+    TraceResult,
+)
 from genbound.curvature.operator import find_adapted
 from genbound.errors import GenboundError
 from genbound.gap import GapResult, empirical_gap
@@ -44,10 +49,10 @@ from genbound.landscape import Landscape, landscape_1d
 from genbound.parts import DATA_PARTS, PARTS, check_parts
 from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
-from genbound.tasks.objective import Batch, Objective
-from genbound.tasks.packing import pack_by_tokens
+from genbound.tasks.objective import Objective
 from genbound.tasks.protocol import Task
 from genbound.tasks.rebuild import adapter_objective
+from genbound.tasks.sampling import Sample, sample_objective
 
 #: ``stage(name)`` returns a context manager around one stage (the CLI shows a spinner).
 Stage = Callable[[str], AbstractContextManager[Any]]
@@ -98,10 +103,13 @@ class Curvature:
 
     Attributes:
         top: the top eigenvalue (residual, converged flag, products used).
-        trace: the Hutch++ trace with its standard error.
-        density: the spectral density by stochastic Lanczos quadrature.
-        examples: training examples the loss averages over (a subset spread over lengths).
+        trace: the Hutch++ trace with its standard error (``reliable`` says whether it
+            resolves the value).
+        density: the spectral density by stochastic Lanczos quadrature, with its own trace
+            estimate and standard error.
+        examples: training examples the loss averages over.
         space: what the Hessian is taken with respect to.
+        sample: which examples (a seeded random sample stratified by label), if known.
     """
 
     top: EigenResult
@@ -109,35 +117,7 @@ class Curvature:
     density: DensityResult
     examples: int
     space: str
-
-
-def spread_subset(objective: Objective, n: int) -> Objective:
-    """The objective on ``n`` examples (all when it has fewer): batches taken evenly across
-    the batch list (batches are length-bucketed, so the first ones alone would be the
-    shortest texts), the last one cut to size."""
-    batches = list(objective.batches)
-    if objective.num_examples <= n:
-        return objective
-    per = max(1, objective.num_examples // len(batches))
-    k = max(1, min(len(batches), -(-n // per)))
-    idx = np.unique(np.linspace(0, len(batches) - 1, k).round().astype(int))
-    chosen, total = [], 0
-    for i in idx:
-        b = batches[i]
-        take = min(len(b), n - total)
-        if take <= 0:
-            break
-        chosen.append(b if take == len(b) else _first_rows(b, take))
-        total += take
-    return dataclasses.replace(
-        objective, batches=chosen, description=f"{objective.description}, {total} examples"
-    )
-
-
-def _first_rows(batch: Batch, k: int) -> Batch:
-    inputs = batch.inputs
-    cut = {key: v[:k] for key, v in inputs.items()} if isinstance(inputs, dict) else inputs[:k]
-    return Batch(cut, batch.labels[:k])
+    sample: Sample | None = None
 
 
 def base_values(ckpt: Checkpoint, objective: Objective) -> dict[str, torch.Tensor]:
@@ -283,8 +263,7 @@ def measure_checkpoint(
             "compression",
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
-        sub = spread_subset(train, curvature_examples)
-        sub = dataclasses.replace(sub, batches=pack_by_tokens(sub.batches))
+        sub, sample = sample_objective(train, curvature_examples, seed=seed)
         adapted = sub
         if wanted & {"curvature", "landscape"}:
             adapted, notes = adapter_objective(sub, ckpt)
@@ -298,8 +277,14 @@ def measure_checkpoint(
                 trace_products,
                 density_probes,
                 density_steps,
+                sample,
             ),
         )
+        if curvature is not None and not curvature.trace.reliable:
+            warnings.append(
+                f"the Hessian trace is not resolved: {trace_summary(curvature)}. Take more "
+                "products (--trace-products) before reading it"
+            )
         # the random slice moves what was trained (the adapter's factors); the path
         # W0 + t dW is one line in weight space whatever the factorisation
         landscapes = (
@@ -365,8 +350,31 @@ CURVATURE_SPACES = {
 }
 
 
+def trace_summary(cv: Curvature) -> str:
+    """Both trace estimates with their standard errors, each said to resolve the value or
+    not (standard error at most ``RELIABLE_RELATIVE_STDERR`` of its absolute value)."""
+    t, d = cv.trace, cv.density
+
+    def verdict(ok: bool) -> str:
+        limit = f"{RELIABLE_RELATIVE_STDERR:.0%}"
+        return "resolved" if ok else f"not resolved: standard error above {limit} of the value"
+
+    hutch = f"Hutch++ {t.trace:.4g} ± {t.stderr:.2g} ({t.num_products} products; "
+    hutch += f"{verdict(t.reliable)})"
+    if not math.isfinite(d.trace_stderr):
+        return f"{hutch}; SLQ {d.trace:.4g} (one probe: no standard error)"
+    slq = f"SLQ {d.trace:.4g} ± {d.trace_stderr:.2g} ({d.nodes.shape[0]} probes; "
+    return f"{hutch}; {slq}{verdict(d.trace_reliable)})"
+
+
 def _curvature(
-    objective: Objective, space: str, seed: int, trace_products: int, probes: int, steps: int
+    objective: Objective,
+    space: str,
+    seed: int,
+    trace_products: int,
+    probes: int,
+    steps: int,
+    sample: Sample | None = None,
 ) -> Curvature:
     """Top eigenvalue, trace and density in ``space`` (full fine-tuning: its tensors)."""
     parameterization = "merged" if space == "merged" else "factors"
@@ -380,4 +388,4 @@ def _curvature(
     top = dataclasses.replace(top, parameterization=space)
     trace = dataclasses.replace(trace, parameterization=space)
     density = dataclasses.replace(density, parameterization=space)
-    return Curvature(top, trace, density, objective.num_examples, space)
+    return Curvature(top, trace, density, objective.num_examples, space, sample)

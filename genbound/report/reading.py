@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genbound.report.measures import Measures
+from genbound.report.measures import Measures, trace_summary
 
 
 def reading_lines(measures: Measures) -> list[str]:
@@ -73,10 +73,22 @@ def reading_lines(measures: Measures) -> list[str]:
     cv = measures.curvature
     if cv is not None:
         conv = "converged" if cv.top.converged else "did not converge: treat it as a lower estimate"
+        drawn = ""
+        if cv.sample is not None and cv.sample.stratified_by is not None:
+            drawn = f" (a random sample stratified by label, seed {cv.sample.seed})"
+        if cv.trace.reliable:
+            trace_note = ""
+        elif cv.density.trace_reliable:
+            trace_note = "Hutch++ does not resolve the trace; the SLQ estimate does. "
+        else:
+            trace_note = (
+                "Neither estimate resolves the trace (standard errors too large for the "
+                "value): treat it as unknown, not as a number, and take more products. "
+            )
         out.append(
             f"The top Hessian eigenvalue ({cv.top.eigenvalues[0]:.4g}, {conv}) and the trace "
-            f"({cv.trace.trace:.4g} ± {cv.trace.stderr:.2g}) are taken on {cv.examples} "
-            f"training examples with respect to {cv.space}. "
+            f"({trace_summary(cv)}) are taken on {cv.examples:,} training examples{drawn} "
+            f"with respect to {cv.space}. {trace_note}"
             + (
                 "Taken on dW, they do not depend on how dW is factored, but each variant "
                 "reaches different directions, and sharpness alone is not known to predict "

@@ -122,6 +122,7 @@ def curvature_json(measures: Measures) -> dict | None:
     return {
         "space": c.space,
         "examples": c.examples,
+        "sample": jsonable(c.sample) if c.sample is not None else None,
         "top_eigenvalue": float(c.top.eigenvalues[0]),
         "top": jsonable(c.top, skip=frozenset({"vectors"})),
         "trace": jsonable(c.trace),

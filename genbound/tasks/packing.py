@@ -35,17 +35,61 @@ def pack_by_tokens(
     are taken by row. Any other batch list is returned as it is. Rows are ordered by
     length (stable), so the result is deterministic.
     """
-    rows: list[tuple[int, int, int]] = []  # (length, batch, row)
-    for bi, b in enumerate(batches):
+    lengths = _lengths(batches)
+    if lengths is None:
+        return list(batches)
+    rows = [(n, bi, i) for bi, ns in enumerate(lengths) for i, n in enumerate(ns)]
+    return _pack(batches, rows, max_tokens, max_rows)
+
+
+def take_rows(
+    batches: Sequence[Batch],
+    picks: Sequence[tuple[int, int]],
+    max_tokens: int = MAX_TOKENS,
+    max_rows: int = 64,
+) -> list[Batch]:
+    """The examples ``picks`` (batch index, row index) in new batches.
+
+    Right-padded inputs (as :func:`pack_by_tokens` takes) are cut to each row's own length
+    and packed as it does, so rows from batches of different widths share a batch with
+    no extra padding. Other inputs (a tensor, or a dict without such a mask) are stacked
+    by row, ``max_rows`` at a time, rows of equal shapes together (in the order given).
+    """
+    lengths = _lengths(batches)
+    if lengths is not None:
+        rows = [(lengths[bi][i], bi, i) for bi, i in picks]
+        return _pack(batches, rows, max_tokens, max_rows)
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for bi, i in picks:
+        groups.setdefault(_row_shapes(batches[bi]), []).append((bi, i))
+    out = []
+    for group in groups.values():
+        for start in range(0, len(group), max_rows):
+            out.append(_stack(batches, group[start : start + max_rows]))
+    return out
+
+
+def _lengths(batches: Sequence[Batch]) -> list[list[int]] | None:
+    """Each batch's row lengths from its right-padded ``attention_mask``, or None if any
+    batch has no such mask."""
+    out = []
+    for b in batches:
         mask = b.inputs.get("attention_mask") if isinstance(b.inputs, dict) else None
         if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-            return list(batches)
+            return None
         lengths = mask.sum(1)
         width = torch.arange(mask.shape[1], device=mask.device)
         if not bool(((width[None, :] < lengths[:, None]) == mask.bool()).all()):
-            return list(batches)  # not right-padded
-        rows += [(int(n), bi, i) for i, n in enumerate(lengths.tolist())]
-    rows.sort(key=lambda r: r[0])
+            return None  # not right-padded
+        out.append([int(n) for n in lengths.tolist()])
+    return out
+
+
+def _pack(
+    batches: Sequence[Batch], rows: list[tuple[int, int, int]], max_tokens: int, max_rows: int
+) -> list[Batch]:
+    """(length, batch, row) triples grouped by length into budgeted batches."""
+    rows = sorted(rows, key=lambda r: r[0])
     groups: list[list[tuple[int, int, int]]] = []
     for row in rows:
         g = groups[-1] if groups else None
@@ -57,7 +101,7 @@ def pack_by_tokens(
 
 
 def _gather(batches: Sequence[Batch], group: list[tuple[int, int, int]]) -> Batch:
-    width = max(1, group[-1][0])
+    width = max(1, max(r[0] for r in group))
     first = batches[group[0][1]].inputs
     inputs = {}
     for key in first:
@@ -72,4 +116,21 @@ def _gather(batches: Sequence[Batch], group: list[tuple[int, int, int]]) -> Batc
             parts.append(row)
         inputs[key] = torch.stack(parts)
     labels = torch.stack([batches[bi].labels[i] for _, bi, i in group])
+    return Batch(inputs, labels)
+
+
+def _row_shapes(batch: Batch) -> tuple:
+    """The shape of one row of each input (a key for rows that can share a batch)."""
+    if isinstance(batch.inputs, dict):
+        return tuple((k, tuple(v.shape[1:])) for k, v in batch.inputs.items())
+    return tuple(batch.inputs.shape[1:])
+
+
+def _stack(batches: Sequence[Batch], picks: list[tuple[int, int]]) -> Batch:
+    first = batches[picks[0][0]].inputs
+    if isinstance(first, dict):
+        inputs = {k: torch.stack([batches[bi].inputs[k][i] for bi, i in picks]) for k in first}
+    else:
+        inputs = torch.stack([batches[bi].inputs[i] for bi, i in picks])
+    labels = torch.stack([batches[bi].labels[i] for bi, i in picks])
     return Batch(inputs, labels)

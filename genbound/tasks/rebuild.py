@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from genbound.adapters.asym import AsymLayer
+from genbound.adapters.dora import DoraLayer
 from genbound.adapters.layers import SelectorLayer, is_conv1d, is_linear
 from genbound.adapters.lora import LoraLayer
 from genbound.checkpoint.model import Checkpoint
@@ -81,22 +82,23 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
     """The objective on a copy of its model in which every factored update is an adapter.
 
     ``objective`` evaluates the merged model (each updated parameter W0 + dW, as tasks
-    build it). In the copy, the module of each low-rank, selector or chained update is
-    wrapped in genbound's adapter layer with the checkpoint's factors: the base weight is
-    W0 plus the finished links of a chain, and the trained factors of the last link
-    (B and A, or B alone) are parameters. Dense and DoRA updates (full fine-tuning, a
-    head, biases) stay as they are, in their own coordinates. The copy computes the same
-    function up to float rounding, and ``trainable`` names the adapter's coordinates:
-    Hessians and landscapes on it are in the space that was trained. The objective's
-    own model is not touched.
+    build it). In the copy, the module of each low-rank, selector, chained or DoRA update
+    is wrapped in genbound's adapter layer with the checkpoint's factors: the base weight
+    is W0 plus the finished links of a chain, and the trained factors of the last link
+    (B and A, or B alone; DoRA: its magnitude, B and A) are parameters. Dense updates (full
+    fine-tuning, a head, biases) stay as they are, in their own coordinates. The copy
+    computes the same function up to float rounding, and ``trainable`` names the adapter's
+    coordinates: Hessians and landscapes on it are in the space that was trained. The
+    objective's own model is not touched.
 
-    Returns the new objective and notes on updates kept merged.
+    Returns the new objective and notes on updates kept merged (one note per reason,
+    naming the updates).
     """
     model = copy.deepcopy(objective.model)
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     trainable = list(objective.trainable)
-    notes: list[str] = []
+    kept: dict[str, list[str]] = {}
     for u in checkpoint.updates.values():
         target = resolve_parameter(set(params), u.param)
         if target is None or target not in trainable:
@@ -104,26 +106,47 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
         link = u.links[-1] if isinstance(u, ChainUpdate) else u
         owner, _, leaf = target.rpartition(".")
         module = modules.get(owner)
-        if not isinstance(link, LowRankUpdate | SelectorUpdate) or leaf != "weight":
-            if isinstance(u, DoraUpdate | ChainUpdate):
-                notes.append(f"{u.name}: {u.kind} update kept merged (no adapter layer for it)")
+        if not isinstance(link, LowRankUpdate | SelectorUpdate | DoraUpdate) or leaf != "weight":
+            if isinstance(u, DoraUpdate | ChainUpdate):  # dense updates stay, silently
+                why = f"{u.kind} update(s) kept merged (no adapter layer for them)"
+                kept.setdefault(why, []).append(u.name)
             continue
         if module is None or not (is_linear(module) or is_conv1d(module)):
-            notes.append(f"{u.name}: the module is not a Linear/Conv1D; update kept merged")
+            why = "update(s) of a module that is not a Linear/Conv1D kept merged"
+            kept.setdefault(why, []).append(u.name)
             continue
-        layer = _adapter_layer(module, u, link)
+        if isinstance(link, DoraUpdate):
+            layer = _dora_layer(module, link)
+            names = (*link.lowrank.trained, "magnitude")
+        else:
+            layer = _adapter_layer(module, u, link)
+            names = tuple(f for f in ("A", "B") if f in link.trained)
         parent, _, child = owner.rpartition(".")
         setattr(modules[parent] if parent else model, child, layer)
-        prefix = f"{owner}."
         trainable.remove(target)
-        trainable += [prefix + f for f in ("A", "B") if f in link.trained]
+        trainable += [f"{owner}.{f}" for f in names]
     rebuilt = dataclasses.replace(
         objective,
         model=model,
         trainable=tuple(trainable),
         description=f"{objective.description}, adapter layers",
     )
+    notes = [
+        f"{len(names)} {why}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+        for why, names in kept.items()
+    ]
     return rebuilt, notes
+
+
+@torch.no_grad()
+def _dora_layer(module: nn.Module, update: DoraUpdate) -> nn.Module:
+    """``module`` (holding W0 + dW) with W0 restored, wrapped as a DoRA layer."""
+    w = module.weight
+    base_w = update.base_weight(torch.float64)
+    module.weight.copy_((base_w.T if update.transposed else base_w).to(w.dtype))
+    low = update.lowrank
+    layer = DoraLayer(module, B=low.B, A=low.A, magnitude=update.magnitude, scale=low.scale)
+    return layer.to(w.device)
 
 
 @torch.no_grad()

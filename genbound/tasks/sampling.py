@@ -1,0 +1,130 @@
+"""A seeded random sample of an objective's examples, stratified by label, for analyses
+that cannot afford the whole training set (curvature, landscapes).
+
+Tasks bucket their batches by length, and length goes with the label in most text data,
+so a run of whole batches is a biased sample. Here each class gets its share of the ``n``
+examples by largest remainder (exactly ``n`` in all, each class within one example of
+``n`` times its share), drawn uniformly without replacement from a
+``numpy.random.default_rng(seed)``. The examples of a class are put in an order fixed by
+their content (a hash of each example's label and unpadded inputs) before the draw, so the
+sample does not depend on how the examples are batched or in what order the batches come.
+The chosen rows are gathered with :func:`genbound.tasks.packing.take_rows`: each is cut
+to its own length and re-padded, so its loss is what it was in its own batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from genbound.errors import GenboundError
+from genbound.tasks.objective import Batch, Objective
+from genbound.tasks.packing import take_rows
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Which of an objective's examples an analysis used.
+
+    Attributes:
+        examples: examples taken.
+        total: examples the objective had.
+        seed: seed of the draw.
+        stratified_by: ``"label"``, or None when every example was taken.
+        label_counts: examples taken per class index, ``{label: count}``.
+    """
+
+    examples: int
+    total: int
+    seed: int
+    stratified_by: str | None
+    label_counts: dict[int, int]
+
+    def describe(self) -> str:
+        if self.stratified_by is None:
+            return f"all {self.total:,} examples"
+        return (
+            f"{self.examples:,} of {self.total:,} examples, a random sample stratified by "
+            f"{self.stratified_by} (seed {self.seed})"
+        )
+
+
+def stratified_counts(labels: np.ndarray, n: int) -> dict[int, int]:
+    """Examples per class for a sample of ``n`` (<= len(labels)): n times each class's share,
+    rounded by largest remainder (ties to the smaller label) so the counts sum to ``n``."""
+    classes, sizes = np.unique(np.asarray(labels), return_counts=True)
+    quota = sizes * n / sizes.sum()
+    counts = np.floor(quota).astype(int)
+    order = sorted(range(len(classes)), key=lambda c: (-(quota[c] - counts[c]), classes[c]))
+    for c in order[: n - int(counts.sum())]:
+        counts[c] += 1
+    return {int(k): int(v) for k, v in zip(classes, counts, strict=True)}
+
+
+def sample_rows(batches: Sequence[Batch], n: int, seed: int) -> list[tuple[int, int]]:
+    """(batch index, row index) of a stratified random sample of ``n`` examples (every
+    example, in batch order, when there are at most ``n``)."""
+    rows = [(bi, i) for bi, b in enumerate(batches) for i in range(len(b))]
+    if n >= len(rows):
+        return rows
+    labels = torch.cat([b.labels.reshape(-1).cpu() for b in batches]).numpy()
+    keys = [_content_key(batches[bi], i) for bi, i in rows]
+    rng = np.random.default_rng(int(seed))
+    picks = []
+    for label, count in stratified_counts(labels, n).items():
+        members = sorted(np.flatnonzero(labels == label), key=lambda j: (keys[j], j))
+        chosen = rng.choice(len(members), size=count, replace=False)
+        picks += [rows[members[j]] for j in np.sort(chosen)]
+    return picks
+
+
+def sample_objective(objective: Objective, n: int, *, seed: int) -> tuple[Objective, Sample]:
+    """The objective on a stratified random sample of ``n`` of its examples (all of them
+    when it has at most ``n``), repacked, and a record of the sample."""
+    if n < 1:
+        raise GenboundError(f"the example sample size must be at least 1; found {n}.")
+    batches = list(objective.batches)
+    picks = sample_rows(batches, n, seed)
+    total = objective.num_examples
+    counts: dict[int, int] = {}
+    for bi, i in picks:
+        label = int(batches[bi].labels[i])
+        counts[label] = counts.get(label, 0) + 1
+    sample = Sample(
+        examples=len(picks),
+        total=total,
+        seed=int(seed),
+        stratified_by="label" if len(picks) < total else None,
+        label_counts=dict(sorted(counts.items())),
+    )
+    sub = dataclasses.replace(
+        objective,
+        batches=take_rows(batches, picks),
+        description=f"{objective.description}, {sample.describe()}",
+    )
+    return sub, sample
+
+
+def _content_key(batch: Batch, i: int) -> bytes:
+    """A digest of row ``i``: its label and each input at its attended positions."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(int(batch.labels[i])).encode())
+    inputs = batch.inputs if isinstance(batch.inputs, dict) else {"": batch.inputs}
+    mask = inputs.get("attention_mask")
+    kept = mask[i].bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    for key in sorted(inputs):
+        t = inputs[key]
+        if not isinstance(t, torch.Tensor):
+            continue
+        row = t[i]
+        if kept is not None and t.dim() >= 2 and t.shape[1] == mask.shape[1]:
+            row = row[kept]  # padding (of whatever width) is not part of the example
+        h.update(key.encode())
+        h.update(str(tuple(row.shape)).encode())
+        h.update(row.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
