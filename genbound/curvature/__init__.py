@@ -1,12 +1,14 @@
 """Hessian spectra of an objective, restricted to what was trained.
 
 ``top_eigenvalues`` (Lanczos with residuals), ``hessian_trace`` (Hutch++ with a standard
-error) and ``hessian_density`` (stochastic Lanczos quadrature), in the adapter's own
-coordinates (``parameterization="factors"``) or with respect to the merged update dW of
-each adapted layer (``"merged"``). Every result says which.
+error) and ``hessian_density`` (stochastic Lanczos quadrature, with its own trace and
+standard error), in the adapter's own coordinates (``parameterization="factors"``) or
+with respect to the merged update dW of each adapted layer (``"merged"``). Every result
+says which, and each trace whether its standard error resolves it.
 """
 
 from genbound.curvature.algorithms import (
+    RELIABLE_RELATIVE_STDERR,
     DensityResult,
     EigenResult,
     TraceResult,
@@ -28,6 +30,7 @@ from genbound.curvature.operator import (
 __all__ = [
     "FACTORS",
     "MERGED",
+    "RELIABLE_RELATIVE_STDERR",
     "DensityResult",
     "EigenResult",
     "HessianOperator",

@@ -343,9 +343,10 @@ def _n_train(
 #: What a report's Hessian is taken with respect to, by ``curvature_space``.
 CURVATURE_SPACES = {
     "merged": "the merged update dW of each adapted layer, on the directions its adapter "
-    "reaches (invariant to how dW is factored); other trained tensors in their own coordinates",
-    "factors": "the adapter's trained factors (B, A), as trained; other trained tensors in "
-    "their own coordinates",
+    "reaches (invariant to how dW is factored; DoRA: its magnitudes and the directions its "
+    "low-rank part reaches); other trained tensors in their own coordinates",
+    "factors": "the adapter's trained factors (B, A; DoRA also its magnitudes), as trained; "
+    "other trained tensors in their own coordinates",
     "tensors": "every entry of the updated tensors (merged model)",
 }
 
