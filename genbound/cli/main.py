@@ -347,12 +347,11 @@ def _report_options(args: argparse.Namespace) -> dict:
 def _check_report_inputs(args: argparse.Namespace, out: Path) -> None:
     """Everything about the command line that can be checked before any work: the output
     folder, the cache folder and the device."""
+    from genbound.cache import cache_root
     from genbound.report.writer import check_output_folder
-    from genbound.spectra.basecache import default_cache_dir
 
     check_output_folder(out, what="report folder")
-    cache = default_cache_dir()
-    check_output_folder(cache, what="cache folder (set by GENBOUND_CACHE or XDG_CACHE_HOME)")
+    check_output_folder(cache_root(), what="cache folder (set by GENBOUND_CACHE or XDG_CACHE_HOME)")
     if args.device != "cpu":
         from genbound.report.batch import check_device
 
@@ -534,7 +533,9 @@ def _write_log(details: str, *, argv: Sequence[str] | None = None) -> str:
         f"genbound {_version()}, python {sys.version.split()[0]}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\nargv: {list(argv or [])}\n\n"
     )
-    for folder in (_cache_root() / "logs", Path(tempfile.gettempdir())):
+    from genbound.cache import cache_root
+
+    for folder in (cache_root() / "logs", Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, path = tempfile.mkstemp(
@@ -547,15 +548,6 @@ def _write_log(details: str, *, argv: Sequence[str] | None = None) -> str:
             continue
     print(details, file=sys.stderr)
     return "the traceback above (no log file could be written)"
-
-
-def _cache_root() -> Path:
-    import os
-
-    root = os.environ.get("GENBOUND_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genbound"
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genbound.cache import cache_root
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 4
@@ -157,12 +159,8 @@ def compute_base_spectrum(
 
 
 def default_cache_dir() -> Path:
-    """``$GENBOUND_CACHE/base-svd``, else ``$XDG_CACHE_HOME/genbound/base-svd``, else ``~/.cache/...``."""
-    root = os.environ.get("GENBOUND_CACHE")
-    if root:
-        return Path(root) / "base-svd"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg or Path.home() / ".cache") / "genbound" / "base-svd"
+    """``base-svd`` in genbound's cache folder (:func:`genbound.cache.cache_root`)."""
+    return cache_root() / "base-svd"
 
 
 class BaseSpectrumCache:
