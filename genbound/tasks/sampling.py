@@ -117,14 +117,18 @@ def _content_key(batch: Batch, i: int) -> bytes:
     inputs = batch.inputs if isinstance(batch.inputs, dict) else {"": batch.inputs}
     mask = inputs.get("attention_mask")
     kept = mask[i].bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    length = int(kept.sum()) if kept is not None else None
+    right_padded = kept is not None and bool(kept[:length].all())
     for key in sorted(inputs):
         t = inputs[key]
         if not isinstance(t, torch.Tensor):
             continue
         row = t[i]
         if kept is not None and t.dim() >= 2 and t.shape[1] == mask.shape[1]:
-            row = row[kept]  # padding (of whatever width) is not part of the example
+            # padding (of whatever width) is not part of the example
+            row = row[:length] if right_padded else row[kept]
+        row = row.detach().cpu().contiguous().reshape(-1)
         h.update(key.encode())
-        h.update(str(tuple(row.shape)).encode())
-        h.update(row.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(str((row.dtype, tuple(t.shape[2:]), row.numel())).encode())
+        h.update(row.view(torch.uint8).numpy().data)  # no copy of a contiguous row
     return h.digest()
