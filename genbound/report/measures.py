@@ -7,11 +7,12 @@ Parts (names used by ``--only`` and ``--skip``):
 * with a task: ``gap`` (the empirical gap), ``compression`` (the compression PAC-Bayes
   bound of the quantized trainable tensors on the training set), ``curvature`` (top
   Hessian eigenvalue by Lanczos, the trace by Hutch++ and the spectral density by
-  stochastic Lanczos quadrature, on a subset of the training set; by default with
+  stochastic Lanczos quadrature, on a seeded random sample of the training set stratified
+  by label, see :mod:`genbound.tasks.sampling`; by default with
   respect to each adapted layer's merged dW on the directions its adapter reaches, see
   ``CURVATURE_SPACES``) and ``landscape`` (1-D slices along a filter-normalized random
   direction in the adapter's trained factors and along the straight path from the base
-  model, same subset).
+  model, same sample).
 
 Curvature and the random slice run on :func:`genbound.tasks.rebuild.adapter_objective`, a
 copy of the model with each factored update as an adapter layer, so they move what was
@@ -170,7 +171,8 @@ def measure_checkpoint(
         mi_loss: the loss of the MI bound, as keywords of :func:`genbound.bounds.mi_bound`
             (default ``{"loss": "zero_one"}``; e.g. ``{"loss": "clipped_ce", "loss_range": 5}``
             or ``{"loss": "smoothed_ce", "smoothing": 0.1}``, K from the task).
-        curvature_examples: training examples for curvature and landscapes.
+        curvature_examples: training examples for curvature and landscapes (a random
+            sample stratified by label, drawn with ``seed``; all when there are fewer).
         trace_products: Hessian-vector products of the Hutch++ trace.
         density_probes, density_steps: probes and Lanczos steps of the SLQ density.
         landscape_steps: points of each 1-D landscape (odd).
@@ -179,7 +181,7 @@ def measure_checkpoint(
             reaches, comparable across variants and factorisations), ``"factors"`` (the
             adapter's own trained factors) or ``"tensors"`` (every entry of each updated
             tensor, as if all of it had been trained).
-        seed: seeds of Lanczos, Hutch++ and the random direction.
+        seed: seeds of the example sample, Lanczos, Hutch++, SLQ and the random direction.
         base_svd: ``"cached"`` computes base-relative spectra and intruders only for layers
             whose W0 SVD is cached (see :func:`genbound.spectra.analyze_spectra`).
         progress: wraps per-layer loops (a progress bar in the CLI).
