@@ -1,15 +1,30 @@
 """Compare a sweep of checkpoints: which measure tracks the measured generalization gap?
 
-Input is the ``report.json`` of each checkpoint. Each measure (a bound, a norm, a count)
-is ranked against the measured gap with Kendall's tau, with a bootstrap interval over
-checkpoints. When several hyper-parameters vary, the granulated form (Jiang et al. 2020,
-"Fantastic generalization measures") is reported as well: for each hyper-parameter, tau
-within every group of runs that agree on all the others, averaged over groups, then over
-hyper-parameters.
+Input is the ``report.json`` of each checkpoint. Each measure (a bound, a norm, a count,
+a curvature or landscape scalar) is ranked against the measured gap with Kendall's tau,
+with a bootstrap interval over checkpoints. When several hyper-parameters vary, the
+granulated form (Jiang et al. 2020, "Fantastic generalization measures") is reported as
+well: for each hyper-parameter, tau within every group of runs that agree on all the
+others, averaged over groups, then over hyper-parameters.
+
+A measure is uninformative, and not ranked, when (checked in this order):
+
+* fewer than two runs have both the measure and the gap;
+* it is a bound that is vacuous in every run: at or above its trivial value there (the
+  loss range for the MI and Occam bounds, chance level for the compression bound on the
+  test error), as the run's own report gives it;
+* its values differ by no more than :data:`RELATIVE_PRECISION` (1e-6) of their largest
+  magnitude. Measures are computed from weights stored in float32 (relative rounding
+  6e-8 per entry, accumulated over sums of thousands of entries), so differences below
+  1e-6 relative are not differences between the checkpoints. A bound within 1e-6 of 1 is
+  also at or above chance, so the vacuity rule already covers bounds whose distance to 1
+  would be the informative number;
+* the gap itself is the same in every run (nothing to rank against).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +47,12 @@ def _num(x: Any) -> float | None:
     return None
 
 
+def _int(x: Any) -> int | None:
+    """A count as an int (a float that holds an integer, as JSON may give it, too)."""
+    v = _num(x)
+    return int(v) if v is not None and math.isfinite(v) and v == int(v) else None
+
+
 def _get(doc: Mapping, *path: str) -> Any:
     for key in path:
         if not isinstance(doc, Mapping) or key not in doc or doc[key] is None:
@@ -52,35 +73,106 @@ def _mean_updates(doc: Mapping, key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-#: Measures read from a report, by name: (extractor, description).
-MEASURES: dict[str, tuple[Callable[[Mapping], float | None], str]] = {
-    "num_trainable": (lambda d: _num(_get(d, "checkpoint", "num_trainable")), "D, trained scalars"),
-    "mi_bound": (lambda d: _num(_get(d, "bounds", "mi", "bound")), "MI bound (0-1 loss)"),
-    "occam_bound": (lambda d: _num(_get(d, "bounds", "mi", "occam_bound")), "Occam bound"),
-    "compression_bound": (
+@dataclass(frozen=True)
+class Measure:
+    """One measure read from a report.
+
+    Attributes:
+        read: report document -> the value (an int for counts), None when it is missing.
+        description: what it is, for tables and axes.
+        trivial: for a bound, report document -> the value at and above which it says
+            nothing in that run (None: not a bound, or the report does not say).
+        trivial_name: what that value is, in words.
+    """
+
+    read: Callable[[Mapping], float | int | None]
+    description: str
+    trivial: Callable[[Mapping], float | None] | None = None
+    trivial_name: str = ""
+
+
+def _landscape(doc: Mapping, kind: str, key: str) -> float | None:
+    value = _get(doc, "landscapes", kind, key)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return _num(value)
+
+
+def _resolved_trace(doc: Mapping) -> float | None:
+    """The Hessian trace when an estimate resolves it: Hutch++'s, else SLQ's; None when
+    neither does (a report without the ``reliable`` flags: Hutch++'s as it is)."""
+    hutch = _get(doc, "curvature", "trace")
+    if not isinstance(hutch, Mapping):
+        return None
+    if hutch.get("reliable", True):
+        return _num(hutch.get("trace"))
+    slq = _get(doc, "curvature", "density")
+    if isinstance(slq, Mapping) and slq.get("trace_reliable"):
+        return _num(slq.get("trace"))
+    return None
+
+
+_LOSS_RANGE = "the loss range, 1 for the 0-1 loss"
+
+#: Measures read from a report, by name.
+MEASURES: dict[str, Measure] = {
+    "num_trainable": Measure(
+        lambda d: _int(_get(d, "checkpoint", "num_trainable")), "D, trained scalars"
+    ),
+    "mi_bound": Measure(
+        lambda d: _num(_get(d, "bounds", "mi", "bound")),
+        "MI bound (0-1 loss)",
+        lambda d: _num(_get(d, "bounds", "mi", "loss", "loss_range")),
+        _LOSS_RANGE,
+    ),
+    "occam_bound": Measure(
+        lambda d: _num(_get(d, "bounds", "mi", "occam_bound")),
+        "Occam bound",
+        lambda d: _num(_get(d, "bounds", "mi", "loss", "loss_range")),
+        _LOSS_RANGE,
+    ),
+    "compression_bound": Measure(
         lambda d: _num(_get(d, "bounds", "compression", "bound")),
         "compression bound on test error",
+        lambda d: _num(_get(d, "bounds", "compression", "vacuous_at")),
+        "chance level, 1 - 1/classes",
     ),
-    "compression_bits": (
-        lambda d: _num(_get(d, "bounds", "compression", "code_bits")),
+    "compression_bits": Measure(
+        lambda d: _int(_get(d, "bounds", "compression", "code_bits")),
         "K, bits of the compressed update",
     ),
-    "log10_phi_dW": (
-        lambda d: _num(_get(d, "bounds", "theorem1", "log10_phi_dW")),
-        "Theorem 1 log10 Phi_dW",
+    "log10_phi_dW": Measure(
+        lambda d: _num(_get(d, "bounds", "theorem1", "log10_phi_dW")), "Theorem 1 log10 Phi_dW"
     ),
-    "sum_dW_frobenius": (
-        lambda d: _sum_updates(d, "frobenius_norm"),
-        "sum of ||dW||_F over updates",
+    "sum_dW_frobenius": Measure(
+        lambda d: _sum_updates(d, "frobenius_norm"), "sum of ||dW||_F over updates"
     ),
-    "sum_dW_spectral": (lambda d: _sum_updates(d, "spectral_norm"), "sum of ||dW||_2"),
-    "mean_effective_rank": (
-        lambda d: _mean_updates(d, "effective_rank"),
-        "mean effective rank of dW",
+    "sum_dW_spectral": Measure(lambda d: _sum_updates(d, "spectral_norm"), "sum of ||dW||_2"),
+    "mean_effective_rank": Measure(
+        lambda d: _mean_updates(d, "effective_rank"), "mean effective rank of dW"
     ),
-    "mean_relative_spectral": (
-        lambda d: _mean_updates(d, "relative_spectral"),
-        "mean ||dW||_2 / ||W0||_2",
+    "mean_relative_spectral": Measure(
+        lambda d: _mean_updates(d, "relative_spectral"), "mean ||dW||_2 / ||W0||_2"
+    ),
+    "hessian_top_eigenvalue": Measure(
+        lambda d: _num(_get(d, "curvature", "top_eigenvalue")), "top Hessian eigenvalue"
+    ),
+    "hessian_trace": Measure(_resolved_trace, "Hessian trace (resolved estimates only)"),
+    "landscape_curvature": Measure(
+        lambda d: _landscape(d, "random-filter", "curvature"),
+        "landscape curvature (random direction)",
+    ),
+    "landscape_flat_fraction": Measure(
+        lambda d: _landscape(d, "random-filter", "flat_fraction"),
+        "landscape flat fraction (random direction)",
+    ),
+    "landscape_ascent": Measure(
+        lambda d: _landscape(d, "random-filter", "ascent"),
+        "landscape mean ascent at rho (random direction)",
+    ),
+    "path_curvature": Measure(
+        lambda d: _landscape(d, "path", "curvature"),
+        "landscape curvature along the path from the base",
     ),
 }
 
@@ -94,7 +186,8 @@ TARGETS: dict[str, Callable[[Mapping], float | None]] = {
 
 
 def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
-    """One row per report (keyed by run name): variant, hyper-parameters, measures, targets."""
+    """One row per report (keyed by run name): variant, hyper-parameters, measures, targets,
+    and ``vacuous``: the bounds at or above their trivial value in that run."""
     rows = []
     for name, doc in docs.items():
         ck = doc.get("checkpoint", {})
@@ -106,10 +199,15 @@ def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
             "chain": hp.get("chain"),
             "seed": _get(doc, "data", "reference", "kwargs", "seed"),
         }
-        for m, (fn, _) in MEASURES.items():
-            row[m] = fn(doc)
+        vacuous = []
+        for m, measure in MEASURES.items():
+            row[m] = measure.read(doc)
+            level = measure.trivial(doc) if measure.trivial is not None else None
+            if row[m] is not None and level is not None and row[m] >= level:
+                vacuous.append(m)
         for t, fn in TARGETS.items():
             row[t] = fn(doc)
+        row["vacuous"] = vacuous
         rows.append(row)
     return rows
 
@@ -151,6 +249,10 @@ class Correlation:
             runs with replacement (resamples with an undefined tau are dropped;
             ``n_valid`` counts the rest).
         granulated: the granulated tau over ``hparams`` (None when fewer than two vary).
+        informative: False when the measure cannot be ranked (see the module docstring);
+            ``why_uninformative`` then says why.
+        rank: 1 for the informative measure with the highest tau, 2 for the next, ...;
+            None for an uninformative one.
     """
 
     measure: str
@@ -163,6 +265,42 @@ class Correlation:
     n_boot: int
     n_valid: int
     granulated: float | None
+    informative: bool = True
+    why_uninformative: str | None = None
+    rank: int | None = None
+
+
+#: Values that differ by at most this fraction of their largest magnitude count as equal.
+RELATIVE_PRECISION = 1e-6
+
+
+def uninformative_reason(rows: Sequence[Row], measure: str, target: str) -> str | None:
+    """Why ``measure`` cannot be ranked against ``target`` over ``rows`` (None if it can);
+    the rules are listed in the module docstring."""
+    ok = [r for r in rows if _finite(r.get(measure)) and _finite(r.get(target))]
+    if len(ok) < 2:
+        have = "no run has" if not ok else "only one run has"
+        return f"{have} both this measure and {target}"
+    spec = MEASURES.get(measure)
+    if (
+        spec is not None
+        and spec.trivial is not None
+        and all(measure in r.get("vacuous", ()) for r in ok)
+    ):
+        return f"vacuous in every run (at or above {spec.trivial_name})"
+    values = np.array([r[measure] for r in ok], dtype=float)
+    spread = float(values.max() - values.min())
+    if spread == 0.0:
+        return f"the same value in every run ({values[0]:.6g})"
+    if spread <= RELATIVE_PRECISION * float(np.abs(values).max()):
+        return (
+            f"its values differ by {spread:.2g}, less than {RELATIVE_PRECISION:g} of their "
+            "size: below their numerical precision"
+        )
+    gaps = np.array([r[target] for r in ok], dtype=float)
+    if float(gaps.max() - gaps.min()) == 0.0:
+        return f"{target} is the same in every run"
+    return None
 
 
 def granulated_tau(
@@ -213,7 +351,8 @@ def rank_correlations(
     level: float = 0.9,
     seed: int = 0,
 ) -> list[Correlation]:
-    """Kendall's tau of every measure against ``target``, with bootstrap intervals."""
+    """Kendall's tau of every measure against ``target``, with bootstrap intervals, in the
+    order of ``measures``; informative measures are ranked by tau (highest first)."""
     if target not in TARGETS:
         raise GenboundError(f"unknown target {target!r}; expected one of {list(TARGETS)}.")
     names = list(measures or MEASURES)
@@ -237,13 +376,16 @@ def rank_correlations(
             if boots.size
             else (math.nan, math.nan)
         )
+        why = uninformative_reason(rows, m, target)
         out.append(
             Correlation(
                 m, target, len(ok), tau, low, high, level, n_boot, int(boots.size),
-                granulated_tau(ok, m, target, hparams),
+                granulated_tau(ok, m, target, hparams), why is None, why,
             )
         )  # fmt: skip
-    return out
+    ranked = sorted((c for c in out if c.informative), key=lambda c: -c.tau)
+    order = {c.measure: i + 1 for i, c in enumerate(ranked)}
+    return [dataclasses.replace(c, rank=order.get(c.measure)) for c in out]
 
 
 def _finite(v: Any) -> bool:

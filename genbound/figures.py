@@ -19,25 +19,23 @@ from pathlib import Path
 
 
 def plot_bounds_vs_error(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Each run's measured test error next to its compression bound (bars), chance dashed."""
     import numpy as np
+
+    from genbound.plotting import new_figure, save_figure
 
     rows = [r for r in rows if r.get("compression_bound") is not None]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig = new_figure(max(5.0, 1.0 + 0.9 * len(rows)), 3.8)
+    ax = fig.add_subplot()
     ax.bar(x - 0.2, [r["test_error"] for r in rows], 0.4, label="measured test error")
     ax.bar(x + 0.2, [r["compression_bound"] for r in rows], 0.4, label="compression bound (95%)")
     ax.axhline(2 / 3, color="gray", ls="--", lw=0.8, label="chance (3 classes)")
-    ax.set_xticks(x, [r["run"] for r in rows])
+    ax.set_xticks(x, [r["run"] for r in rows], rotation=30 if len(rows) > 6 else 0)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("0-1 error")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.legend(loc="outside upper center", ncol=3, fontsize=8)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = run_demo(args.demo, FAST if args.fast else DEFAULT)
     args.out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(
-        result.sweep / "figures" / "measures_vs_gap.png", args.out / "sweep_measures_vs_gap.png"
-    )
+    if (result.sweep / "figures" / "measures_vs_gap.png").exists():  # none when nothing ranks
+        shutil.copy(
+            result.sweep / "figures" / "measures_vs_gap.png",
+            args.out / "sweep_measures_vs_gap.png",
+        )
     rows = json.loads((result.sweep / "sweep.json").read_text())["rows"]
     plot_bounds_vs_error(rows, args.out / "bounds_vs_test_error.png")
     lora = result.reports["lora"] / "figures"

@@ -1,4 +1,4 @@
-"""The empirical generalization gap (../shared/THEORY.md section 4).
+"""The empirical generalization gap, the quantity every bound and measure is judged against.
 
 G = mean test loss - mean train loss on the same weights, in eval mode, both averaged
 per example (not per batch), signed, for the cross-entropy and the 0-1 loss, with the

@@ -45,7 +45,10 @@ class FitResult:
     Attributes:
         history: one dict per epoch: ``epoch``, ``step``, ``lr``, ``seconds``,
             ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` (means over
-            examples, eval mode; None where not computed).
+            examples, eval mode, after the epoch; None where not evaluated), and
+            ``epoch_mean_train_loss``, ``epoch_train_acc``: what the training steps of the
+            epoch saw (means over its examples, train mode, weights changing as they
+            went; the accuracy None when the outputs are not class logits).
         steps: optimizer steps taken.
         chain_steps: steps after which a chain reset ran.
     """
@@ -74,8 +77,27 @@ class FitResult:
         return self.last("test_acc")
 
     def metrics(self) -> dict[str, Any]:
-        """The ``metrics`` object of a run manifest (final values plus the history)."""
-        out = {k: self.last(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc")}
+        """The ``metrics`` object of a run manifest: the last epoch's measured values (keys
+        of values not measured are left out, never null), plus the history.
+
+        ``train_loss``/``train_error`` and ``test_loss``/``test_error`` are eval-mode means
+        over the whole set after the last epoch (present when evaluated);
+        ``last_epoch_mean_train_loss``/``last_epoch_train_error`` are the means over the
+        last epoch's training steps (train mode, weights changing), always present.
+        """
+        out: dict[str, Any] = {}
+        for split in ("train", "test"):
+            loss, acc = self.last(f"{split}_loss"), self.last(f"{split}_acc")
+            if loss is not None:
+                out[f"{split}_loss"] = loss
+            if acc is not None:
+                out[f"{split}_acc"] = acc
+                out[f"{split}_error"] = 1.0 - acc
+        running_loss, running_acc = self.last("epoch_mean_train_loss"), self.last("epoch_train_acc")
+        if running_loss is not None:
+            out["last_epoch_mean_train_loss"] = running_loss
+        if running_acc is not None:
+            out["last_epoch_train_error"] = 1.0 - running_acc
         return {
             **out,
             "steps": self.steps,
@@ -258,11 +280,14 @@ def fit(
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
+            seen = SeenByTraining()
             for batch in batches:
                 *inputs, labels = batch
                 opt.zero_grad(set_to_none=True)
                 logits = forward(model, inputs) if forward else logits_of(model(*inputs))
-                loss_fn(logits, labels).mean().backward()
+                losses = loss_fn(logits, labels)
+                seen.add(losses, logits, labels)
+                losses.mean().backward()
                 opt.step()
                 sched.step()
                 step += 1
@@ -277,6 +302,8 @@ def fit(
                 "step": step,
                 "lr": sched.get_last_lr()[0],
                 "seconds": time.perf_counter() - t0,
+                "epoch_mean_train_loss": seen.mean_loss(),
+                "epoch_train_acc": seen.accuracy(),
             }
             for key, data in (("train", train_set if eval_train else None), ("test", test_data)):
                 if data is None:
@@ -291,6 +318,28 @@ def fit(
     result.steps = step
     model.eval()
     return result
+
+
+class SeenByTraining:
+    """Running sums of the per-example losses and correct predictions of training steps."""
+
+    def __init__(self) -> None:
+        self.loss, self.correct, self.count, self.classes = 0.0, 0, 0, True
+
+    def add(self, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.loss += float(losses.detach().double().sum())
+            self.count += int(labels.shape[0])
+            if logits.ndim == labels.ndim + 1:
+                self.correct += int((logits.argmax(-1) == labels).sum())
+            else:
+                self.classes = False
+
+    def mean_loss(self) -> float | None:
+        return self.loss / self.count if self.count else None
+
+    def accuracy(self) -> float | None:
+        return self.correct / self.count if self.count and self.classes else None
 
 
 def _reset_steps(handle, every, epochs, steps_per_epoch, total) -> set[int]:

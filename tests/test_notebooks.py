@@ -43,3 +43,15 @@ def test_notebook_runs(path, fast_demo, tmp_path, monkeypatch):
     ]
     assert not errors
     assert all(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    # every figure cell shows its figure: report code run in the kernel (writing a
+    # report's PNGs) must not have switched the kernel's inline backend to Agg
+    figure_cells = [c for c in nb.cells if c.cell_type == "code" and _draws(c.source)]
+    assert figure_cells
+    for c in figure_cells:
+        shown = sum("image/png" in o.get("data", {}) for o in c.outputs)
+        assert shown >= _draws(c.source), c.source
+
+
+def _draws(source: str) -> int:
+    """How many figures a cell displays (plt.show() and IPython Image calls)."""
+    return source.count("plt.show()") + source.count("Image(plot") + source.count("Image(plane")

@@ -6,8 +6,10 @@ trainable-parameter count per adapted layer. Training (``genbound.adapters``),
 loading (``genbound.checkpoint``) and the bounds (``genbound.bounds``) all read
 the count from here, so it is defined once.
 
-Counts follow ../shared/THEORY.md section 1: for a layer with n outputs and m
-inputs (weight n x m), adapter rank r and chain length k.
+Counts are the trainable scalars per adapted layer, for a layer with n outputs and m
+inputs (weight n x m), adapter rank r and chain length k: e.g. r (m + n) for LoRA, r n
+when only B trains, min(k r (m + n), m n) for CoLA (merged links are stored in full);
+each variant module states its own.
 """
 
 from __future__ import annotations

@@ -200,7 +200,10 @@ def apply(
         "rslora": bool(rslora),
         "chain": int(chain),
         "selector_seed": int(seed) if variant.random_selection or variant.name == "paca" else None,
-        "targets": list(targets) if targets is not None else None,
+        # what was trained: the head alone for ``head`` (its ``targets`` are not used)
+        "targets": list(heads)
+        if variant.name == "head"
+        else (list(targets) if targets is not None else None),
         "layers": layer_names,
         "head": heads,
     }

@@ -16,6 +16,7 @@ from genbound.adapters.registry import get_variant
 from genbound.adapters.registry import variants as registered_variants
 from genbound.bounds.mi import mi_bound_value
 from genbound.errors import GenboundError
+from genbound.numbers import format_number
 
 __all__ = ["EXTENSION_VARIANTS", "PAPER_VARIANTS", "BoundRow", "BoundTable", "bound_table"]
 
@@ -81,7 +82,7 @@ class BoundTable:
         """A Markdown table: variant, D (layers), D (head), D, bound, vacuous, in paper."""
         lines = [
             f"MI bound sqrt(2 sigma^2 q ln2 D / N) for {len(self.layer_shapes)} adapted layers, "
-            f"r={self.r}, k={self.k}, q={self.q:g}, sigma={self.sigma:g}, N={self.n_train}",
+            f"r={self.r}, k={self.k}, q={self.q:g}, sigma={self.sigma:g}, N={self.n_train:,}",
             "",
             "| variant | D (layers) | D (head) | D | bound | vacuous | in paper |",
             "|---|---:|---:|---:|---:|---|---|",
@@ -89,7 +90,7 @@ class BoundTable:
         for row in self.rows:
             lines.append(
                 f"| {row.title} | {row.d_layers:,} | {row.d_head:,} | {row.d_total:,} | "
-                f"{row.bound:.4g} | {'yes' if row.vacuous else 'no'} | "
+                f"{format_number(row.bound)} | {'yes' if row.vacuous else 'no'} | "
                 f"{'yes' if row.in_paper_table else 'no'} |"
             )
         return "\n".join(lines) + "\n"
@@ -158,7 +159,7 @@ def bound_table(
             )
         )
     assumptions = (
-        "D per adapted layer from the variant registry (shared/THEORY.md section 1)",
+        "D per adapted layer from the variant registry (genbound.adapters.registry)",
         "the same head parameters are added to every row",
         "full fine-tuning counts n m per listed layer; other trained tensors only through head_params",
         "the loss is sigma-sub-Gaussian; the MI bound is on the expected gap",

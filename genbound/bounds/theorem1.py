@@ -19,7 +19,7 @@ at least one W0 factor. The recursion has no subtraction and is carried in log s
 (``logaddexp``), so it neither overflows nor cancels: Phi reaches 10^20 to 10^170 for 50
 to 150 layers.
 
-The printed statement has two typos (see ``shared/THEORY.md`` section 2):
+The printed statement has two typos:
 
 * P(i, j) must read bit (L - j) of (i - 1), i.e. ``floor((i - 1) / 2^(L - j)) mod 2``,
   not ``2^(L - 1)``. As printed, every layer reads the same bit, and the sum does not

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from genbound.curvature.context import analysis_mode
+from genbound.curvature.operator import find_adapted
 from genbound.errors import GenboundError
 from genbound.landscape.directions import (
     Direction,
@@ -131,41 +133,59 @@ class Landscape:
         np.savez(path, **arrays)
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
-    def plot(self, path: str | Path) -> Path:
-        """Plot the slice (1-D: a line; 2-D: contour and surface side by side) to ``path``."""
-        import matplotlib
+    def describe(self) -> str:
+        """What the slice moves, in words (the figure's title)."""
+        moves = self.metadata.get("moves") or f"the {self.space} space"
+        if self.kind == "path":
+            return f"Loss along the path W0 + t dW from the base model (t = 0) to the checkpoint (t = 1); moves {moves}"
+        what = {"random-filter": "a random filter-normalised direction", "pca": "the "
+                "trajectory's top two principal directions"}.get(self.kind, "the given directions")  # fmt: skip
+        return f"Loss along {what} in the space of {moves}"
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+    def plot(self, path: str | Path) -> Path:
+        """Plot the slice (1-D: a line; 2-D: contour and surface side by side) to ``path``
+        (PNG, drawn without pyplot: the session's plotting backend is left as it is)."""
+        from genbound.plotting import new_figure, readable_axis, save_figure
 
         path = Path(path)
-        title = f"{self.kind} directions, {self.space} space"
         if self.ys is None:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig = new_figure(5.6, 3.8)
+            ax = fig.add_subplot()
             ax.plot(self.xs, self.losses, marker=".")
             ax.axvline(0.0, color="grey", lw=0.5)
-            ax.set_xlabel("x")
-            ax.set_ylabel("loss")
+            top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+            ax.text(0.0, 0.98, " checkpoint", transform=top, fontsize=7, va="top")
+            if self.kind == "path":
+                ax.axvline(-1.0, color="grey", lw=0.5, ls="--")
+                ax.text(-1.0, 0.98, " base model", transform=top, fontsize=7, va="top")
+                ax.set_xlabel("x  (t = 1 + x: x = -1 base model, x = 0 checkpoint)")
+            else:
+                ax.set_xlabel("x  (multiples of the direction; x = 0 checkpoint)")
+            ax.set_ylabel("mean training loss")
+            readable_axis(ax, [], "x", max_ticks=6)
+            readable_axis(ax, [], "y", max_ticks=6)
         else:
-            fig = plt.figure(figsize=(10, 4.2))
+            fig = new_figure(10, 4.4)
             ax = fig.add_subplot(1, 2, 1)
             X, Y = np.meshgrid(self.xs, self.ys, indexing="ij")
-            cs = ax.contour(X, Y, self.losses, levels=20)
-            ax.clabel(cs, fontsize=6)
+            cs = ax.contour(X, Y, self.losses, levels=12)
+            ax.clabel(cs, fontsize=6, fmt="%.4g")
             ax.plot([0], [0], "k+")
             if self.path is not None:
                 ax.plot(self.path[:, 0], self.path[:, 1], "r.-", lw=0.8)
             ax.set_xlabel("x")
             ax.set_ylabel("y")
+            readable_axis(ax, [], "x")
+            readable_axis(ax, [], "y")
             ax3 = fig.add_subplot(1, 2, 2, projection="3d")
             ax3.plot_surface(X, Y, self.losses, cmap="viridis", linewidth=0)
             ax3.set_xlabel("x")
             ax3.set_ylabel("y")
             ax3.set_zlabel("loss")
-        fig.suptitle(title)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        return path
+            for axis in (ax3.xaxis, ax3.yaxis, ax3.zaxis):
+                axis.get_major_locator().set_params(nbins=4)
+        fig.suptitle(textwrap.fill(self.describe(), 70), fontsize=10)
+        return save_figure(fig, path, dpi=120)
 
 
 def _axis_curvature(t: np.ndarray, vals: np.ndarray, fit_points: int) -> float:
@@ -310,8 +330,27 @@ def landscape_2d(
     return _landscape(objective, dirs, xs, ys, losses, tol, rho, fit_points, path=dirs.path)
 
 
+def _moves(objective, dirs: Directions) -> str:
+    """What the directions move, in words: the adapter's factors only when the objective's
+    trained parameters include adapter factors (full fine-tuning and a head move their
+    tensors themselves)."""
+    if dirs.space == "full":
+        return "every parameter of the model"
+    if dirs.space == "merged":
+        return "the merged weights W0 + dW"
+    layers, _ = find_adapted(objective.model, objective.trainable)
+    factors = {n for layer in layers for n in layer.factor_names.values()}
+    moved = {n for d in dirs.vectors for n, t in d.items() if bool(t.any())}
+    if moved & factors:
+        return "the adapter's trained factors" + (
+            " and the other trained tensors" if moved - factors else ""
+        )
+    return "the trained tensors, every entry of W0 + dW"
+
+
 def _meta(objective, dirs: Directions) -> dict:
     return {
+        "moves": _moves(objective, dirs),
         "seed": dirs.seed,
         "description": getattr(objective, "description", ""),
         "num_examples": objective.num_examples,

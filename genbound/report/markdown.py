@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
+from genbound.numbers import format_number, format_pm
+from genbound.numbers import format_probability as prob
 from genbound.report.measures import Measures
 from genbound.report.reading import reading_lines
-
-
-def _pm(x: float, se: float, fmt: str = ".4f") -> str:
-    return f"{x:{fmt}} ± {se:{fmt}}"
 
 
 def spectra_markdown(measures: Measures) -> list[str]:
@@ -54,10 +56,12 @@ def gap_markdown(measures: Measures) -> list[str]:
         "| | train | test | gap (test - train) |",
         "|---|---|---|---|",
         f"| examples | {g.train.n:,} | {g.test.n:,} | |",
-        f"| cross-entropy (nats) | {_pm(g.train.loss, g.train.loss_stderr)} | "
-        f"{_pm(g.test.loss, g.test.loss_stderr)} | {_pm(g.loss_gap, g.loss_gap_stderr)} |",
-        f"| 0-1 error | {_pm(g.train.error, g.train.error_stderr)} | "
-        f"{_pm(g.test.error, g.test.error_stderr)} | {_pm(g.error_gap, g.error_gap_stderr)} |",
+        f"| cross-entropy (nats) | {format_pm(g.train.loss, g.train.loss_stderr)} | "
+        f"{format_pm(g.test.loss, g.test.loss_stderr)} | "
+        f"{format_pm(g.loss_gap, g.loss_gap_stderr)} |",
+        f"| 0-1 error | {format_pm(g.train.error, g.train.error_stderr)} | "
+        f"{format_pm(g.test.error, g.test.error_stderr)} | "
+        f"{format_pm(g.error_gap, g.error_gap_stderr)} |",
     ]
 
 
@@ -71,16 +75,16 @@ def compression_markdown(measures: Measures) -> list[str]:
         "## Compression bound (PAC-Bayes, Lotfi et al. 2022)",
         "",
         f"With probability >= {1 - c.delta:g} over the {c.n_train:,} training examples, the "
-        f"test 0-1 error of the quantized model is at most **{c.bound:.4f}** ({verdict}: "
-        f"chance level is {c.vacuous_at:.4f}). Chosen: b = {c.chosen_bits} bits per index "
-        f"({2**c.chosen_bits} levels), K = {c.code_bits:,} bits, quantized train error "
-        f"{c.train_error:.4f}, kl bound rhs = {c.rhs:.4g} nats.",
+        f"test 0-1 error of the quantized model is at most **{prob(c.bound)}** ({verdict}: "
+        f"chance level is {prob(c.vacuous_at)}). Chosen: b = {c.chosen_bits} bits per index "
+        f"({2**c.chosen_bits:,} levels), K = {c.code_bits:,} bits, quantized train error "
+        f"{prob(c.train_error)}, kl bound rhs = {format_number(c.rhs)} nats.",
     ]
     if measures.gap is not None:
         test = measures.gap.test.error
         lines.append(
-            f"The unquantized model's measured test error is {test:.4f}: the bound is "
-            f"{c.bound - test:+.4f} above it."
+            f"The unquantized model's measured test error is {prob(test)}: the bound is "
+            f"{prob(c.bound - test)} above it."
         )
     lines += [
         "",
@@ -88,10 +92,10 @@ def compression_markdown(measures: Measures) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for cand in c.candidates:
-        err = f"{cand.train_error:.4f}" if cand.evaluated else "not evaluated (floor too high)"
-        bound = f"{cand.bound:.4f}" if cand.bound is not None else "—"
+        err = prob(cand.train_error) if cand.evaluated else "not evaluated (floor too high)"
         lines.append(
-            f"| {cand.bits} | {cand.code_bits:,} | {err} | {cand.rhs:.4g} | {bound} | {cand.floor:.4f} |"
+            f"| {cand.bits} | {cand.code_bits:,} | {err} | {format_number(cand.rhs)} | "
+            f"{prob(cand.bound)} | {prob(cand.floor)} |"
         )
     return lines
 
@@ -126,12 +130,41 @@ def curvature_markdown(measures: Measures) -> list[str]:
             "|---|---|---|---|---|---|",
         ]
         for kind, ls in measures.landscapes.items():
+            moves = ls.metadata.get("moves")
             lines.append(
-                f"| {kind} | {ls.centre_loss:.4g} | {ls.curvature[0]:.4g} | "
-                f"{ls.flat_fraction:.2f} (tol {ls.tol:g}) | {ls.ascent:.4g} (rho {ls.rho:g}) | "
-                f"![{kind}](figures/landscape-{kind}.png) |"
+                f"| {kind}{f' (moves {moves})' if moves else ''} | "
+                f"{format_number(ls.centre_loss)} | {format_number(ls.curvature[0])} | "
+                f"{ls.flat_fraction:.2f} (tol {ls.tol:g}) | {format_number(ls.ascent)} "
+                f"(rho {ls.rho:g}) | ![{kind}](figures/landscape-{kind}.png) |"
             )
     return lines
+
+
+def theorem1_notes(t) -> list[str]:
+    """Why a Theorem 1 term is exactly zero (its log10 printed as ``-inf``), in words."""
+    layers = (
+        ", ".join(f"`{n}`" for n in t.layer_names)
+        if 0 < len(t.layer_names) <= 3
+        else f"{t.num_layers} layers"
+    )
+    notes = []
+    if t.log10_phi_W0 == -math.inf:
+        why = (
+            f"every layer of the chain ({layers}) is new to the model, so W0 = 0 there and "
+            "the network with W0 + dW is the network with dW alone: the bound's second form, "
+            "G(W0 + dW) <= G(dW) + Phi_W0, has no correction term"
+            if np.all(t.base_norms == 0)
+            else "the recursion's terms vanish (a zero norm, Lipschitz constant or input norm)"
+        )
+        notes.append(f"log10 Phi_W0 = -inf: Phi_W0 = 0 exactly, because {why}.")
+    if t.log10_phi_dW == -math.inf:
+        why = (
+            f"dW = 0 in every layer of the chain ({layers}): G(W0 + dW) = G(W0)"
+            if np.all(t.update_norms == 0)
+            else "the recursion's terms vanish (a zero norm, Lipschitz constant or input norm)"
+        )
+        notes.append(f"log10 Phi_dW = -inf: Phi_dW = 0 exactly, because {why}.")
+    return notes
 
 
 def bounds_markdown(measures: Measures) -> list[str]:
@@ -140,11 +173,12 @@ def bounds_markdown(measures: Measures) -> list[str]:
     if mi is not None:
         verdict = "vacuous" if mi.vacuous else "non-vacuous"
         lines.append(
-            f"- MI bound on the expected gap of the {mi.loss.description}: {mi.bound:.4g} "
+            f"- MI bound on the expected gap of the {mi.loss.description}: "
+            f"{format_number(mi.bound)} "
             f"({verdict}; D = {mi.d_actual:,} "
             f"trained scalars, q = {mi.q:g} bits, N = {mi.n_train:,} from the "
             f"{mi.n_train_source if mi.n_train_source != 'given' else measures.n_train_source}); "
-            f"Occam form at delta = {mi.delta:g}: {mi.occam_bound:.4g}."
+            f"Occam form at delta = {mi.delta:g}: {format_number(mi.occam_bound)}."
         )
         if mi.d_difference:
             lines.append(
@@ -153,10 +187,11 @@ def bounds_markdown(measures: Measures) -> list[str]:
     if measures.theorem1 is not None:
         t = measures.theorem1
         lines.append(
-            f"- Theorem 1 (corrected): log10 Phi_dW = {t.log10_phi_dW:.4g}, log10 Phi_W0 = "
-            f"{t.log10_phi_W0:.4g} (only the ordering across methods on one model means "
-            "anything for transformers)."
+            f"- Theorem 1 (corrected): log10 Phi_dW = {format_number(t.log10_phi_dW)}, "
+            f"log10 Phi_W0 = {format_number(t.log10_phi_W0)} (only the ordering across "
+            "methods on one model means anything for transformers)."
         )
+        lines += [f"- {note}" for note in theorem1_notes(t)]
     for part, why in measures.skipped.items():
         lines.append(f"- {part}: not computed: {why}")
     for w in (*measures.warnings, *(mi.warnings if mi is not None else ())):

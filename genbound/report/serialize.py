@@ -1,8 +1,15 @@
-"""Turn result dataclasses into JSON-ready values (numpy arrays to lists, inf to strings)."""
+"""Turn result dataclasses into JSON-ready values, and write JSON documents.
+
+One convention for every JSON file genbound writes (reports, sweeps): JSON has no
+infinities or NaN, so non-finite floats are written as the strings ``"inf"``, ``"-inf"``
+and ``"nan"`` (readers: :func:`genbound.compare` turns them back into floats), integers
+stay integers, numpy and torch values become lists and numbers.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -33,3 +40,10 @@ def jsonable(obj: Any, *, skip: frozenset[str] = frozenset()) -> Any:
     if isinstance(obj, (np.integer, np.bool_)):
         return obj.item()
     return obj
+
+
+def dumps_json(doc: Any) -> str:
+    """``doc`` as indented JSON text (ending in a newline) after :func:`jsonable`: every
+    non-finite float anywhere in it becomes a string, never a bare ``NaN`` or
+    ``Infinity`` (which strict JSON readers reject)."""
+    return json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"

@@ -1,18 +1,21 @@
 """The sweep comparison: one table (run x measure), Kendall's tau of every measure against
-the measured gap, and a figure of each measure against the gap."""
+the measured gap (informative measures ranked, the others listed with the reason), and a
+figure of each ranked measure against the gap."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from genbound.compare import MEASURES, Correlation, rank_correlations, sweep_rows
 from genbound.io import atomic_directory
-from genbound.report.serialize import jsonable
+from genbound.numbers import format_number, format_probability
+from genbound.report.serialize import dumps_json
 
 SWEEP_SCHEMA = "genbound.sweep/1"
+FIGURE = "figures/measures_vs_gap.png"
+TARGET = "gap_error"
 TABLE_COLUMNS = (
     ("run", "run"),
     ("variant", "variant"),
@@ -26,102 +29,159 @@ TABLE_COLUMNS = (
     ("log10_phi_dW", "log10 Φ_dW"),
     ("sum_dW_frobenius", "Σ‖dW‖_F"),
 )
+CURVATURE_COLUMNS = (
+    ("run", "run"),
+    ("hessian_top_eigenvalue", "top eigenvalue"),
+    ("hessian_trace", "trace"),
+    ("landscape_curvature", "landscape curvature"),
+    ("landscape_flat_fraction", "flat fraction"),
+    ("landscape_ascent", "mean ascent"),
+    ("path_curvature", "path curvature"),
+)
+TARGET_LABELS = {
+    "gap_error": "measured 0-1 gap (test - train)",
+    "gap_loss": "measured cross-entropy gap (test - train)",
+}
+#: Columns that hold errors or bounds on them (printed never rounded onto 0 or 1).
+PROBABILITIES = frozenset({"train_error", "test_error", "compression_bound"})
+NO_GAP = (
+    "No measured gap: pass --data TRAIN TEST (or --task module:function) to compare the "
+    "measures against the gap. The table above lists the measures computed without data."
+)
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+def _cell(row: Mapping, key: str) -> str:
+    v = row.get(key)
+    text = format_probability(v) if key in PROBABILITIES else format_number(v)
+    return f"{text} (vacuous)" if key in row.get("vacuous", ()) else text
+
+
+def _table(rows: Sequence[Mapping], columns) -> list[str]:
+    return [
+        "| " + " | ".join(h for _, h in columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(_cell(r, k) for k, _ in columns) + " |" for r in rows),
+    ]
+
+
+def _tau(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:+.3f}"
+
+
+def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -> list[str]:
+    """The ranking of the measures against the gap, or the sentence saying why there is none."""
+    if not corr:
+        return []
+    target = corr[0].target
+    lines = ["", f"## Which measure tracks the gap ({target})?", ""]
+    if not any(isinstance(r.get(target), (int, float)) for r in rows):
+        return [*lines, NO_GAP]
+    c0 = corr[0]
+    ranked = sorted((c for c in corr if c.informative), key=lambda c: c.rank)
+    lines += [
+        f"Kendall's tau-b over runs, {c0.level:.0%} percentile bootstrap interval from "
+        f"{c0.n_boot} resamples of runs; measures ranked by tau (a measure that tracks the "
+        "gap grows with it: tau near +1). With few runs the intervals are wide: read them, "
+        "not the point estimates.",
+        "",
+    ]
+    if ranked:
+        lines += [
+            "| rank | measure | n | tau | interval | granulated tau |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in ranked:
+            g = _tau(c.granulated) if c.granulated is not None else "n/a"
+            lines.append(
+                f"| {c.rank} | {MEASURES[c.measure].description} | {c.n} | {_tau(c.tau)} | "
+                f"[{_tau(c.low)}, {_tau(c.high)}] | {g} |"
+            )
+        if any(c.granulated is None for c in ranked):
+            lines += [
+                "",
+                "Granulated tau is n/a where fewer than two hyper-parameters vary on their own.",
+            ]
+        lines += ["", f"![each ranked measure against the gap]({FIGURE})"]
+    else:
+        lines.append("No measure can be ranked against the gap in this sweep.")
+    skipped = [c for c in corr if not c.informative]
+    if skipped:
+        lines += ["", "Not ranked (uninformative):", ""]
+        lines += [f"- {MEASURES[c.measure].description}: {c.why_uninformative}" for c in skipped]
+    return lines
 
 
 def sweep_markdown(rows: list[dict], corr: list[Correlation]) -> str:
     lines = [
         "# genbound sweep comparison",
         "",
-        f"{len(rows)} checkpoints. Errors and gaps are measured (test - train, same weights, eval mode).",
+        f"{len(rows)} checkpoints. Errors and gaps are measured (test - train, same weights, "
+        "eval mode). A bound marked (vacuous) is at or above its trivial value in that run "
+        "(chance for the compression bound, the loss range for the MI bound).",
         "",
-        "| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |",
-        "|" + "---|" * len(TABLE_COLUMNS),
+        *_table(rows, TABLE_COLUMNS),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in TABLE_COLUMNS) + " |")
-    if corr:
-        c0 = corr[0]
+    if any(r.get(k) is not None for r in rows for k, _ in CURVATURE_COLUMNS[1:]):
         lines += [
             "",
-            f"## Which measure tracks the gap ({c0.target})?",
+            "## Curvature and landscapes",
             "",
-            f"Kendall's tau-b over runs, {c0.level:.0%} percentile bootstrap interval from "
-            f"{c0.n_boot} resamples of runs. With few runs the intervals are wide: read them, "
-            "not the point estimates.",
+            "Hessian of the mean training loss on each report's curvature subset; landscape "
+            "numbers along its random filter-normalised direction and along the path from "
+            "the base model (see each report for the space they are taken in). A trace "
+            "neither estimate resolves is left out (—).",
             "",
-            "| measure | n | tau | interval | granulated tau |",
-            "|---|---|---|---|---|",
+            *_table(rows, CURVATURE_COLUMNS),
         ]
-        for c in corr:
-            g = (
-                f"{c.granulated:.3f}"
-                if c.granulated is not None
-                else "n/a (one hyper-parameter varies)"
-            )
-            lines.append(
-                f"| {MEASURES[c.measure][1]} | {c.n} | {_fmt(c.tau)} | "
-                f"[{_fmt(c.low)}, {_fmt(c.high)}] | {g} |"
-            )
+    lines += correlation_markdown(rows, corr)
     return "\n".join(lines) + "\n"
 
 
-def plot_measures(rows: list[dict], path: Path, target: str = "gap_error") -> None:
-    """A grid of scatter plots: each measure (log scale where positive) against ``target``."""
-    import matplotlib
+def plot_measures(
+    rows: list[dict], corr: Sequence[Correlation], path: Path, target: str = TARGET
+) -> Path | None:
+    """A grid of scatter plots, one per ranked measure, of the measure against ``target``
+    (ranked order; a log axis where the values span decades). None, and nothing written,
+    when no measure is ranked."""
+    from genbound.plotting import new_figure, readable_axis, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [m for m in MEASURES if sum(r.get(m) is not None for r in rows) >= 2]
-    cols = 3
-    nrows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
-    for ax, m in zip(axes.flat, names, strict=False):
+    ranked = sorted((c for c in corr if c.informative), key=lambda c: c.rank)
+    if not ranked:
+        return None
+    cols = min(3, len(ranked))
+    nrows = math.ceil(len(ranked) / cols)
+    fig = new_figure(4.2 * cols, 3.4 * nrows)
+    for i, c in enumerate(ranked):
+        ax = fig.add_subplot(nrows, cols, i + 1)
         pts = [
-            (r[m], r[target], r["run"])
+            (r[c.measure], r[target], r["run"])
             for r in rows
-            if r.get(m) is not None and r.get(target) is not None
+            if r.get(c.measure) is not None and r.get(target) is not None
         ]
-        xs, ys, _ = zip(*pts, strict=True) if pts else ((), (), ())
+        xs, ys, _ = zip(*pts, strict=True)
         ax.scatter(xs, ys)
-        for x, y, lab in pts:
-            ax.annotate(lab, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
-            ax.set_xscale("log")
-        ax.set_xlabel(MEASURES[m][1], fontsize=8)
-        ax.set_ylabel(target, fontsize=8)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.margins(x=0.15, y=0.12)  # room for the run names at the edges
+        readable_axis(ax, xs, "x", max_ticks=4)
+        readable_axis(ax, [], "y", max_ticks=5)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(MEASURES[c.measure].description, fontsize=8)
+        ax.set_ylabel(TARGET_LABELS.get(target, target), fontsize=8)
+        ax.set_title(f"#{c.rank}: tau {_tau(c.tau)}", fontsize=9)
+    return save_figure(fig, path)
 
 
 def write_sweep(out_dir: str | Path, docs: Mapping[str, Mapping], *, seed: int = 0) -> Path:
-    """Write ``sweep.json``, ``sweep.md`` and ``figures/measures_vs_gap.png`` atomically."""
+    """Write ``sweep.json``, ``sweep.md`` and (when a measure is ranked)
+    ``figures/measures_vs_gap.png`` atomically."""
     rows = sweep_rows(docs)
-    corr = rank_correlations(rows, seed=seed) if len(rows) >= 2 else []
+    corr = rank_correlations(rows, target=TARGET, seed=seed) if len(rows) >= 2 else []
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
-        doc = {
-            "schema": SWEEP_SCHEMA,
-            "rows": jsonable(rows),
-            "correlations": jsonable(corr),
-        }
-        (tmp / "sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
+        doc = {"schema": SWEEP_SCHEMA, "rows": rows, "correlations": corr}
+        (tmp / "sweep.json").write_text(dumps_json(doc))
         (tmp / "sweep.md").write_text(sweep_markdown(rows, corr))
         (tmp / "figures").mkdir()
-        plot_measures(rows, tmp / "figures" / "measures_vs_gap.png")
+        plot_measures(rows, corr, tmp / FIGURE)
     return out

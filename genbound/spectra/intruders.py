@@ -1,4 +1,5 @@
-"""Intruder dimensions (Shuttleworth et al. 2024, ../shared/THEORY.md section 5).
+"""Intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion
+of Equivalence").
 
 A top-k left singular vector u_j of the fine-tuned weight W0 + dW is an intruder when
 max_i |cos(u_j, u0_i)| < eps over all left singular vectors u0_i of W0. One product
