@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from genbound.numbers import format_number
+from genbound.numbers import format_probability as prob
 from genbound.report.measures import Measures, trace_summary
+from genbound.spectra import LayerSpectrum
 
 
 def reading_lines(measures: Measures) -> list[str]:
@@ -23,18 +26,19 @@ def reading_lines(measures: Measures) -> list[str]:
             extra = ""
             if g is not None:
                 extra = (
-                    f" The measured test error is {g.test.error:.4f}, so the bound is "
-                    f"{c.bound - g.test.error:.4f} above it."
+                    f" The measured test error is {prob(g.test.error)}, so the bound is "
+                    f"{prob(c.bound - g.test.error)} above it."
                 )
             out.append(
                 f"The compression bound is non-vacuous: with probability >= {1 - c.delta:g}, the "
-                f"quantized model's test error is at most {c.bound:.4f}, below chance "
-                f"({c.vacuous_at:.4f}). It pays {c.code_bits:,} bits for the trained tensors "
+                f"quantized model's test error is at most {prob(c.bound)}, below chance "
+                f"({prob(c.vacuous_at)}). It pays {c.code_bits:,} bits for the trained tensors "
                 f"against {c.n_train:,} examples.{extra}"
             )
         else:
             out.append(
-                f"The compression bound ({c.bound:.4f}) is vacuous: the trained tensors still "
+                f"The compression bound ({prob(c.bound)}) is vacuous, at or above chance "
+                f"({prob(c.vacuous_at)}): the trained tensors still "
                 f"cost {c.code_bits:,} bits after quantization, far more than {c.n_train:,} "
                 "examples can pay for (the bound needs K ln 2 to be small next to N). More data, "
                 "fewer trained parameters, or a coarser code would be needed."
@@ -43,14 +47,14 @@ def reading_lines(measures: Measures) -> list[str]:
     if mi is not None:
         if mi.vacuous:
             out.append(
-                f"The MI bound ({mi.bound:.3g}) exceeds the loss range ({mi.loss.loss_range:g}), "
+                f"The MI bound ({format_number(mi.bound, 3)}) exceeds the loss range ({mi.loss.loss_range:g}), "
                 f"so it says nothing about this run: it charges q = {mi.q:g} bits for each of "
                 f"D = {mi.d_actual:,} trained scalars against N = {mi.n_train:,} examples. "
                 "Across variants it still orders methods by D q / N, which is its content."
             )
         else:
             out.append(
-                f"The MI bound ({mi.bound:.3g}) bounds the expected gap of the "
+                f"The MI bound ({format_number(mi.bound, 3)}) bounds the expected gap of the "
                 f"{mi.loss.description} under its assumptions (listed in report.json)."
             )
     if measures.theorem1 is not None:
@@ -64,12 +68,7 @@ def reading_lines(measures: Measures) -> list[str]:
     if s is not None and s.layers:
         with_intr = [x for x in s.layers if x.intruders is not None and 0.5 in x.intruders.eps]
         if with_intr:
-            n = sum(x.intruders.count_at(0.5) > 0 for x in with_intr)
-            out.append(
-                f"{n} of {len(with_intr)} adapted layers have intruder dimensions at eps 0.5 "
-                "(top singular vectors of W0 + dW unlike any of W0's): the update added "
-                "directions rather than re-weighting existing ones."
-            )
+            out.append(intruder_sentence(with_intr))
     cv = measures.curvature
     if cv is not None:
         conv = "converged" if cv.top.converged else "did not converge: treat it as a lower estimate"
@@ -99,3 +98,37 @@ def reading_lines(measures: Measures) -> list[str]:
             )
         )
     return [f"- {line}" for line in out]
+
+
+def intruder_sentence(layers: list[LayerSpectrum], eps: float = 0.5) -> str:
+    """What the intruder counts at ``eps`` say: how many of ``layers`` (each with intruders
+    measured at ``eps``) gained directions W0 does not have. Layers trained in full (dense
+    updates) are "updated layers", adapter layers "adapted layers"."""
+    noun = "updated" if all(x.kind == "dense" for x in layers) else "adapted"
+    n = sum(x.intruders.count_at(eps) > 0 for x in layers)
+    k = layers[0].intruders.k
+    what = (
+        f"top-{k} singular vectors of W0 + dW unlike any of W0's (largest |cosine| below {eps:g})"
+    )
+    if n == 0:
+        none = (
+            f"The {noun} layer has no"
+            if len(layers) == 1
+            else f"None of the {len(layers)} {noun} layers has"
+        )
+        return (
+            f"{none} intruder dimensions ({what}): every leading direction of the fine-tuned "
+            "weight is close to one W0 already had, so the update re-weights existing "
+            "directions rather than adding new ones."
+        )
+    if n == len(layers):
+        every = "The" if n == 1 else f"All {n}"
+        return (
+            f"{every} {noun} layer{'s' if n > 1 else ''} {'has' if n == 1 else 'have'} "
+            f"intruder dimensions ({what}): the update added directions W0 does not have."
+        )
+    return (
+        f"{n} of {len(layers)} {noun} layers {'has' if n == 1 else 'have'} intruder "
+        f"dimensions ({what}): in {'that layer' if n == 1 else 'those layers'} the update "
+        "added directions W0 does not have; in the others it re-weights existing ones."
+    )
