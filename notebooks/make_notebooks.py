@@ -1,7 +1,9 @@
 """Write the example notebooks (run: python notebooks/make_notebooks.py).
 
 The notebooks are generated from this file so that their code stays reviewable as plain
-Python; the test suite executes every notebook top to bottom on the fast demo.
+Python; the test suite executes every notebook top to bottom on the fast demo and checks
+that every figure cell displays its figure. Open them with
+``pip install -e ".[demo]" && genbound demo --fast && jupyter lab notebooks/``.
 """
 
 from pathlib import Path
@@ -56,6 +58,16 @@ NOTEBOOKS = {
             "ours[:5], dense[:5]"
         ),
         new_code_cell(
+            "# the report's own figures, written as `genbound report` writes them (this leaves\n"
+            "# the notebook's plotting backend as it is: the next cell still shows its plot)\n"
+            "import tempfile\n\n"
+            "from IPython.display import Image, display\n"
+            "from genbound.report.figures import plot_intruders, plot_spectra\n\n"
+            "figures = Path(tempfile.mkdtemp())\n"
+            "display(Image(plot_spectra(res, figures / 'spectra.png')))\n"
+            "display(Image(plot_intruders(res, figures / 'intruders.png')))"
+        ),
+        new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
             "fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))\n"
             "for x in res.layers:\n"
@@ -78,17 +90,24 @@ NOTEBOOKS = {
         new_code_cell(SETUP),
         new_code_cell(
             "import json\n\n"
+            "from genbound.numbers import format_number  # never rounds 0.9999999978 to 1\n\n"
             "sweep = json.loads((demo / 'sweep' / 'sweep.json').read_text())\n"
             "cols = ['run', 'num_trainable', 'train_error', 'test_error', 'gap_error', "
             "'compression_bound', 'mi_bound']\n"
             "print(' | '.join(cols))\n"
             "for r in sweep['rows']:\n"
-            "    print(' | '.join(f'{r[c]:.4g}' if isinstance(r[c], float) else str(r[c]) for c in cols))"
+            "    print(' | '.join(format_number(r[c]) for c in cols))"
         ),
         new_code_cell(
+            "# informative measures by rank (highest tau first), then the ones not ranked\n"
+            "ranked = sorted((c for c in sweep['correlations'] if c['informative']), "
+            "key=lambda c: c['rank'])\n"
+            "for c in ranked:\n"
+            "    print(f\"#{c['rank']:<2} {c['measure']:24s} tau={c['tau']:+.3f}  \"\n"
+            "          f\"[{c['low']:+.2f}, {c['high']:+.2f}]  n={c['n']}\")\n"
             "for c in sweep['correlations']:\n"
-            "    print(f\"{c['measure']:24s} tau={c['tau']:+.3f}  \"\n"
-            "          f\"[{c['low']:+.2f}, {c['high']:+.2f}]  n={c['n']}\")"
+            "    if not c['informative']:\n"
+            "        print(f\"    {c['measure']:24s} not ranked: {c['why_uninformative']}\")"
         ),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
@@ -107,7 +126,8 @@ NOTEBOOKS = {
             "# Loss landscapes around a checkpoint\n\n"
             "Rebuild the fine-tuned model from a run (its task is recorded in the run folder), "
             "then slice the training loss along the path from the base model and along random "
-            "filter-normalized directions in the space of the updated tensors."
+            "filter-normalized directions in the space of the trained tensors (for LoRA, its "
+            "factors B and A)."
         ),
         new_code_cell(SETUP),
         new_code_cell(
@@ -130,9 +150,8 @@ NOTEBOOKS = {
         new_code_cell(
             "plane = landscape_2d(sub, kind='random', steps=7, seed=0)\n"
             "print('centre loss', plane.centre_loss, 'curvature per axis', plane.curvature)\n"
-            "plane.plot('landscape-2d.png')\n"
-            "from IPython.display import Image\n"
-            "Image('landscape-2d.png')"
+            "from IPython.display import Image\n\n"
+            "Image(plane.plot('landscape-2d.png'))"
         ),
     ],
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -55,3 +56,19 @@ def test_notebook_runs(path, fast_demo, tmp_path, monkeypatch):
 def _draws(source: str) -> int:
     """How many figures a cell displays (plt.show() and IPython Image calls)."""
     return source.count("plt.show()") + source.count("Image(plot") + source.count("Image(plane")
+
+
+def test_readme_says_how_to_run_them_and_the_demo_extra_installs_jupyter():
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    assert 'pip install -e ".[demo]"' in readme and "jupyter lab notebooks/" in readme
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    demo = set(extras["demo"])
+    if "genbound[notebooks]" in demo:
+        demo |= set(extras["notebooks"])
+    names = {re.split(r"[<>=\[ ]", req)[0] for req in demo}
+    assert {"jupyter", "nbclient", "nbformat", "ipykernel"} <= names

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import genbound
@@ -13,7 +12,7 @@ from genbound.report.figures import plot_density, plot_intruders, plot_spectra
 from genbound.report.html import markdown_to_html
 from genbound.report.markdown import render_markdown
 from genbound.report.measures import Measures
-from genbound.report.serialize import jsonable
+from genbound.report.serialize import dumps_json, jsonable
 from genbound.spectra import LayerSpectrum
 
 SCHEMA = "genbound.report/1"
@@ -208,7 +207,7 @@ def write_report(
     out = ensure_writable(out_dir, force=force)
     doc = report_document(ckpt, measures, content_key=content_key, settings_key=settings_key)
     with atomic_directory(out) as tmp:
-        (tmp / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (tmp / "report.json").write_text(dumps_json(doc))
         (tmp / "report.md").write_text(render_markdown(doc["checkpoint"], measures))
         if measures.compression is not None:
             from safetensors.torch import save_file
