@@ -292,8 +292,9 @@ def test_a_dora_report_has_its_merged_space_and_no_fallback_warnings(tmp_path):
     got = measure_checkpoint(
         ckpt,
         task=_DoraTask(base_dir),
-        parts=("curvature",),
+        parts=("curvature", "landscape"),
         curvature_examples=10,
+        landscape_steps=5,
         trace_products=3,  # one residual sample: the trace is not resolved
         density_probes=1,
         density_steps=4,
@@ -303,6 +304,13 @@ def test_a_dora_report_has_its_merged_space_and_no_fallback_warnings(tmp_path):
     assert cv.sample.examples == 10 and cv.sample.stratified_by == "label"
     (warning,) = got.warnings  # the unresolved trace, once; nothing about DoRA
     assert warning.startswith("the Hessian trace is not resolved: Hutch++")
+    # the random slice moves DoRA's factors; both slices pass through the checkpoint
+    assert got.landscapes["random-filter"].space == "adapter"
+    random, path = got.landscapes["random-filter"], got.landscapes["path"]
+    assert random.centre_loss == pytest.approx(path.centre_loss, rel=1e-10)  # same function
+    for ls in (random, path):
+        assert ls.losses[np.flatnonzero(ls.xs == 0.0)[0]] == ls.centre_loss
+        assert np.all(np.isfinite(ls.losses))
 
 
 class _NotLinear(nn.Module):
