@@ -186,3 +186,30 @@ def test_the_report_records_the_sample():
         "stratified_by": "label",
         "label_counts": {"0": 20, "1": 13, "2": 7},
     }
+
+
+def test_left_padded_rows_keep_their_padding_and_losses():
+    """Rows without a right-padded mask are taken as they are (with their batch's padding),
+    stacked with rows of the same width; the draw still ignores the padding."""
+    obj = bucketed()
+    moved = []
+    for b in obj.batches:  # the same rows, left-padded: padding first
+        lengths = b.inputs["attention_mask"].sum(1)
+        shift = [int(b.inputs["attention_mask"].shape[1] - n) for n in lengths]
+        moved.append(
+            Batch(
+                {k: torch.stack([v[i].roll(s, 0) for i, s in enumerate(shift)])
+                 for k, v in b.inputs.items()},
+                b.labels,
+            )
+        )  # fmt: skip
+    left = Objective(obj.model, moved, cross_entropy_loss, obj.trainable, "left")
+    sub, sample = sample_objective(left, 60, seed=5)
+    right, _ = sample_objective(obj, 60, seed=5)
+    assert sub.num_examples == 60 and sample.label_counts == stratified_counts(
+        np.repeat([0, 1, 2], CLASS_SIZES), 60
+    )
+    with torch.no_grad():
+        got = sorted(float(x) for b in sub.batches for x in cross_entropy_loss(obj.model, b))
+        ref = sorted(float(x) for b in right.batches for x in cross_entropy_loss(obj.model, b))
+    np.testing.assert_allclose(got, ref, rtol=1e-12)  # the same examples (mean pooling)
