@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
 
 from genbound.errors import GenboundError
+from genbound.io import save_tensors
 
 if TYPE_CHECKING:
     from genbound.adapters.handle import AdapterHandle
@@ -67,8 +67,7 @@ def export_peft(
         "inference_mode": True,
     }
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(
-        {k: v.contiguous().cpu() for k, v in tensors.items()},
-        str(out / "adapter_model.safetensors"),
+    save_tensors(
+        {k: v.contiguous().cpu() for k, v in tensors.items()}, out / "adapter_model.safetensors"
     )
     return out
