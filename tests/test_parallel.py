@@ -17,17 +17,27 @@ def _blas_threads() -> list[int]:
 
 
 def test_results_in_order_and_threads_restored():
+    """Items 0 and 1 meet at a barrier, so two workers run at once; item 0 then waits until
+    item 2 has started (after item 1 finished), so results finish out of order."""
     torch_threads, blas = torch.get_num_threads(), _blas_threads()
     seen = []
+    both_running, item2_started = threading.Barrier(2, timeout=30), threading.Event()
 
-    def slow_first(i):
-        seen.append((torch.get_num_threads(), threading.current_thread().name))
-        time.sleep(0.02 if i == 0 else 0.0)
+    def square(i):
+        seen.append((i, torch.get_num_threads(), threading.current_thread().name))
+        if i < 2:
+            both_running.wait()  # BrokenBarrierError unless items 0 and 1 run concurrently
+        if i == 0:
+            assert item2_started.wait(timeout=30)
+        if i == 2:
+            item2_started.set()
         return i * i
 
-    assert list(threaded_map(slow_first, range(9), workers=2)) == [i * i for i in range(9)]
-    assert {t for t, _ in seen} == {1}  # each worker on one torch thread
-    assert len({name for _, name in seen}) == 2
+    assert list(threaded_map(square, range(9), workers=2)) == [i * i for i in range(9)]
+    assert sorted(i for i, _, _ in seen) == list(range(9))
+    assert {t for _, t, _ in seen} == {1}  # each worker on one torch thread
+    assert len({name for _, _, name in seen}) == 2  # two workers, none the caller's
+    assert threading.current_thread().name not in {name for _, _, name in seen}
     assert torch.get_num_threads() == torch_threads and _blas_threads() == blas
 
 
