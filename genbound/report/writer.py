@@ -7,7 +7,7 @@ from pathlib import Path
 import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError
-from genbound.io import atomic_directory
+from genbound.io import atomic_directory, save_tensors
 from genbound.report.figures import plot_density, plot_intruders, plot_spectra
 from genbound.report.html import markdown_to_html
 from genbound.report.markdown import render_markdown
@@ -210,10 +210,8 @@ def write_report(
         (tmp / "report.json").write_text(dumps_json(doc))
         (tmp / "report.md").write_text(render_markdown(doc["checkpoint"], measures))
         if measures.compression is not None:
-            from safetensors.torch import save_file
-
             tensors = {k: v.contiguous() for k, v in measures.compression.quantized.items()}
-            save_file(tensors, str(tmp / QUANTIZED_FILE))
+            save_tensors(tensors, tmp / QUANTIZED_FILE)
         (tmp / "figures").mkdir()
         for kind, ls in measures.landscapes.items():
             ls.save_npz(tmp / f"landscape-{kind}.npz")
