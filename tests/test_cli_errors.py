@@ -14,6 +14,7 @@ import pytest
 from conftest import build_peft, tiny_bert
 
 from genbound.cli.main import main
+from genbound.parts import PARTS
 
 
 def _no_traceback(err: str) -> None:
@@ -266,5 +267,7 @@ def test_stages_are_printed_when_output_is_not_a_terminal(tmp_path, adapter, cap
     assert settings["curvature_examples"] == 6 and settings["trace_products"] == 4
     assert settings["density_probes"] == 1 and settings["density_steps"] == 5
     assert settings["landscape_steps"] == 5 and settings["seed"] == 3
+    assert settings["base_svd"] == "compute" and settings["curvature_space"] == "merged"
+    assert settings["parts"] == sorted(PARTS) and settings["device"] == "cpu"
     assert doc["curvature"]["examples"] == 6
     assert len(doc["landscapes"]["path"]["xs"]) == 5

@@ -79,6 +79,8 @@ class Measures:
         skipped: part name -> why it was not computed.
         warnings: things a reader must know (e.g. N of the task differs from the run's).
         seconds: wall time per part.
+        settings: what the measures were computed with (the parts, the MI loss, the
+            curvature space, sample size, product and step budgets, the seed).
     """
 
     spectra: SpectraResult | None
@@ -96,6 +98,7 @@ class Measures:
     skipped: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,18 @@ def measure_checkpoint(
         raise GenboundError(
             f"curvature_space must be one of {list(CURVATURE_SPACES)}; found {curvature_space!r}."
         )
+    settings = {
+        "parts": sorted(wanted),
+        "mi_loss": dict(mi_loss or {"loss": "zero_one"}),
+        "curvature_space": curvature_space,
+        "curvature_examples": curvature_examples,
+        "trace_products": trace_products,
+        "density_probes": density_probes,
+        "density_steps": density_steps,
+        "landscape_steps": landscape_steps,
+        "seed": seed,
+        "base_svd": base_svd,
+    }
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
     warnings: list[str] = []
@@ -326,6 +341,7 @@ def measure_checkpoint(
         skipped=skipped,
         warnings=tuple(warnings),
         seconds=seconds,
+        settings=settings,
     )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import genbound
 from genbound.checkpoint.model import Checkpoint
-from genbound.errors import GenboundError
+from genbound.errors import GenboundError, input_error
 from genbound.io import atomic_directory, save_tensors
 from genbound.report.figures import plot_density, plot_intruders, plot_spectra
 from genbound.report.html import markdown_to_html
@@ -61,11 +64,43 @@ def layer_json(ckpt: Checkpoint, layer: LayerSpectrum) -> dict:
 
 
 def ensure_writable(out_dir: str | Path, *, force: bool) -> Path:
-    """Refuse (before any work) to replace an existing report unless ``force``."""
+    """Check, before any work, that a report can be written to ``out_dir``: it is a folder
+    or can be created as one, its nearest existing parent is a writable folder, and it holds
+    no report unless ``force``."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
+    check_output_folder(out, what="report folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
         raise GenboundError(f"{out}: a report already exists there; pass --force to replace it.")
     return out
+
+
+def check_output_folder(path: str | Path, *, what: str) -> None:
+    """A GenboundError unless ``path`` is a folder or can be created as one (its nearest
+    existing ancestor is a folder this process may write in)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise input_error(
+            path, f"cannot write the {what}", expected="a folder", found="a file", cls=GenboundError
+        )
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise input_error(
+            path,
+            f"cannot write the {what}",
+            expected="a path whose parents are folders",
+            found=f"{parent} is a file",
+            cls=GenboundError,
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise input_error(
+            path,
+            f"cannot write the {what}",
+            expected="a folder this user may write in",
+            found=f"{parent} is not writable",
+            cls=GenboundError,
+        )
 
 
 def compression_json(measures: Measures) -> dict | None:
@@ -143,17 +178,20 @@ def report_document(
     *,
     content_key: str | None = None,
     settings_key: str | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict:
     """Everything ``report.json`` holds (schema ``genbound.report/1``, docs/report-format.md).
 
     ``content_key`` identifies the checkpoint's content and ``settings_key`` the report's
-    settings (a sweep reuses a report when both are equal).
+    settings (a sweep reuses a report when both are equal); ``settings`` adds options the
+    measures do not record themselves (``device``, ``n_train`` as given).
     """
     spectra = measures.spectra
     return {
         "schema": SCHEMA,
         "genbound_version": genbound.__version__,
         "settings_key": settings_key,
+        "settings": jsonable({**measures.settings, **(settings or {})}),
         "checkpoint": checkpoint_info(ckpt) | {"content_key": content_key},
         "data": {
             "task": measures.task,
@@ -196,6 +234,7 @@ def write_report(
     force: bool = False,
     content_key: str | None = None,
     settings_key: str | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.json``, ``report.md``, ``report.html`` (self-contained) and
     ``figures/*.png`` for ``ckpt`` with its computed ``measures`` (and, with a compression
@@ -205,7 +244,9 @@ def write_report(
     ``force=True``.
     """
     out = ensure_writable(out_dir, force=force)
-    doc = report_document(ckpt, measures, content_key=content_key, settings_key=settings_key)
+    doc = report_document(
+        ckpt, measures, content_key=content_key, settings_key=settings_key, settings=settings
+    )
     with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(dumps_json(doc))
         (tmp / "report.md").write_text(render_markdown(doc["checkpoint"], measures))
