@@ -126,17 +126,18 @@ def curvature_markdown(measures: Measures) -> list[str]:
             "",
             "## Loss landscape (1-D slices)",
             "",
-            "| direction | centre loss | curvature (2c of a quadratic fit) | flat fraction | mean ascent at rho | figure |",
+            "| direction | moves | centre loss | curvature (2c of a quadratic fit) | flat fraction | mean ascent at rho |",
             "|---|---|---|---|---|---|",
         ]
         for kind, ls in measures.landscapes.items():
-            moves = ls.metadata.get("moves")
             lines.append(
-                f"| {kind}{f' (moves {moves})' if moves else ''} | "
+                f"| {kind} | {ls.metadata.get('moves', ls.space)} | "
                 f"{format_number(ls.centre_loss)} | {format_number(ls.curvature[0])} | "
                 f"{ls.flat_fraction:.2f} (tol {ls.tol:g}) | {format_number(ls.ascent)} "
-                f"(rho {ls.rho:g}) | ![{kind}](figures/landscape-{kind}.png) |"
+                f"(rho {ls.rho:g}) |"
             )
+        for kind in measures.landscapes:
+            lines += ["", f"![landscape along {kind}](figures/landscape-{kind}.png)"]
     return lines
 
 
