@@ -93,15 +93,27 @@ def line_styles(names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _tick_labels(values: Sequence[float]) -> list[str]:
-    """The shortest labels (2 to 8 significant digits, genbound's number format) that tell
-    every tick apart, with no multiplier or offset text beside the axis."""
+    """The shortest labels that tell every tick apart, with no multiplier or offset text
+    beside the axis: one number of decimals for all (``-0.8 ... 0.8``, ``1.0270 ...
+    1.0276``) when the ticks lie between 1e-3 and 1e4 in size, genbound's number format
+    otherwise (``4e-5``, ``12,500``)."""
     from genbound.numbers import format_number
 
-    labels = [format_number(float(v), 2) for v in values]
-    for digits in range(3, 9):
+    vals = [float(v) for v in values]
+    size = max((abs(v) for v in vals), default=0.0)
+    if size == 0.0 or 1e-3 <= size < 1e4:
+        for decimals in range(9):
+            labels = [f"{v:.{decimals}f}" for v in vals]
+            exact = all(
+                abs(float(t) - v) <= 1e-9 * max(1.0, size)
+                for t, v in zip(labels, vals, strict=True)
+            )
+            if exact and len(set(labels)) == len(labels):
+                return [t[1:] if float(t) == 0.0 and t.startswith("-") else t for t in labels]
+    for digits in range(2, 9):
+        labels = [format_number(v, digits) for v in vals]
         if len(set(labels)) == len(labels):
             break
-        labels = [format_number(float(v), digits) for v in values]
     return labels
 
 

@@ -137,9 +137,17 @@ class Landscape:
         """What the slice moves, in words (the figure's title)."""
         moves = self.metadata.get("moves") or f"the {self.space} space"
         if self.kind == "path":
-            return f"Loss along the path W0 + t dW from the base model (t = 0) to the checkpoint (t = 1); moves {moves}"
-        what = {"random-filter": "a random filter-normalised direction", "pca": "the "
-                "trajectory's top two principal directions"}.get(self.kind, "the given directions")  # fmt: skip
+            return (
+                "Loss along the path W0 + t dW from the base model (t = 0) to the checkpoint "
+                f"(t = 1); moves {moves}"
+            )
+        one = self.ys is None
+        what = {
+            "random-filter": "a random filter-normalised direction"
+            if one
+            else "two random filter-normalised directions",
+            "pca": "the trajectory's top two principal directions",
+        }.get(self.kind, "the given direction" if one else "the given directions")
         return f"Loss along {what} in the space of {moves}"
 
     def plot(self, path: str | Path) -> Path:
