@@ -70,3 +70,15 @@ def test_report_bounds_and_skip_reasons(tmp_path, capsys):
     assert "mi" not in doc["skipped"]
     md = (tmp_path / "n" / "report.md").read_text()
     assert "MI bound on the expected gap of the 0-1 loss" in md and "vacuous" in md
+
+
+def test_parts_left_out_are_recorded_in_settings_not_skipped(tmp_path, capsys):
+    _, ad, _ = build_peft(tmp_path, tiny_bert, dict(r=2, target_modules=["query"]))
+    out = tmp_path / "rep"
+    assert main(["report", str(ad), "--out", str(out), "--only", "spectra,mi,gap"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["settings"]["parts"] == ["gap", "mi", "spectra"]
+    # requested but impossible: a reason each; not requested: no entry
+    assert set(doc["skipped"]) == {"gap", "mi"}
+    assert doc["skipped"]["gap"].startswith("no data")
+    assert doc["bounds"]["theorem1"] is None and doc["curvature"] is None

@@ -8,7 +8,7 @@ import numpy as np
 
 from genbound.numbers import format_number, format_pm
 from genbound.numbers import format_probability as prob
-from genbound.report.measures import Measures
+from genbound.report.measures import Measures, trace_summary
 from genbound.report.reading import reading_lines
 
 
@@ -104,7 +104,7 @@ def curvature_markdown(measures: Measures) -> list[str]:
     lines = []
     c = measures.curvature
     if c is not None:
-        top, tr = c.top, c.trace
+        top = c.top
         conv = "converged" if top.converged else "NOT converged"
         lines += [
             "",
@@ -115,9 +115,9 @@ def curvature_markdown(measures: Measures) -> list[str]:
             "",
             f"- top eigenvalue: {top.eigenvalues[0]:.5g} (Lanczos, {top.iterations} products, "
             f"relative residual {top.residuals[0]:.2g}, {conv} at tol {top.tol:g})",
-            f"- trace: {tr.trace:.5g} ± {tr.stderr:.2g} (Hutch++, {tr.num_products} products)",
+            f"- trace: {trace_summary(c)}",
             f"- spectral density: stochastic Lanczos quadrature, {c.density.nodes.shape[0]} "
-            f"probes x {c.density.nodes.shape[1]} steps (SLQ trace {c.density.trace:.4g})",
+            f"probes x {c.density.nodes.shape[1]} steps",
             "",
             "![Hessian spectral density](figures/hessian-density.png)",
         ]
