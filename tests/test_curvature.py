@@ -292,3 +292,33 @@ def test_parameters_the_loss_is_linear_in_have_zero_curvature():
     obj = Objective(model, [Batch(X, torch.zeros(5, dtype=torch.int64))], loss, ("bias",))
     r = top_eigenvalues(obj)
     assert r.eigenvalues[0] == 0.0 and r.converged
+
+
+class _Matrix:
+    """A symmetric matrix as an operator (``size``, ``matvec``)."""
+
+    def __init__(self, a: torch.Tensor):
+        self.a, self.size = a, a.shape[0]
+
+    def matvec(self, v):
+        return self.a @ v
+
+
+@pytest.mark.parametrize("steps", [5, 12, 30])
+def test_lanczos_tridiagonal_against_the_matrix(steps):
+    from genbound.curvature.algorithms import lanczos_tridiagonal
+
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=torch.float64))
+    evals = torch.linspace(-2.0, 5.0, 12, dtype=torch.float64)
+    a = q @ torch.diag(evals) @ q.T
+    v0 = torch.randn(12, generator=gen, dtype=torch.float64)
+    alpha, beta, basis = lanczos_tridiagonal(_Matrix(a), v0 / v0.norm(), steps)
+    j = min(steps, 12)
+    assert len(alpha) == j and basis.shape == (12, j)
+    # an orthonormal basis in which the operator is the tridiagonal T (Q^T A Q = T)
+    np.testing.assert_allclose((basis.T @ basis).numpy(), np.eye(j), atol=1e-12)
+    t = np.diag(alpha) + np.diag(beta[: j - 1], 1) + np.diag(beta[: j - 1], -1)
+    np.testing.assert_allclose((basis.T @ a @ basis).numpy(), t, atol=1e-10)
+    if j == 12:  # the whole space: T has exactly the matrix's eigenvalues
+        np.testing.assert_allclose(np.linalg.eigvalsh(t), evals.numpy(), atol=1e-10)

@@ -160,25 +160,29 @@ def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int, *, keep_basis: bool = 
     beta[j-1] is the residual coupling of the last step; Q (size x j) the basis.
     ``check(alpha, beta)`` after each step may return True to stop early.
     """
-    q = [v0]
     alpha: list[float] = []
     beta: list[float] = []
     dim = getattr(op, "dimension", op.size)
-    for j in range(min(steps, dim)):
+    n = min(steps, dim)
+    # the basis grows in place, one column per step (no copy of the whole basis per step:
+    # vectors can be millions long, e.g. merged-dW coordinates)
+    q = torch.empty((n, v0.numel()), dtype=v0.dtype, device=v0.device)
+    q[0] = v0
+    for j in range(n):
         w = op.matvec(q[j])
         a = float(w @ q[j])
         alpha.append(a)
-        basis = torch.stack(q, dim=1)
-        w = w - basis @ (basis.T @ w)  # full reorthogonalisation, twice
-        w = w - basis @ (basis.T @ w)
+        basis = q[: j + 1]  # rows: the basis vectors so far
+        w = w - basis.T @ (basis @ w)  # full reorthogonalisation, twice
+        w = w - basis.T @ (basis @ w)
         b = float(torch.linalg.vector_norm(w))
         beta.append(b)
         if check is not None and check(alpha, beta):
             break
-        if b <= 1e-12 * max(abs(a), 1e-300) or j + 1 >= dim:
+        if b <= 1e-12 * max(abs(a), 1e-300) or j + 1 >= n:
             break
-        q.append(w / b)
-    basis = torch.stack(q[: len(alpha)], dim=1) if keep_basis else None
+        q[j + 1] = w / b
+    basis = q[: len(alpha)].T if keep_basis else None
     return np.array(alpha), np.array(beta), basis
 
 
