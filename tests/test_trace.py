@@ -89,6 +89,20 @@ def test_a_trace_the_budget_does_not_resolve_is_flagged():
     assert not few.trace_reliable and few.trace_relative_stderr > RELIABLE_RELATIVE_STDERR
 
 
+def test_two_samples_never_resolve_a_trace():
+    """The standard error of two samples is too uncertain itself: whatever its size, the
+    estimate is not called resolved (a third sample is needed)."""
+    op = MatrixOperator(np.full(50, 2.0), seed=4)  # z^T H z = 2 ||z||^2 = 100 for every z
+    two = slq_density(op, num_probes=2, num_steps=3, seed=0)
+    assert two.trace == pytest.approx(100.0) and two.trace_stderr < 1e-9
+    assert not two.trace_reliable
+    three = slq_density(op, num_probes=3, num_steps=3, seed=0)
+    assert three.trace_reliable
+    wide = MatrixOperator(np.linspace(1.0, 3.0, 200), seed=5)
+    assert not hutchpp(wide, 6, seed=0).reliable  # sketch 2, exact part 2, 2 residual samples
+    assert hutchpp(wide, 7, seed=0).reliable  # 3 residual samples, a near-constant spectrum
+
+
 def test_both_estimates_agree_with_the_exact_hessian_trace():
     obj, X, y = mlp_objective()
     exact = float(torch.trace(exact_hessian(obj.model, X, y, obj.trainable)))

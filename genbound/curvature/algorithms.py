@@ -17,6 +17,20 @@ import torch
 #: absolute value (zero then lies at least 4 standard errors away). Above it the estimate
 #: is noise around an unresolved value and reports say so.
 RELIABLE_RELATIVE_STDERR = 0.25
+#: ... and when it rests on at least this many random samples: the standard error of the
+#: mean of two samples is itself too uncertain to say that anything is resolved.
+MIN_TRACE_SAMPLES = 3
+
+
+def resolves(value: float, stderr: float, num_samples: int, *, exact: bool = False) -> bool:
+    """Whether an estimate resolves its value: exact, or at least ``MIN_TRACE_SAMPLES``
+    samples with ``relative_stderr(value, stderr) <= RELIABLE_RELATIVE_STDERR``."""
+    if exact:
+        return True
+    return (
+        num_samples >= MIN_TRACE_SAMPLES
+        and relative_stderr(value, stderr) <= RELIABLE_RELATIVE_STDERR
+    )
 
 
 def relative_stderr(value: float, stderr: float) -> float:
@@ -80,8 +94,9 @@ class TraceResult:
         num_products, seed, parameterization, params, dimension, notes: as in EigenResult.
         samples: the residual Hutchinson samples.
         relative_stderr: stderr / |trace| (see :func:`relative_stderr`).
-        reliable: relative_stderr <= ``RELIABLE_RELATIVE_STDERR``; False means the estimate
-            does not resolve the trace (take more products).
+        reliable: the estimate resolves the trace (see :func:`resolves`: exact, or
+            relative_stderr <= ``RELIABLE_RELATIVE_STDERR`` over at least
+            ``MIN_TRACE_SAMPLES`` residual samples); False: take more products.
     """
 
     trace: float
@@ -291,8 +306,8 @@ def hutchpp(op, num_products: int = 30, *, seed: int = 0) -> TraceResult:
     sketch = float(torch.trace(Q.T @ op.matmat(Q)))
     G = _rademacher(op, h, gen)
     G = G - Q @ (Q.T @ G)
-    if Q.shape[1] >= getattr(op, "dimension", op.size):
-        # the sketch spans the whole domain: tr(Q^T H Q) is the trace, exactly
+    exact = Q.shape[1] >= getattr(op, "dimension", op.size)
+    if exact:  # the sketch spans the whole domain: tr(Q^T H Q) is the trace, exactly
         samples, rest, stderr = np.zeros(0), 0.0, 0.0
     else:
         samples = (G * op.matmat(G)).sum(dim=0).numpy()
@@ -310,7 +325,7 @@ def hutchpp(op, num_products: int = 30, *, seed: int = 0) -> TraceResult:
         samples=samples,
         notes=tuple(getattr(op, "skipped", ())),
         relative_stderr=rel,
-        reliable=rel <= RELIABLE_RELATIVE_STDERR,
+        reliable=resolves(sketch + rest, stderr, samples.size, exact=exact),
     )
 
 
@@ -374,5 +389,5 @@ def slq_density(
         trace_samples=trace_samples,
         trace_stderr=trace_stderr,
         trace_relative_stderr=rel,
-        trace_reliable=rel <= RELIABLE_RELATIVE_STDERR,
+        trace_reliable=resolves(trace, trace_stderr, num_probes),
     )

@@ -38,6 +38,7 @@ from genbound.bounds.evaluated import compression_bound_on
 from genbound.checkpoint.model import Checkpoint
 from genbound.curvature import hessian_density, hessian_trace, top_eigenvalues
 from genbound.curvature.algorithms import (
+    MIN_TRACE_SAMPLES,
     RELIABLE_RELATIVE_STDERR,
     DensityResult,
     EigenResult,
@@ -371,19 +372,23 @@ CURVATURE_SPACES = {
 
 def trace_summary(cv: Curvature) -> str:
     """Both trace estimates with their standard errors, each said to resolve the value or
-    not (standard error at most ``RELIABLE_RELATIVE_STDERR`` of its absolute value)."""
+    not (see :func:`genbound.curvature.algorithms.resolves`)."""
     t, d = cv.trace, cv.density
 
-    def verdict(ok: bool) -> str:
-        limit = f"{RELIABLE_RELATIVE_STDERR:.0%}"
-        return "resolved" if ok else f"not resolved: standard error above {limit} of the value"
+    def verdict(ok: bool, samples: int) -> str:
+        if ok:
+            return "resolved"
+        if samples < MIN_TRACE_SAMPLES:
+            return f"not resolved: {samples} random samples, fewer than {MIN_TRACE_SAMPLES}"
+        return f"not resolved: standard error above {RELIABLE_RELATIVE_STDERR:.0%} of the value"
 
     hutch = f"Hutch++ {t.trace:.4g} ± {t.stderr:.2g} ({t.num_products} products; "
-    hutch += f"{verdict(t.reliable)})"
+    hutch += f"{verdict(t.reliable, t.samples.size)})"
     if not math.isfinite(d.trace_stderr):
         return f"{hutch}; SLQ {d.trace:.4g} (one probe: no standard error)"
-    slq = f"SLQ {d.trace:.4g} ± {d.trace_stderr:.2g} ({d.nodes.shape[0]} probes; "
-    return f"{hutch}; {slq}{verdict(d.trace_reliable)})"
+    probes = d.trace_samples.size
+    slq = f"SLQ {d.trace:.4g} ± {d.trace_stderr:.2g} ({probes} probes; "
+    return f"{hutch}; {slq}{verdict(d.trace_reliable, probes)})"
 
 
 def _curvature(
