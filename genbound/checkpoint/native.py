@@ -68,6 +68,13 @@ _DTYPES = {
 
 
 # ---------------------------------------------------------------------------- schema
+#: The low-rank part of a DoRA link.
+LOWRANK_LINK_SCHEMA = Record(
+    "a lowrank link object",
+    {"kind": one_of("lowrank"), "B": STRING, "A": STRING, "scale": NUMBER, "trained": STRINGS},
+    required=("kind",),
+)
+
 #: A link: how one update's dW is stored (docs/checkpoint-format.md, "Link kinds"). Which
 #: tensor keys each kind needs is checked where the link is read.
 LINK_SCHEMA: Record = Record(
@@ -80,7 +87,7 @@ LINK_SCHEMA: Record = Record(
         "links": ListOf(
             "a non-empty list of link objects", Ref("a link object", lambda: LINK_SCHEMA), 1
         ),
-        "lowrank": Ref("a link object", lambda: LINK_SCHEMA),
+        "lowrank": LOWRANK_LINK_SCHEMA,
         "trainable": Nullable(NONNEGATIVE_INT),
         "new": BOOL,
     },

@@ -125,7 +125,10 @@ TRAINER_STATE_SCHEMA = Record(
         "logging_steps": Nullable(NONNEGATIVE_INT),
         "log_history": ListOf(
             "a list of logged entries",
-            Record("an object", {"step": NONNEGATIVE_INT, "loss": _LOSS, "eval_loss": _LOSS}),
+            Record(
+                "an object",
+                {"step": NONNEGATIVE_INT, "loss": _LOSS, "eval_loss": _LOSS, "train_loss": _LOSS},
+            ),
         ),
     },
 )

@@ -164,7 +164,12 @@ class Ref:
 
 def check_json(value: Any, schema: Node, path: str | PathLike, key: str = "") -> None:
     """Raise a named error (file ``path``, the value's key) unless ``value`` fits ``schema``."""
-    m = schema.mismatch(value, key)
+    try:
+        m = schema.mismatch(value, key)
+    except RecursionError:
+        raise input_error(
+            path, "nested too deeply", key=key or None, expected="a few levels", found="more"
+        ) from None
     if m is not None:
         raise input_error(path, m.problem, key=m.key or None, expected=m.expected, found=m.found)
 

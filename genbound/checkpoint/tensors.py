@@ -270,7 +270,7 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
         raise input_error(path, "cannot read file", found=str(exc)) from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise input_error(
             path,
             "safetensors header is not JSON (truncated or corrupt?)",
@@ -449,6 +449,10 @@ def read_json(path: Path) -> dict:
         raise input_error(
             path, "invalid JSON", expected="a JSON object", found=f"{exc.msg} at line {exc.lineno}"
         ) from None
+    except (ValueError, RecursionError) as exc:  # a number too long, nesting too deep
+        raise input_error(
+            path, "invalid JSON", expected="a JSON object", found=_first_sentence(exc)
+        ) from None
     if not isinstance(obj, dict):
         raise input_error(path, "invalid JSON", expected="a JSON object", found=type(obj).__name__)
     return obj
@@ -461,3 +465,8 @@ def numel(shape: tuple[int, ...]) -> int:
 def _sample(keys: Mapping[str, object] | list[str], n: int = 3) -> str:
     ks = list(keys)[:n]
     return ", ".join(repr(k) for k in ks) if ks else "none"
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().split(". ")[0].split(":")[0]
+    return text[:200] or type(exc).__name__

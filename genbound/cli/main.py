@@ -145,20 +145,28 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument(
         "--seed",
-        type=int,
+        type=_nonnegative_int,
         default=0,
         help="seed of the example sample, Lanczos, Hutch++ and the random direction (default: 0)",
     )
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; found {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}; found {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}; found {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
+
+
+def _nonnegative_int(text: str) -> int:
+    return _integer(text, 0, "a non-negative integer")
 
 
 def _landscape_steps(text: str) -> int:
@@ -344,14 +352,17 @@ def _report_options(args: argparse.Namespace) -> dict:
     }
 
 
-def _check_report_inputs(args: argparse.Namespace, out: Path) -> None:
-    """Everything about the command line that can be checked before any work: the output
-    folder, the cache folder and the device."""
+def _check_report_inputs(args: argparse.Namespace) -> None:
+    """What else about the command line can be checked before any work: the cache folder
+    and the device (the output folder is checked by the caller)."""
     from genbound.cache import cache_root
     from genbound.report.writer import check_output_folder
 
-    check_output_folder(out, what="report folder")
-    check_output_folder(cache_root(), what="cache folder (set by GENBOUND_CACHE or XDG_CACHE_HOME)")
+    check_output_folder(
+        cache_root(),
+        what="cache folder (set by GENBOUND_CACHE or XDG_CACHE_HOME)",
+        replaced=False,
+    )
     if args.device != "cpu":
         from genbound.report.batch import check_device
 
@@ -380,15 +391,17 @@ def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
     import time
 
     from genbound.cli.progress import make_stage, report_stage_names
-    from genbound.report.batch import run_sweep
+    from genbound.report.batch import report_folder_names, run_sweep
+    from genbound.report.writer import check_output_folder
 
     root = args.path
     out = args.out or root / "genbound-report"
-    _check_report_inputs(args, out)
+    check_output_folder(out, what="report folder")
+    _check_report_inputs(args)
     names = [c.relative_to(root).as_posix() for c in found]
     jobs = [
-        _job(args, c, out / "reports" / name.replace("/", "__"), name, force=args.force)
-        for c, name in zip(found, names, strict=True)
+        _job(args, c, out / "reports" / folder, name, force=args.force)
+        for c, name, folder in zip(found, names, report_folder_names(names), strict=True)
     ]
     started, done = time.perf_counter(), []
 
@@ -454,8 +467,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from genbound.report.batch import run_report_job
 
     out = args.out or (args.path if args.path.is_dir() else args.path.parent) / "genbound-report"
-    _check_report_inputs(args, out)
     ensure_writable(out, force=args.force)  # fail before the work, not after
+    _check_report_inputs(args)
     job = _job(args, args.path, out, force=True)
     stage = make_stage(report_stage_names(job.options))
     done, _ = run_report_job(job, stage=stage, progress=lambda it, n: track(it, n, "spectra"))
@@ -472,7 +485,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from genbound.report.writer import check_output_folder
 
     config = FAST if args.fast else ALL if args.all else DEFAULT
-    check_output_folder(args.out, what="demo folder")
+    check_output_folder(args.out, what="demo folder", replaced=False)
     start = time.perf_counter()
     stage = make_stage(report_stage_names(config.report_options()))
     result = run_demo(args.out, config, force=args.force, stage=stage)

@@ -132,11 +132,24 @@ def job_settings_key(job: ReportJob) -> str:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None when it is missing or unreadable."""
+    """A JSON object from a file, or None when it is missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
+    return obj if isinstance(obj, dict) else None
+
+
+def report_folder_names(names: Sequence[str]) -> list[str]:
+    """One folder name per checkpoint of a sweep from its path relative to the sweep
+    (``a/checkpoint-5`` -> ``a__checkpoint-5``); names that would coincide (``a/b`` and
+    ``a__b``) get a short hash of their path, so no report overwrites another."""
+    flat = [n.replace("/", "__") for n in names]
+    taken = {f: flat.count(f) for f in flat}
+    return [
+        f if taken[f] == 1 else f"{f}-{hashlib.blake2b(n.encode(), digest_size=4).hexdigest()}"
+        for f, n in zip(flat, names, strict=True)
+    ]
 
 
 def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple[str, bool]:

@@ -281,9 +281,9 @@ def measure_checkpoint(
             "compression",
             lambda: compression_bound_on(ckpt, train, num_classes=task.num_labels),
         )
-        sub, sample = sample_objective(train, curvature_examples, seed=seed)
-        adapted = sub
-        if wanted & {"curvature", "landscape"}:
+        sub = adapted = sample = None
+        if wanted & {"curvature", "landscape"}:  # the sample costs a hash of every example
+            sub, sample = sample_objective(train, curvature_examples, seed=seed)
             adapted, notes = adapter_objective(sub, ckpt)
             warnings.extend(notes)
         curvature = attempt(

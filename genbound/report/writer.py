@@ -74,15 +74,17 @@ def ensure_writable(out_dir: str | Path, *, force: bool) -> Path:
     return out
 
 
-def check_output_folder(path: str | Path, *, what: str) -> None:
-    """A GenboundError unless ``path`` is a folder or can be created as one (its nearest
-    existing ancestor is a folder this process may write in)."""
-    path = Path(path)
+def check_output_folder(path: str | Path, *, what: str, replaced: bool = True) -> None:
+    """A GenboundError unless ``path`` is a folder or can be created as one, and can be
+    written: with ``replaced`` (a report, written as a sibling and renamed into place) the
+    nearest existing ancestor of its parent must be a folder this process may write in;
+    otherwise (a cache, written into) ``path`` itself or its nearest existing ancestor."""
+    path = Path(path).absolute()
     if path.exists() and not path.is_dir():
         raise input_error(
             path, f"cannot write the {what}", expected="a folder", found="a file", cls=GenboundError
         )
-    parent = path
+    parent = path.parent if replaced else path
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
@@ -183,8 +185,9 @@ def report_document(
     """Everything ``report.json`` holds (schema ``genbound.report/1``, docs/report-format.md).
 
     ``content_key`` identifies the checkpoint's content and ``settings_key`` the report's
-    settings (a sweep reuses a report when both are equal); ``settings`` adds options the
-    measures do not record themselves (``device``, ``n_train`` as given).
+    settings (a sweep reuses a report when both are equal); ``settings`` are the job's
+    options, recorded over what the measures record of themselves (they agree where both
+    give a value; the job adds ``device`` and ``n_train`` as given).
     """
     spectra = measures.spectra
     return {

@@ -159,8 +159,15 @@ class TextClassificationTask:
             model = AutoModelForSequenceClassification.from_pretrained(
                 base_path, num_labels=self.num_labels, attn_implementation=attn_implementation
             )
-        except OSError as exc:
-            raise GenboundError(f"{base_path}: cannot load the base model ({exc}).") from None
+        except (OSError, ValueError, KeyError) as exc:  # missing files, unknown model_type
+            raise input_error(
+                base_path,
+                "cannot load the base model",
+                expected="a Hugging Face model folder (config.json and weights) of a "
+                "sequence classifier transformers knows",
+                found=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}",
+                cls=GenboundError,
+            ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
         if checkpoint is not None:

@@ -106,7 +106,9 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
         link = u.links[-1] if isinstance(u, ChainUpdate) else u
         owner, _, leaf = target.rpartition(".")
         module = modules.get(owner)
-        if not isinstance(link, LowRankUpdate | SelectorUpdate | DoraUpdate) or leaf != "weight":
+        # a DoRA layer rebuilds a whole DoRA update; a chain keeps its finished links in W0
+        adaptable = isinstance(link, LowRankUpdate | SelectorUpdate) or isinstance(u, DoraUpdate)
+        if not adaptable or leaf != "weight":
             if isinstance(u, DoraUpdate | ChainUpdate):  # dense updates stay, silently
                 why = f"{u.kind} update(s) kept merged (no adapter layer for them)"
                 kept.setdefault(why, []).append(u.name)
@@ -115,8 +117,8 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
             why = "update(s) of a module that is not a Linear/Conv1D kept merged"
             kept.setdefault(why, []).append(u.name)
             continue
-        if isinstance(link, DoraUpdate):
-            layer = _dora_layer(module, link)
+        if isinstance(u, DoraUpdate):
+            layer = _dora_layer(module, u)
             names = (*link.lowrank.trained, "magnitude")
         else:
             layer = _adapter_layer(module, u, link)

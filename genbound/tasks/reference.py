@@ -70,7 +70,13 @@ def load_task(ref: TaskReference, *, where: str = "task reference", trusted: boo
         ) from None
     except ValueError:
         pass  # no signature (builtins): let the call decide
-    task = fn(**ref.kwargs)
+    try:
+        task = fn(**ref.kwargs)
+    except (TypeError, ValueError) as exc:  # arguments of the wrong type or value
+        raise GenboundError(
+            f"{where}: {ref.target} cannot take the arguments {dict(ref.kwargs)} "
+            f"({type(exc).__name__}: {str(exc).strip()[:300]})."
+        ) from None
     if not isinstance(task, Task):
         missing = [
             a

@@ -54,13 +54,18 @@ class Sample:
         )
 
 
-def stratified_counts(labels: np.ndarray, n: int) -> dict[int, int]:
+def stratified_counts(
+    labels: np.ndarray, n: int, rng: np.random.Generator | None = None
+) -> dict[int, int]:
     """Examples per class for a sample of ``n`` (<= len(labels)): n times each class's share,
-    rounded by largest remainder (ties to the smaller label) so the counts sum to ``n``."""
+    rounded by largest remainder so the counts sum to ``n``. Equal remainders (many equal
+    classes) are ordered by ``rng`` (none: the smaller label first), so no class is favoured
+    for its label."""
     classes, sizes = np.unique(np.asarray(labels), return_counts=True)
     quota = sizes * n / sizes.sum()
     counts = np.floor(quota).astype(int)
-    order = sorted(range(len(classes)), key=lambda c: (-(quota[c] - counts[c]), classes[c]))
+    tie = rng.permutation(len(classes)) if rng is not None else np.arange(len(classes))
+    order = sorted(range(len(classes)), key=lambda c: (-(quota[c] - counts[c]), tie[c]))
     for c in order[: n - int(counts.sum())]:
         counts[c] += 1
     return {int(k): int(v) for k, v in zip(classes, counts, strict=True)}
@@ -76,7 +81,8 @@ def sample_rows(batches: Sequence[Batch], n: int, seed: int) -> list[tuple[int, 
     keys = [_content_key(batches[bi], i) for bi, i in rows]
     rng = np.random.default_rng(int(seed))
     picks = []
-    for label, count in stratified_counts(labels, n).items():
+    ties = np.random.default_rng([int(seed), 1])  # its own stream: the draws stay as they were
+    for label, count in stratified_counts(labels, n, ties).items():
         members = sorted(np.flatnonzero(labels == label), key=lambda j: (keys[j], j))
         chosen = rng.choice(len(members), size=count, replace=False)
         picks += [rows[members[j]] for j in np.sort(chosen)]
@@ -88,6 +94,8 @@ def sample_objective(objective: Objective, n: int, *, seed: int) -> tuple[Object
     when it has at most ``n``), repacked, and a record of the sample."""
     if n < 1:
         raise GenboundError(f"the example sample size must be at least 1; found {n}.")
+    if seed < 0:
+        raise GenboundError(f"the sample's seed must be a non-negative integer; found {seed}.")
     batches = list(objective.batches)
     picks = sample_rows(batches, n, seed)
     total = objective.num_examples

@@ -142,13 +142,13 @@ def _jsonl_records(path: Path, lines: Iterable[str]) -> _Records:
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             raise input_error(
                 path,
                 "invalid JSON line",
                 key=f"line {lineno}",
                 expected="one JSON object per line",
-                found=exc.msg,
+                found=getattr(exc, "msg", None) or str(exc).split(":")[0][:200],
                 cls=GenboundError,
             ) from None
         if not isinstance(obj, dict):
