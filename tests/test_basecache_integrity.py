@@ -145,6 +145,20 @@ def _nan_in_s(path):
     _resave(path, change)
 
 
+def _swapped_vectors_resummed(path):
+    """The top two singular vectors swapped (still orthonormal), checksum redone: only W0
+    itself can tell."""
+
+    def change(a):
+        name = "U" if "U" in a else "V"
+        vec = a[name].copy()
+        vec[:, [0, 1]] = vec[:, [1, 0]]
+        a[name] = vec
+        a["checksum"] = np.array(basecache.entry_checksum(a))
+
+    _resave(path, change)
+
+
 CORRUPTIONS = {
     "truncated": (_truncate, "unreadable"),
     "garbled": (_garble, "unreadable"),
@@ -158,6 +172,7 @@ CORRUPTIONS = {
     "another W0's entry": (_entry_of_another_shape, "not of a W0 of shape"),
     "unknown method": (_unknown_method, "unknown method 'magic'"),
     "NaN in S": (_nan_in_s, "non-finite values"),
+    "vectors swapped, checksum redone": (_swapped_vectors_resummed, "singular vectors of W0"),
 }
 
 

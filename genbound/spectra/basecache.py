@@ -57,6 +57,12 @@ METHODS = ("svd-float64", "gram-eigh-float32")
 #: eigenvalues carry rounding of about 1e-6 of the largest).
 FROBENIUS_RTOL = {"svd-float64": 1e-9, "gram-eigh-float32": 1e-4}
 
+#: Stored singular vectors checked against W0 on read: the top few must be orthonormal and
+#: W0 must stretch each by its singular value (to ``VECTOR_RTOL`` of S[0]; vectors are
+#: stored in float32, and a vector's stretch errs only to second order in its own error).
+VECTOR_CHECKS = 4
+VECTOR_RTOL = 1e-3
+
 #: A hidden temporary entry older than this (seconds) was left by a killed writer: a writer
 #: creates its file only once the spectrum is computed, and fills it in well under a minute.
 STALE_TEMP_SECONDS = 600
@@ -306,7 +312,8 @@ def write_entry(path: Path, spec: BaseSpectrum, shape: tuple[int, int]) -> None:
 
 def read_entry(path: Path, key: str, w0: torch.Tensor) -> BaseSpectrum:
     """Read and verify the entry of ``key`` for ``w0`` (n x m): besides the stored fields,
-    sum(S^2) must equal ||W0||_F^2 (to :data:`FROBENIUS_RTOL` of the method).
+    sum(S^2) must equal ||W0||_F^2 (to :data:`FROBENIUS_RTOL` of the method), and the top
+    :data:`VECTOR_CHECKS` stored vectors must be singular vectors of W0 with values S.
 
     Raises:
         BadEntry: the file does not read back whole, or any stored field disagrees with
@@ -326,6 +333,7 @@ def read_entry(path: Path, key: str, w0: torch.Tensor) -> BaseSpectrum:
         raise BadEntry("checksum does not match the stored arrays")
     S, n_dropped, method = arrays["S"], arrays["n_dropped"], str(arrays["method"])
     vectors = arrays.get(vector_name, np.empty(0, np.float32))
+    w64 = w0.detach().to(torch.float64)  # once, for the two checks against W0
     checks = (
         (lambda: int(arrays["format_version"]) == FORMAT_VERSION, "another format version"),
         (lambda: str(arrays["key"]) == key, "stored under another key"),
@@ -343,7 +351,11 @@ def read_entry(path: Path, key: str, w0: torch.Tensor) -> BaseSpectrum:
         (lambda: np.isfinite(S).all() and np.isfinite(vectors).all(), "non-finite values"),
         (lambda: (S >= 0).all() and (np.diff(S) <= 0).all(), "S not non-negative, descending"),
         (lambda: int(n_dropped) == _dropped(S, n, m), "n_dropped does not match S"),
-        (lambda: _frobenius_agrees(S, w0, method), "S does not match W0's Frobenius norm"),
+        (lambda: _frobenius_agrees(S, w64, method), "S does not match W0's Frobenius norm"),
+        (
+            lambda: _vectors_agree(S, vectors, w64, left=n <= m),
+            f"{vector_name} does not hold singular vectors of W0",
+        ),
     )
     for ok, why in checks:
         try:
@@ -364,8 +376,24 @@ def read_entry(path: Path, key: str, w0: torch.Tensor) -> BaseSpectrum:
 
 def _frobenius_agrees(S: np.ndarray, w0: torch.Tensor, method: str) -> bool:
     """sum(S^2) = ||W0||_F^2 within the method's accuracy (a check against W0 itself)."""
-    frob_sq = float(torch.linalg.vector_norm(w0.detach().to(torch.float64)) ** 2)
+    frob_sq = float(torch.linalg.vector_norm(w0.to(torch.float64)) ** 2)
     return abs(float(np.sum(S**2)) - frob_sq) <= FROBENIUS_RTOL[method] * frob_sq
+
+
+def _vectors_agree(S: np.ndarray, vectors: np.ndarray, w0: torch.Tensor, *, left: bool) -> bool:
+    """The top stored vectors are orthonormal and ||W0^T u_i|| (left) or ||W0 v_i|| = S_i."""
+    k = min(VECTOR_CHECKS, S.size)
+    if k == 0:
+        return True
+    x = torch.from_numpy(vectors[:, :k]).to(torch.float64)
+    w = w0.to(torch.float64)
+    stretched = torch.linalg.vector_norm((w.T if left else w) @ x, dim=0).numpy()
+    gram = (x.T @ x).numpy()
+    scale = max(float(S[0]), 1e-300)
+    return bool(
+        np.abs(gram - np.eye(k)).max() <= VECTOR_RTOL
+        and np.abs(stretched - S[:k]).max() <= VECTOR_RTOL * scale
+    )
 
 
 def _dropped(S: np.ndarray, n: int, m: int) -> int:
