@@ -44,6 +44,17 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type: object, array, string, number, boolean, null."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def is_count(value: Any) -> bool:
+    """A non-negative JSON integer (not a boolean, not a float)."""
+    return _is_int(value) and value >= 0
+
+
 def _join(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
 
@@ -187,7 +198,7 @@ STRING = Leaf("a string", lambda v: isinstance(v, str))
 BOOL = Leaf("true or false", lambda v: isinstance(v, bool))
 INT = Leaf("an integer", _is_int)
 POSITIVE_INT = Leaf("a positive integer", lambda v: _is_int(v) and v > 0)
-NONNEGATIVE_INT = Leaf("a non-negative integer", lambda v: _is_int(v) and v >= 0)
+NONNEGATIVE_INT = Leaf("a non-negative integer", is_count)
 NUMBER = Leaf("a finite number", _is_number)
 JSON_SCALAR = Leaf(
     "a string, number, true, false or null",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from genbound.checkpoint.schema import is_count, json_type, shown
 from genbound.errors import input_error
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -203,8 +204,6 @@ class TensorFile:
 #: Longest header accepted; the reference implementation refuses longer ones as corrupt.
 MAX_HEADER_BYTES = 100_000_000
 
-_JSON_KINDS = {"list": "array", "int": "number", "float": "number", "str": "string"}
-
 
 @dataclass(frozen=True)
 class TensorEntry:
@@ -278,12 +277,11 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
             found=str(exc).split(":")[0],
         ) from None
     if not isinstance(header, dict):
-        kind = type(header).__name__
         raise input_error(
             path,
             "safetensors header is not a JSON object",
             expected="an object of tensor entries",
-            found=f"a JSON {_JSON_KINDS.get(kind, kind)}: {_shown(header)}",
+            found=f"a JSON {json_type(header)}: {shown(header)}",
         )
     metadata = header.pop("__metadata__", None)
     if metadata is None:
@@ -294,7 +292,7 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
             "invalid safetensors metadata",
             key="__metadata__",
             expected="an object of strings to strings",
-            found=_shown(metadata),
+            found=shown(metadata),
         )
     tensors = {name: _tensor_entry(path, name, info) for name, info in header.items()}
     _check_tiling(path, tensors, data_size=size - 8 - n)
@@ -310,7 +308,7 @@ def _tensor_entry(path: Path, name: str, info: object) -> TensorEntry:
             "invalid safetensors tensor entry",
             key=name,
             expected="an object with dtype, shape and data_offsets",
-            found=_shown(info),
+            found=shown(info),
         )
     dtype_name, shape, offsets = (info[f] for f in fields)
     if not (isinstance(dtype_name, str) and dtype_name in _SAFETENSORS_DTYPES):
@@ -324,20 +322,20 @@ def _tensor_entry(path: Path, name: str, info: object) -> TensorEntry:
             problem,
             key=name,
             expected="one of " + ", ".join(_SAFETENSORS_DTYPES),
-            found=_shown(dtype_name),
+            found=shown(dtype_name),
         )
-    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+    if not (isinstance(shape, list) and all(is_count(d) for d in shape)):
         raise input_error(
             path,
             "invalid tensor shape",
             key=name,
             expected="a list of non-negative integers",
-            found=_shown(shape),
+            found=shown(shape),
         )
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
-        and all(_is_count(x) for x in offsets)
+        and all(is_count(x) for x in offsets)
         and offsets[0] <= offsets[1]
     ):
         raise input_error(
@@ -345,7 +343,7 @@ def _tensor_entry(path: Path, name: str, info: object) -> TensorEntry:
             "invalid data_offsets",
             key=name,
             expected="[begin, end], integers with 0 <= begin <= end",
-            found=_shown(offsets),
+            found=shown(offsets),
         )
     dtype = _SAFETENSORS_DTYPES[dtype_name]
     begin, end = offsets
@@ -390,16 +388,6 @@ def _check_tiling(path: Path, tensors: Mapping[str, TensorEntry], data_size: int
             expected=f"tensors that fill the {data_size}-byte data section",
             found=f"{data_size - start} bytes after the last tensor's end at byte {start}",
         )
-
-
-def _is_count(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _shown(value: object, limit: int = 80) -> str:
-    """A JSON value as found, shortened to ``limit`` characters."""
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _NON_TENSOR_HINT = (

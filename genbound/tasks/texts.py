@@ -27,6 +27,7 @@ from typing import IO
 
 import torch
 
+from genbound.checkpoint.schema import json_type
 from genbound.errors import GenboundError, input_error
 
 #: The most classes a label column may define.
@@ -157,7 +158,7 @@ def _jsonl_records(path: Path, lines: Iterable[str]) -> _Records:
                 "not a JSON object",
                 key=f"line {lineno}",
                 expected='one JSON object per line ({"text": ..., "label": ...})',
-                found=f"a JSON {_json_type(obj)}",
+                found=f"a JSON {json_type(obj)}",
                 cls=GenboundError,
             )
         rows.append((lineno, obj))
@@ -298,7 +299,7 @@ def _text(path: Path, records: _Records, i: int, column: str) -> str:
         f"missing text in {where}" if value is None else f"text not a string in {where}",
         key=column,
         expected="a text in every row",
-        found="none" if value is None else f"a JSON {_json_type(value)}",
+        found="none" if value is None else f"a JSON {json_type(value)}",
         cls=GenboundError,
     )
 
@@ -321,7 +322,7 @@ def _label(path: Path, records: _Records, i: int, column: str) -> Label:
             f"label not a string or number in {records.where(i)}",
             key=column,
             expected="a string or a number",
-            found=f"a JSON {_json_type(value)}",
+            found=f"a JSON {json_type(value)}",
             cls=GenboundError,
         )
     return label_key(value)
@@ -375,8 +376,3 @@ def preview(names: Sequence[str], limit: int = 10) -> str:
     """The first ``limit`` names as a list, and how many more there are."""
     shown = list(names[:limit])
     return f"{shown}" + (f" and {len(names) - limit:,} more" if len(names) > limit else "")
-
-
-def _json_type(value: object) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
