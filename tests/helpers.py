@@ -93,3 +93,13 @@ def tiny_bert_lora(tmp_path, base_dir, targets, layers=None, n_train=10):
     randomize_adapters(pm, scale=0.5)
     pm.save_pretrained(tmp_path / "adapter")
     return load_checkpoint(tmp_path / "adapter", n_train=n_train), pm.merge_and_unload().eval()
+
+
+def tiny_run(tmp_path, name="run", **manifest):
+    """A tiny valid genbound run folder (one selector update of a 4 x 10 tensor ``x.weight``);
+    ``manifest`` adds or replaces top-level fields."""
+    from genbound.checkpoint import write_run
+
+    tensors = {"B": torch.ones(4, 2), "i": torch.tensor([0, 9])}
+    updates = {"x": {"shape": [4, 10], "link": {"kind": "selector", "B": "B", "indices": "i"}}}
+    return write_run(tmp_path / name, {"variant": "cla", "updates": updates, **manifest}, tensors)

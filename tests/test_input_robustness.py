@@ -9,21 +9,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from helpers import tiny_run
 
 from genbound import load_checkpoint
-from genbound.checkpoint import write_run
 from genbound.cli.main import main
 from genbound.errors import GenboundError
 from genbound.report.batch import ReportJob, read_json, report_folder_names, run_report_job
 from genbound.tasks.sampling import stratified_counts
-
-
-def _run(tmp_path, name="run", **manifest):
-    """A tiny valid run folder (one selector update of a 4 x 10 tensor ``x.weight``)."""
-    tensors = {"B": torch.ones(4, 2), "i": torch.tensor([0, 9])}
-    updates = {"x": {"shape": [4, 10], "link": {"kind": "selector", "B": "B", "indices": "i"}}}
-    return write_run(tmp_path / name, {"variant": "cla", "updates": updates, **manifest}, tensors)
 
 
 def _edit_manifest(run, text: str) -> None:
@@ -49,14 +41,14 @@ def _cli_fails(capsys, argv, *needles) -> str:
     ids=["5000-digit-integer", "deep-nesting"],
 )
 def test_json_python_cannot_parse_is_a_named_error(tmp_path, capsys, body, found):
-    run = _run(tmp_path)
+    run = tiny_run(tmp_path)
     _edit_manifest(run, body)
     err = _cli_fails(capsys, ["inspect", str(run)], "genbound.json", "invalid JSON")
     assert found.lower() in err.lower()
 
 
 def test_links_nested_past_the_recursion_limit_are_a_named_error(tmp_path, capsys):
-    run = _run(tmp_path)
+    run = tiny_run(tmp_path)
     man = json.loads((run / "genbound.json").read_text())
     man["updates"]["x"]["link"] = "LINK"
     leaf = '{"kind": "selector", "B": "B", "indices": "i"}'
@@ -68,7 +60,7 @@ def test_links_nested_past_the_recursion_limit_are_a_named_error(tmp_path, capsy
 
 
 def test_dora_lowrank_part_must_be_a_lowrank_link(tmp_path, capsys):
-    run = _run(tmp_path)
+    run = tiny_run(tmp_path)
     man = json.loads((run / "genbound.json").read_text())
     man["updates"]["x"]["link"] = {
         "kind": "dora",
@@ -80,7 +72,7 @@ def test_dora_lowrank_part_must_be_a_lowrank_link(tmp_path, capsys):
 
 
 def test_genbound_task_given_arguments_of_the_wrong_type(tmp_path):
-    run = _run(
+    run = tiny_run(
         tmp_path,
         data={"task": "genbound.tasks.hf_text:text_files", "kwargs": {"train": 5, "test": 6}},
     )
@@ -95,7 +87,7 @@ def test_base_model_transformers_cannot_build(tmp_path, capsys):
     base = tmp_path / "base"
     base.mkdir()
     (base / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
-    run = _run(tmp_path)
+    run = tiny_run(tmp_path)
     rows = random_texts(6, 0)
     for split in ("train", "test"):
         (tmp_path / f"{split}.jsonl").write_text(
@@ -120,7 +112,7 @@ def test_out_in_a_parent_that_cannot_be_written_fails_before_the_work(
     even when the folder itself exists (and is writable)."""
     import os
 
-    run = _run(tmp_path)
+    run = tiny_run(tmp_path)
     parent = tmp_path / "reports"
     (parent / "rep").mkdir(parents=True)
     real = os.access

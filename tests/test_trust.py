@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import tiny_run
 from safetensors.torch import save_file
 
 from genbound import load_checkpoint
@@ -23,13 +24,6 @@ from genbound.tasks.reference import TaskReference, load_task
 from genbound.trust import BASE_MODELS, TASKS, UntrustedCode, import_function
 
 ALLOW = "pass --trust-code (trust_code=True in Python) to allow it"
-
-
-def _run(tmp_path, name="run", **manifest):
-    """A tiny valid run folder (one selector update of a 4 x 10 tensor ``x.weight``)."""
-    tensors = {"B": torch.ones(4, 2), "i": torch.tensor([0, 9])}
-    updates = {"x": {"shape": [4, 10], "link": {"kind": "selector", "B": "B", "indices": "i"}}}
-    return write_run(tmp_path / name, {"variant": "cla", "updates": updates, **manifest}, tensors)
 
 
 def _module(tmp_path, monkeypatch, name: str, source: str) -> str:
@@ -46,7 +40,7 @@ def shell_run(tmp_path):
     """A run folder whose recorded task is ``os:system`` creating a marker file."""
     marker = tmp_path / "marker"
     command = f"touch {shlex.quote(str(marker))}"
-    run = _run(tmp_path, data={"task": "os:system", "kwargs": {"command": command}})
+    run = tiny_run(tmp_path, data={"task": "os:system", "kwargs": {"command": command}})
     return run, marker
 
 
@@ -113,7 +107,7 @@ def test_user_given_task_is_the_users_choice(tmp_path, monkeypatch, capsys):
     assert marker.exists()
     marker.unlink()
     # --task on the command line: imported and called without --trust-code
-    run = _run(tmp_path)
+    run = tiny_run(tmp_path)
     args = ["report", str(run), "--out", str(tmp_path / "rep"), "--task", f"{name}:make"]
     capsys.readouterr()
     assert main([*args, "--task-arg", f"marker={marker}"]) == 2
@@ -137,7 +131,7 @@ print(json.dumps({"before": before, "after": "this" in sys.modules, "error": err
 
 
 def test_base_model_python_is_not_imported(tmp_path, capsys):
-    run = _run(tmp_path, base_model={"python": "this:s"})
+    run = tiny_run(tmp_path, base_model={"python": "this:s"})
     proc = subprocess.run(
         [sys.executable, "-c", _NO_IMPORT, str(run)], capture_output=True, text=True, timeout=300
     )
@@ -161,7 +155,7 @@ def test_trust_code_resolves_a_base_provider(tmp_path, monkeypatch, capsys):
             return {str(base)!r}
     """
     name = _module(tmp_path, monkeypatch, "genbound_test_base_provider", source)
-    run = _run(tmp_path, base_model={"path": "no-such-folder", "python": f"{name}:path"})
+    run = tiny_run(tmp_path, base_model={"path": "no-such-folder", "python": f"{name}:path"})
     with pytest.raises(UntrustedCode):
         load_checkpoint(run)
     assert name not in sys.modules
@@ -171,7 +165,7 @@ def test_trust_code_resolves_a_base_provider(tmp_path, monkeypatch, capsys):
     assert load_checkpoint(run, trust_code=True).base.path == base
     assert name in sys.modules
     # a trusted reference that is no function is a named error, not a traceback
-    other = _run(tmp_path, "other", base_model={"python": "this:s"})
+    other = tiny_run(tmp_path, "other", base_model={"python": "this:s"})
     with pytest.raises(GenboundError, match="'this:s' is not callable"):
         load_checkpoint(other, trust_code=True)
 
