@@ -48,6 +48,7 @@ from genbound.curvature.operator import find_adapted
 from genbound.errors import GenboundError
 from genbound.gap import GapResult, empirical_gap
 from genbound.landscape import Landscape, landscape_1d
+from genbound.options import ReportOptions
 from genbound.parts import DATA_PARTS, PARTS, check_parts
 from genbound.spectra import SpectraResult, analyze_spectra
 from genbound.spectra.analyze import Progress
@@ -148,6 +149,7 @@ def no_stage(name: str) -> AbstractContextManager[None]:
 def measure_checkpoint(
     ckpt: Checkpoint,
     *,
+    options: ReportOptions | None = None,
     task: Task | None = None,
     task_reference: dict[str, Any] | None = None,
     n_train: int | None = None,
@@ -190,7 +192,15 @@ def measure_checkpoint(
             whose W0 SVD is cached (see :func:`genbound.spectra.analyze_spectra`).
         progress: wraps per-layer loops (a progress bar in the CLI).
         stage: wraps each stage (a spinner in the CLI).
+        options: all of the above settings at once (they override the keywords).
     """
+    if options is not None:
+        o = options
+        n_train = o.n_train if o.n_train is not None else n_train
+        parts, mi_loss, curvature_space = o.parts, o.mi_loss, o.curvature_space
+        curvature_examples, trace_products = o.curvature_examples, o.trace_products
+        density_probes, density_steps = o.density_probes, o.density_steps
+        landscape_steps, seed, base_svd = o.landscape_steps, o.seed, o.base_svd
     wanted = check_parts(parts)
     if curvature_space not in CURVATURE_SPACES:
         raise GenboundError(

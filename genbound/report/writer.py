@@ -181,13 +181,15 @@ def report_document(
     content_key: str | None = None,
     settings_key: str | None = None,
     settings: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict:
     """Everything ``report.json`` holds (schema ``genbound.report/1``, docs/report-format.md).
 
     ``content_key`` identifies the checkpoint's content and ``settings_key`` the report's
     settings (a sweep reuses a report when both are equal); ``settings`` are the job's
     options, recorded over what the measures record of themselves (they agree where both
-    give a value; the job adds ``device`` and ``n_train`` as given).
+    give a value; the job adds ``device`` and ``n_train`` as given); ``provenance`` says
+    who computed the report (genbound version, host, pid, executor, worker, start and end).
     """
     spectra = measures.spectra
     return {
@@ -226,6 +228,7 @@ def report_document(
         "skipped": dict(measures.skipped),
         "warnings": list(measures.warnings),
         "timings_s": dict(measures.seconds),
+        "provenance": jsonable(dict(provenance)) if provenance is not None else None,
     }
 
 
@@ -238,6 +241,7 @@ def write_report(
     content_key: str | None = None,
     settings_key: str | None = None,
     settings: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.json``, ``report.md``, ``report.html`` (self-contained) and
     ``figures/*.png`` for ``ckpt`` with its computed ``measures`` (and, with a compression
@@ -248,7 +252,12 @@ def write_report(
     """
     out = ensure_writable(out_dir, force=force)
     doc = report_document(
-        ckpt, measures, content_key=content_key, settings_key=settings_key, settings=settings
+        ckpt,
+        measures,
+        content_key=content_key,
+        settings_key=settings_key,
+        settings=settings,
+        provenance=provenance,
     )
     with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(dumps_json(doc))
