@@ -1,9 +1,11 @@
 """The empirical generalization gap, the quantity every bound and measure is judged against.
 
 G = mean test loss - mean train loss on the same weights, in eval mode, both averaged
-per example (not per batch), signed, for the cross-entropy and the 0-1 loss, with the
-number of examples and a standard error (the two samples are independent:
-se = sqrt(se_train^2 + se_test^2)).
+per unit (per example, not per batch), signed, for the objective's metric: its loss
+(cross-entropy for classification) and its error (the 0-1 error for classification), with
+the number of units and a standard error (the two samples are independent:
+se = sqrt(se_train^2 + se_test^2)). Losses are the metric's loss on the model's outputs
+cast to float64; errors are the metric's error (float64).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from genbound.errors import GenboundError
 from genbound.tasks.objective import Objective
 from genbound.tasks.state import preserved_state
 
@@ -23,9 +26,10 @@ class SplitEval:
     """Per-example means over one split.
 
     Attributes:
-        n: examples.
-        loss, loss_stderr: mean cross-entropy (nats) and its standard error.
-        error, error_stderr: mean 0-1 error and its standard error.
+        n: units (examples).
+        loss, loss_stderr: mean loss (the metric's, e.g. cross-entropy in nats) and its
+            standard error.
+        error, error_stderr: mean error (the metric's, e.g. 0-1) and its standard error.
         max_loss: the largest per-example loss (to check a clipping range).
     """
 
@@ -39,7 +43,11 @@ class SplitEval:
 
 @dataclass(frozen=True)
 class GapResult:
-    """test - train, for cross-entropy (nats) and 0-1 error, with standard errors."""
+    """test - train, for the metric's loss and error, with standard errors.
+
+    ``loss_name``, ``loss_unit``, ``error_name``, ``error_range``, ``chance`` and ``unit``
+    say what was measured (from the objective's metric; the defaults are classification's).
+    """
 
     train: SplitEval
     test: SplitEval
@@ -51,23 +59,44 @@ class GapResult:
         "train and test evaluated on the same weights, in eval mode",
         "means are per example; the standard error treats the two splits as independent samples",
     )
+    loss_name: str = "cross-entropy"
+    loss_unit: str = "nats"
+    error_name: str = "0-1 error"
+    error_range: float = 1.0
+    chance: float | None = None
+    unit: str = "examples"
 
 
 def evaluate(objective: Objective) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example (losses, 0-1 errors) over the objective's batches, in eval mode.
+    """Per-unit (losses, errors) over the objective's batches, in eval mode, float64: the
+    metric's loss of the outputs cast to float64 and its error of the outputs.
 
-    The model's mode and every other state is restored afterwards.
+    One forward pass per batch. The model's mode and every other state is restored
+    afterwards.
     """
+    metric = objective.metric
     losses, errors = [], []
     with preserved_state(objective.model), torch.no_grad():
         objective.model.eval()
         for batch in objective.batches:
-            logits = objective.logits(batch)
-            losses.append(
-                torch.nn.functional.cross_entropy(logits.double(), batch.labels, reduction="none")
-            )
-            errors.append((logits.argmax(dim=-1) != batch.labels).double())
+            outputs = objective.outputs(batch)
+            losses.append(_per_unit(metric.loss(outputs.double(), batch.labels), batch, objective))
+            errors.append(_per_unit(metric.error(outputs, batch.labels), batch, objective).double())
     return torch.cat(losses).cpu().numpy(), torch.cat(errors).cpu().numpy()
+
+
+def _per_unit(values: torch.Tensor, batch, objective: Objective) -> torch.Tensor:
+    if values.shape != (len(batch),):
+        raise GenboundError(
+            f"{objective.description or 'objective'}: the metric {objective.metric.name!r} must "
+            f"give one value per unit ({objective.metric.unit}), shape ({len(batch)},), for a "
+            f"batch of {len(batch)}; found shape {tuple(values.shape)}."
+        )
+    return values
+
+
+def _scoring(metric) -> tuple:
+    return (metric.loss, metric.error, metric.error_range, metric.unit)
 
 
 def split_eval(losses: np.ndarray, errors: np.ndarray) -> SplitEval:
@@ -87,7 +116,15 @@ def split_eval(losses: np.ndarray, errors: np.ndarray) -> SplitEval:
 
 
 def empirical_gap(train: Objective, test: Objective) -> GapResult:
-    """The empirical gap of one model between a train and a test objective."""
+    """The empirical gap of one model between a train and a test objective, scored by the
+    train objective's metric (the test objective's must score the same way: same loss,
+    error, range and unit)."""
+    if _scoring(test.metric) != _scoring(train.metric):
+        raise GenboundError(
+            f"gap: the train and test objectives must be scored by the same metric; found "
+            f"{train.metric.describe()!r} and {test.metric.describe()!r}."
+        )
+    metric = train.metric
     tr = split_eval(*evaluate(train))
     te = split_eval(*evaluate(test))
     return GapResult(
@@ -97,4 +134,10 @@ def empirical_gap(train: Objective, test: Objective) -> GapResult:
         loss_gap_stderr=math.hypot(tr.loss_stderr, te.loss_stderr),
         error_gap=te.error - tr.error,
         error_gap_stderr=math.hypot(tr.error_stderr, te.error_stderr),
+        loss_name=metric.loss_name,
+        loss_unit=metric.loss_unit,
+        error_name=metric.error_name,
+        error_range=float(metric.error_range),
+        chance=metric.chance,
+        unit=metric.unit,
     )

@@ -1,9 +1,20 @@
-"""What curvature, landscapes and the empirical gap evaluate: a model, data, a per-example loss.
+"""What curvature, landscapes and the empirical gap evaluate: a model, data, a per-example loss
+and the metric that scores its outputs.
 
 An :class:`Objective` is the unit every data-dependent measure works on. Tasks build
 it from a checkpoint (the fine-tuned model in eval mode, with the frozen layers below the
 first adapted layer already applied to the data, so their outputs are cached), but any
 model, list of batches and loss function will do.
+
+The calling conventions, one definition each (training, :func:`genbound.train.fit`, uses
+the same ones):
+
+* :data:`Forward`: ``forward(model, batch) -> outputs`` (B, ...), the model's outputs on a
+  :class:`Batch` (class logits (B, K), predictions (B, ...));
+* :data:`~genbound.tasks.metric.OutputLoss`: ``loss(outputs, targets) -> (B,)``, a loss
+  (or error) from the outputs and ``batch.labels``;
+* :data:`PerExampleLoss`: ``loss(model, batch) -> (B,)``, the two composed (what
+  curvature and landscapes differentiate); :func:`loss_from` builds one.
 """
 
 from __future__ import annotations
@@ -15,19 +26,32 @@ from typing import Any
 import torch
 from torch import nn
 
+from genbound.errors import GenboundError
+from genbound.tasks.metric import Metric, OutputLoss, classification
+
 #: ``loss(model, batch) -> (B,)`` per-example losses (float, differentiable).
 PerExampleLoss = Callable[[nn.Module, Any], torch.Tensor]
-#: ``forward(model, batch) -> (B, K)`` logits.
+#: ``forward(model, batch) -> (B, ...)`` model outputs (class logits (B, K) for
+#: classification).
 Forward = Callable[[nn.Module, Any], torch.Tensor]
+
+#: The metric of an objective that names none: classification, K not known (no chance level).
+CLASSIFICATION = classification()
 
 
 @dataclass(frozen=True, eq=False)
 class Batch:
-    """One batch: ``inputs`` (a tensor, or a dict of tensors, as the model takes them) and
-    ``labels`` (B,) int64 class indices."""
+    """One batch: ``inputs`` as the model takes them (a tensor, a tuple of positional
+    tensors, or a dict of keyword tensors) and ``labels`` (B, ...): the targets, int64
+    class indices (B,) for classification, floats for regression (also as ``targets``)."""
 
     inputs: Any
     labels: torch.Tensor
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """``labels`` under its task-neutral name."""
+        return self.labels
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -35,18 +59,23 @@ class Batch:
 
 @dataclass(frozen=True, eq=False)
 class Objective:
-    """A model, its data and its per-example loss.
+    """A model, its data, its per-example loss and the metric that scores its outputs.
 
     Attributes:
         model: the module whose parameters analyses perturb or differentiate.
         batches: the data, a sequence of :class:`Batch` (sizes may differ: averages over
             the data weight each batch by its size).
-        loss: ``loss(model, batch) -> (B,)`` per-example loss (cross-entropy by default).
+        loss: ``loss(model, batch) -> (B,)`` per-example loss (cross-entropy by default),
+            the one curvature and landscapes differentiate; it should be
+            ``metric.loss`` of the outputs (:func:`loss_from`).
         trainable: names of the parameters that were trained (the adapter subspace), as in
             ``model.named_parameters()``.
         description: what model and data this is (for reports).
-        forward: ``forward(model, batch) -> (B, K)`` logits, for error rates (default:
-            ``model(inputs)``, or its ``.logits``).
+        forward: ``forward(model, batch) -> (B, ...)`` outputs, for the metric (default:
+            :func:`model_outputs`).
+        metric: the :class:`~genbound.tasks.metric.Metric` the gap and the bounds read (the
+            loss and error they report, the error's range and chance level, the unit of
+            N); default: classification with K not known.
     """
 
     model: nn.Module
@@ -55,10 +84,15 @@ class Objective:
     trainable: tuple[str, ...]
     description: str = ""
     forward: Forward | None = None
+    metric: Metric = CLASSIFICATION
+
+    def outputs(self, batch: Batch) -> torch.Tensor:
+        """(B, ...) model outputs on ``batch`` (class logits (B, K) for classification)."""
+        return (self.forward or model_outputs)(self.model, batch)
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        """(B, K) logits of ``batch``."""
-        return (self.forward or model_logits)(self.model, batch)
+        """:meth:`outputs` under its classification name."""
+        return self.outputs(batch)
 
     @property
     def num_examples(self) -> int:
@@ -73,13 +107,53 @@ class Objective:
         return total / max(self.num_examples, 1)
 
 
-def model_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """``model(inputs)`` as (B, K) logits (a dict of inputs is passed as keywords; an
-    output with ``.logits`` is unwrapped)."""
-    out = model(**batch.inputs) if isinstance(batch.inputs, dict) else model(batch.inputs)
-    return out.logits if hasattr(out, "logits") else out
+def outputs_of(output: Any) -> torch.Tensor:
+    """The outputs tensor of what a model returned: a tensor as is, an object with
+    ``.logits`` (Hugging Face) its logits, a tuple or list its first item."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise GenboundError(
+        f"expected the model to return its outputs as a tensor, a tuple whose first item is "
+        f"a tensor, or an object with .logits; found {type(output).__name__}. Pass a "
+        "forward(model, batch) that returns them."
+    )
+
+
+def model_outputs(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The default :data:`Forward`: ``model(**inputs)`` for a dict of inputs,
+    ``model(*inputs)`` for a tuple, else ``model(inputs)``; the result through
+    :func:`outputs_of`."""
+    inputs = batch.inputs
+    if isinstance(inputs, dict):
+        return outputs_of(model(**inputs))
+    if isinstance(inputs, tuple):
+        return outputs_of(model(*inputs))
+    return outputs_of(model(inputs))
+
+
+#: :func:`model_outputs` under its classification name.
+model_logits = model_outputs
+
+
+def loss_from(output_loss: OutputLoss, forward: Forward | None = None) -> PerExampleLoss:
+    """The :data:`PerExampleLoss` ``output_loss(forward(model, batch), batch.labels)``
+    (``forward`` default :func:`model_outputs`), e.g. ``loss_from(metric.loss)``."""
+    return _ComposedLoss(output_loss, forward or model_outputs)
+
+
+@dataclass(frozen=True)
+class _ComposedLoss:
+    output_loss: OutputLoss
+    forward: Forward
+
+    def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.output_loss(self.forward(model, batch), batch.labels)
 
 
 def cross_entropy_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-example cross-entropy of :func:`model_logits` against ``batch.labels``."""
-    return nn.functional.cross_entropy(model_logits(model, batch), batch.labels, reduction="none")
+    """Per-example cross-entropy of :func:`model_outputs` against ``batch.labels``."""
+    return CLASSIFICATION.loss(model_outputs(model, batch), batch.labels)
