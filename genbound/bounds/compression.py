@@ -9,6 +9,14 @@ so ``test_err <= kl^-1(train_err, rhs)``. Here h is the model with its trainable
 tensors quantized (W0, the architecture and the seed cost nothing) and train_err is the
 0-1 error of that quantized model on the N training examples.
 
+Other bounded errors: for an error with values in [0, R] (a task's metric, e.g. a squared
+error clipped at R), the bound is applied to error / R, which lies in [0, 1]: the kl bound
+holds for any loss in [0, 1] with the same ln(2 sqrt(N) / delta) (Maurer 2004, "A note on
+the PAC Bayesian theorem": E exp(N kl(emp || mean)) is largest for a 0-1 loss). So
+``test_err <= R kl^-1(train_err / R, rhs)``; for the 0-1 error R = 1 and nothing changes.
+The bound says nothing at or above the error's chance level (1 - 1/K for K classes, the
+trivial predictor's error for another metric), else at or above R.
+
 The code, exactly:
 
 * Quantization: a codebook of 2^b levels fitted to the values by Lloyd's algorithm
@@ -414,7 +422,7 @@ def pac_bayes_kl_bound(
     train_error: float, code_bits: int, n_train: int, delta: float, num_candidates: int = 1
 ) -> tuple[float, float]:
     """``(rhs, bound)``: rhs = (K ln2 + ln(2 sqrt(N) / delta) + ln(#candidates)) / N nats,
-    bound = kl^-1(train_error, rhs)."""
+    bound = kl^-1(train_error, rhs) (an error in [0, 1])."""
     rhs = (
         code_bits * LN2 + math.log(2.0 * math.sqrt(n_train) / delta) + math.log(num_candidates)
     ) / n_train
@@ -425,7 +433,7 @@ def pac_bayes_kl_bound(
 class CompressionCandidate:
     """One candidate b: its quantization, code, train error and bound.
 
-    ``floor`` = kl^-1(0, rhs) is the bound this b would give with zero train error. A
+    ``floor`` = R kl^-1(0, rhs) is the bound this b would give with zero train error. A
     candidate whose floor is not below the best bound already found cannot be chosen, so
     its model is not evaluated (``evaluated`` False, ``train_error`` and ``bound`` None);
     the chosen bound is exactly the one an evaluation of every candidate gives.
@@ -450,19 +458,24 @@ class CompressionBoundResult:
     """The compression bound at the best candidate b, with everything to check it by hand.
 
     Attributes:
-        bound: kl^-1(train_error, rhs), a bound on the test 0-1 error of the quantized model.
+        bound: R kl^-1(train_error / R, rhs), a bound on the test error of the quantized
+            model (the 0-1 error, R = 1, unless ``error_name`` says otherwise).
         chosen_bits: the b with the smallest bound (smallest b on ties).
         code_bits: K of that b (codebooks plus indices), bits.
-        train_error: 0-1 error of the quantized model on the N training examples.
+        train_error: error of the quantized model on the N training examples.
         rhs: (K ln2 + ln(2 sqrt(N) / delta) + ln(#candidates)) / N, nats.
         n_train: N.
         delta: confidence; the bound holds with probability >= 1 - delta.
         num_candidates: number of candidate b (the union bound's ln(#candidates)).
         candidates: every candidate's :class:`CompressionCandidate`.
         vacuous_at: the error level at or above which the bound says nothing
-            (1 - 1/num_classes when given, else 1).
+            (1 - 1/num_classes when given, else the chance level when given, else R).
         vacuous: bound >= vacuous_at.
         assumptions, warnings.
+        error_name: the error bounded (``"0-1 error"``).
+        error_range: R, the error lies in [0, R].
+        chance: the chance level given (1 - 1/num_classes when num_classes is given), or
+            None.
     """
 
     bound: float
@@ -478,6 +491,9 @@ class CompressionBoundResult:
     vacuous: bool
     assumptions: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    error_name: str = "0-1 error"
+    error_range: float = 1.0
+    chance: float | None = None
 
     @property
     def chosen(self) -> CompressionCandidate:
@@ -489,14 +505,52 @@ class CompressionBoundResult:
         return self.chosen.quantization.tensors()
 
 
-def _check_error(b: int, err) -> float:
+def _check_error(b: int, err, name: str, r: float) -> float:
     e = float(err)
-    if not 0.0 <= e <= 1.0:
+    if not 0.0 <= e <= r:
         raise GenboundError(
-            f"compression bound: the train 0-1 error of the quantized model (b={b}) must lie "
-            f"in [0, 1]; found {err!r}."
+            f"compression bound: the train {name} of the quantized model (b={b}) must lie "
+            f"in [0, {r:g}]; found {err!r}."
         )
     return e
+
+
+def _error_range(error_range) -> float:
+    r = error_range
+    if isinstance(r, bool) or not (isinstance(r, int | float) and math.isfinite(r) and r > 0):
+        raise GenboundError(
+            f"compression bound: error_range must be a finite number > 0 (the error lies in "
+            f"[0, error_range]); found {error_range!r}."
+        )
+    return float(r)
+
+
+def _vacuity(num_classes: int | None, chance: float | None, r: float, name: str):
+    """(vacuous_at, chance, warning or None): 1 - 1/num_classes, else chance, else R."""
+    if num_classes is not None:
+        if int(num_classes) < 2:
+            raise GenboundError(f"num_classes must be >= 2; found {num_classes!r}.")
+        if r != 1.0:
+            raise GenboundError(
+                f"compression bound: num_classes sets the chance level of a 0-1 error (range 1); "
+                f"found the {name} with range [0, {r:g}]. Pass chance= instead."
+            )
+        level = 1.0 - 1.0 / int(num_classes)
+        return level, level, None
+    if chance is not None:
+        if isinstance(chance, bool) or not (isinstance(chance, int | float) and 0 <= chance <= r):
+            raise GenboundError(
+                f"compression bound: chance must lie in [0, {r:g}] (the range of the {name}); "
+                f"found {chance!r}."
+            )
+        return float(chance), float(chance), None
+    if r == 1.0:
+        return 1.0, None, "vacuity judged against 1 (pass num_classes to judge against chance)"
+    return (
+        r,
+        None,
+        f"vacuity judged against the error range {r:g} (pass chance to judge against chance)",
+    )
 
 
 def compression_bound(
@@ -511,14 +565,17 @@ def compression_bound(
     max_iter: int = 100,
     num_classes: int | None = None,
     prune: bool = True,
+    error_range: float = 1.0,
+    chance: float | None = None,
+    error_name: str = "0-1 error",
 ) -> CompressionBoundResult:
-    """Compression PAC-Bayes bound on the test 0-1 error, b chosen by the bound.
+    """Compression PAC-Bayes bound on the test error (0-1 unless said), b chosen by the bound.
 
     Args:
         tensors: the trainable tensors of the run (name -> tensor); everything else
             (W0, architecture, seed, frozen factors) is assumed known to the decoder.
         evaluate_error: called with the quantized tensors (name -> float32 tensor) of
-            each candidate, returns the 0-1 error on the N training examples; or a
+            each candidate, returns the error on the N training examples; or a
             mapping b -> precomputed error for every candidate. Candidates are tried in
             order of code length; one whose zero-error bound cannot beat the best so far
             is not evaluated (``prune``), which leaves the result unchanged.
@@ -526,9 +583,15 @@ def compression_bound(
         bits: candidate b (2^b levels); ln(len(bits)) nats are paid for choosing.
         delta: confidence; the bound holds with probability >= 1 - delta.
         codebook, codebook_bits, max_iter: see :func:`quantize`.
-        num_classes: when given, the bound is vacuous at or above 1 - 1/num_classes.
+        num_classes: when given, the bound is vacuous at or above 1 - 1/num_classes (a 0-1
+            error only).
         prune: skip evaluating candidates that cannot be chosen (see
             :class:`CompressionCandidate`).
+        error_range: R, the error lies in [0, R]; the bound is R kl^-1(error / R, rhs)
+            (see the module docstring). 1 for the 0-1 error.
+        chance: without ``num_classes``, the bound is vacuous at or above this error level
+            (the trivial predictor's error); with neither, at or above R.
+        error_name: the error in words, for the result (``"0-1 error"``).
     """
     n = int(n_train)
     if n <= 0:
@@ -537,6 +600,8 @@ def compression_bound(
         )
     if not 0.0 < delta < 1.0:
         raise GenboundError(f"compression bound: delta must lie in (0, 1); found {delta!r}.")
+    r = _error_range(error_range)
+    vac_at, chance_level, vac_note = _vacuity(num_classes, chance, r, error_name)
     cands = list(dict.fromkeys(int(b) for b in bits))
     if not cands:
         raise GenboundError("compression bound: expected at least one candidate b; found none.")
@@ -552,7 +617,7 @@ def compression_bound(
         q = quantize(tensors, b, codebook=codebook, codebook_bits=codebook_bits, max_iter=max_iter)
         code = code_length(q)
         rhs, floor = pac_bayes_kl_bound(0.0, code.total_bits, n, delta, len(cands))
-        coded.append((b, q, code, rhs, floor))
+        coded.append((b, q, code, rhs, r * floor))
     by_b: dict[int, CompressionCandidate] = {}
     best = (math.inf, math.inf)  # (bound, bits): ties go to the smaller b
     for b, q, code, rhs, floor in sorted(coded, key=lambda x: (x[2].total_bits, x[0])):
@@ -561,10 +626,10 @@ def compression_bound(
             by_b[b] = CompressionCandidate(b, q, code, code.total_bits, rhs, floor, None, None)
             continue
         if isinstance(evaluate_error, Mapping):
-            err = _check_error(b, evaluate_error[b])
+            err = _check_error(b, evaluate_error[b], error_name, r)
         else:
-            err = _check_error(b, evaluate_error(q.tensors()))
-        bound = kl_inverse(err, rhs)
+            err = _check_error(b, evaluate_error(q.tensors()), error_name, r)
+        bound = r * kl_inverse(err / r, rhs)
         log.debug(
             "compression bound: b=%d K=%d bits err=%.4g bound=%.4g", b, code.total_bits, err, bound
         )
@@ -572,20 +637,12 @@ def compression_bound(
         best = min(best, (bound, b))
     results = [by_b[b] for b in cands]
     best = min((c for c in results if c.evaluated), key=lambda c: (c.bound, c.bits))
-    if num_classes is not None:
-        if int(num_classes) < 2:
-            raise GenboundError(f"num_classes must be >= 2; found {num_classes!r}.")
-        vac_at = 1.0 - 1.0 / int(num_classes)
-    else:
-        vac_at = 1.0
-    warns = []
-    if num_classes is None:
-        warns.append("vacuity judged against 1 (pass num_classes to judge against chance)")
+    warns = [vac_note] if vac_note else []
     if best.bound >= vac_at:
         warns.append(f"bound {best.bound:.4g} >= {vac_at:.4g}: vacuous (reported as is)")
     assumptions = (
         "training examples are i.i.d.; the bound holds with probability >= 1 - delta over the sample",
-        "the error is the 0-1 error of the quantized model (the decoded code) on the same N "
+        f"the error is the {error_name} of the quantized model (the decoded code) on the same N "
         "training examples",
         "prior P(h) = 2^(-K(h)) over a prefix code: W0, architecture, tensor names and shapes, "
         "the seed and frozen factors, the candidate set and the codebook mode are fixed before "
@@ -596,6 +653,11 @@ def compression_bound(
         f"b chosen among {len(cands)} candidates by the bound; paid by a union bound "
         f"(+ln({len(cands)}) nats in the numerator)",
     )
+    if r != 1.0:
+        assumptions += (
+            f"the {error_name} lies in [0, {r:g}]; the kl bound, which holds for any loss in "
+            "[0, 1] (Maurer 2004), is applied to the error divided by that range and scaled back",
+        )
     return CompressionBoundResult(
         bound=best.bound,
         chosen_bits=best.bits,
@@ -610,4 +672,7 @@ def compression_bound(
         vacuous=best.bound >= vac_at,
         assumptions=assumptions,
         warnings=tuple(warns),
+        error_name=error_name,
+        error_range=r,
+        chance=chance_level,
     )

@@ -22,7 +22,8 @@ from genbound.tasks.state import preserved_state
 def train_error_with(
     train: Objective, checkpoint: Checkpoint, tensors: Mapping[str, torch.Tensor]
 ) -> float:
-    """Mean 0-1 error over ``train`` with the checkpoint's trained tensors replaced by ``tensors``.
+    """Mean error (the objective's metric: 0-1 for classification) over ``train`` with the
+    checkpoint's trained tensors replaced by ``tensors``.
 
     The objective's model is restored bit-exact afterwards.
     """
@@ -44,10 +45,13 @@ def compression_bound_on(
 ) -> CompressionBoundResult:
     """The compression bound of ``checkpoint``, its quantized train error measured on ``train``.
 
-    ``train`` must be the objective over the whole training set of N examples (N from
-    ``n_train``, else the objective's size).
+    ``train`` must be the objective over the whole training set of N units (N from
+    ``n_train``, else the objective's size). The error, its range and its chance level come
+    from ``train.metric``; ``num_classes`` (a 0-1 error only) overrides the chance level
+    with 1 - 1/num_classes.
     """
     n = n_train if n_train is not None else train.num_examples
+    metric = train.metric
     return compression_bound(
         trainable_tensors(checkpoint),
         lambda q: train_error_with(train, checkpoint, q),
@@ -56,4 +60,7 @@ def compression_bound_on(
         delta=delta,
         num_classes=num_classes,
         prune=prune,
+        error_range=metric.error_range,
+        chance=metric.chance,
+        error_name=metric.error_name,
     )

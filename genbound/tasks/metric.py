@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from genbound.errors import GenboundError
 
 __all__ = [
-    "OutputLoss",
     "Metric",
+    "OutputLoss",
     "classification",
     "clipped_squared_error",
     "mean_predictor_error",
@@ -110,8 +110,10 @@ class Metric:
     def describe(self) -> str:
         """One line: the loss, the error and its range, the chance level and the unit."""
         chance = "not defined" if self.chance is None else f"{self.chance:.4g}"
-        loss = self.loss_name if self.loss_range is None else (
-            f"{self.loss_name} in [0, {self.loss_range:g}]"
+        loss = (
+            self.loss_name
+            if self.loss_range is None
+            else (f"{self.loss_name} in [0, {self.loss_range:g}]")
         )
         return (
             f"{self.name}: loss {loss} ({self.loss_unit}), error {self.error_name} in "
