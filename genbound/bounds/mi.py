@@ -77,11 +77,14 @@ def loss_spec(
     loss_range: float | None = None,
     smoothing: float | None = None,
     num_classes: int | None = None,
+    loss_description: str | None = None,
 ) -> LossSpec:
     """The loss range B and sigma = B / 2 for a loss choice.
 
     * ``"zero_one"``: B = 1.
-    * ``"bounded"``: a loss in [0, B]; ``loss_range`` = B is required.
+    * ``"bounded"``: a loss in [0, B]; ``loss_range`` = B is required; ``loss_description``
+      says which loss (e.g. ``"squared error clipped at 4"``; a task's metric gives it,
+      :meth:`genbound.tasks.Metric.mi_loss`).
     * ``"clipped_ce"``: min(cross-entropy, B); ``loss_range`` = B (nats) is required.
     * ``"smoothed_ce"``: cross-entropy of p' = (1 - a) p + a / K, whose values lie in an
       interval of width B = ln(1 + (1 - a) K / a) nats; ``smoothing`` = a in (0, 1] and
@@ -89,6 +92,11 @@ def loss_spec(
     """
     if loss not in LOSSES:
         raise GenboundError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}.")
+    if loss_description is not None and (loss != "bounded" or not str(loss_description).strip()):
+        raise GenboundError(
+            f"loss_description names the loss of loss='bounded' and must be non-empty; found "
+            f"loss={loss!r}, loss_description={loss_description!r}."
+        )
     if loss == "smoothed_ce":
         if smoothing is None or num_classes is None:
             raise GenboundError(
@@ -124,6 +132,8 @@ def loss_spec(
         raise GenboundError(f"loss_range must be a finite number > 0; found {loss_range!r}.")
     if loss == "clipped_ce":
         desc = f"cross-entropy clipped at B: min(CE, {b:g}) nats, range [0, {b:g}]"
+    elif loss_description is not None:
+        desc = f"{str(loss_description).strip()}, values in [0, {b:g}]"
     else:
         desc = f"a loss with values in [0, {b:g}]"
     return LossSpec(loss, b, b / 2.0, desc)
@@ -288,6 +298,7 @@ def mi_bound(
     num_classes: int | None = None,
     delta: float = 0.05,
     observed_losses: Sequence[float] | None = None,
+    loss_description: str | None = None,
 ) -> MIBoundResult:
     """The MI bound and its Occam form for a checkpoint.
 
@@ -295,7 +306,8 @@ def mi_bound(
         checkpoint: the fine-tuned checkpoint.
         n_train: N; defaults to ``checkpoint.n_train``. Missing in both: an error.
         bits: q; defaults to the bits of the stored dtype.
-        loss, loss_range, smoothing, num_classes: the loss (see :func:`loss_spec`).
+        loss, loss_range, smoothing, num_classes, loss_description: the loss (see
+            :func:`loss_spec`); a task's metric gives them, ``**metric.mi_loss()``.
         delta: confidence of the Occam bound.
         observed_losses: losses seen in practice (loss units), checked against the range;
             numeric ``checkpoint.metrics`` entries whose key ends in ``loss`` are checked too
@@ -304,7 +316,13 @@ def mi_bound(
     Returns:
         :class:`MIBoundResult`. A bound above the loss range is flagged vacuous and kept.
     """
-    spec = loss_spec(loss, loss_range=loss_range, smoothing=smoothing, num_classes=num_classes)
+    spec = loss_spec(
+        loss,
+        loss_range=loss_range,
+        smoothing=smoothing,
+        num_classes=num_classes,
+        loss_description=loss_description,
+    )
     if n_train is None:
         if checkpoint.n_train is None:
             raise GenboundError(
