@@ -10,6 +10,12 @@ their content (a hash of each example's label and unpadded inputs) before the dr
 sample does not depend on how the examples are batched or in what order the batches come.
 The chosen rows are gathered with :func:`genbound.tasks.packing.take_rows`: each is cut
 to its own length and re-padded, so its loss is what it was in its own batch.
+
+Targets that are not class labels (floating-point, or more than one per example, as in
+regression) have no classes to stratify by: the sample is then ``n`` examples drawn
+uniformly without replacement by the same ``numpy.random.default_rng(seed)`` from all
+examples, put in the order fixed by their content (each example's target and unpadded
+inputs) first, so it too does not depend on the batching.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ class Sample:
         examples: examples taken.
         total: examples the objective had.
         seed: seed of the draw.
-        stratified_by: ``"label"``, or None when every example was taken.
-        label_counts: examples taken per class index, ``{label: count}``.
+        stratified_by: ``"label"``, or None when every example was taken or the targets
+            are not class labels (a uniform sample).
+        label_counts: examples taken per class index, ``{label: count}`` (empty when the
+            targets are not class labels).
     """
 
     examples: int
@@ -46,8 +54,13 @@ class Sample:
     label_counts: dict[int, int]
 
     def describe(self) -> str:
-        if self.stratified_by is None:
+        if self.examples >= self.total:
             return f"all {self.total:,} examples"
+        if self.stratified_by is None:
+            return (
+                f"{self.examples:,} of {self.total:,} examples, a uniform random sample "
+                f"(seed {self.seed})"
+            )
         return (
             f"{self.examples:,} of {self.total:,} examples, a random sample stratified by "
             f"{self.stratified_by} (seed {self.seed})"
@@ -71,15 +84,31 @@ def stratified_counts(
     return {int(k): int(v) for k, v in zip(classes, counts, strict=True)}
 
 
+def class_labels(batches: Sequence[Batch]) -> np.ndarray | None:
+    """The class labels of every example, in batch order, as a numpy array; None when the
+    targets are not class labels (not integer or boolean, or not one per example)."""
+    if not all(
+        b.labels.dim() == 1 and not (b.labels.is_floating_point() or b.labels.is_complex())
+        for b in batches
+    ):
+        return None
+    return torch.cat([b.labels.reshape(-1).cpu() for b in batches]).numpy()
+
+
 def sample_rows(batches: Sequence[Batch], n: int, seed: int) -> list[tuple[int, int]]:
-    """(batch index, row index) of a stratified random sample of ``n`` examples (every
-    example, in batch order, when there are at most ``n``)."""
+    """(batch index, row index) of a random sample of ``n`` examples, stratified by class
+    label (uniform when the targets are not class labels; see the module docstring); every
+    example, in batch order, when there are at most ``n``."""
     rows = [(bi, i) for bi, b in enumerate(batches) for i in range(len(b))]
     if n >= len(rows):
         return rows
-    labels = torch.cat([b.labels.reshape(-1).cpu() for b in batches]).numpy()
-    keys = [_content_key(batches[bi], i) for bi, i in rows]
+    labels = class_labels(batches)
+    keys = [_content_key(batches[bi], i, labels is not None) for bi, i in rows]
     rng = np.random.default_rng(int(seed))
+    if labels is None:
+        members = sorted(range(len(rows)), key=lambda j: (keys[j], j))
+        chosen = rng.choice(len(members), size=n, replace=False)
+        return [rows[members[j]] for j in np.sort(chosen)]
     picks = []
     ties = np.random.default_rng([int(seed), 1])  # its own stream: the draws stay as they were
     for label, count in stratified_counts(labels, n, ties).items():
@@ -99,15 +128,16 @@ def sample_objective(objective: Objective, n: int, *, seed: int) -> tuple[Object
     batches = list(objective.batches)
     picks = sample_rows(batches, n, seed)
     total = objective.num_examples
+    by_class = class_labels(batches) is not None
     counts: dict[int, int] = {}
-    for bi, i in picks:
+    for bi, i in picks if by_class else ():
         label = int(batches[bi].labels[i])
         counts[label] = counts.get(label, 0) + 1
     sample = Sample(
         examples=len(picks),
         total=total,
         seed=int(seed),
-        stratified_by="label" if len(picks) < total else None,
+        stratified_by="label" if len(picks) < total and by_class else None,
         label_counts=dict(sorted(counts.items())),
     )
     sub = dataclasses.replace(
@@ -118,11 +148,15 @@ def sample_objective(objective: Objective, n: int, *, seed: int) -> tuple[Object
     return sub, sample
 
 
-def _content_key(batch: Batch, i: int) -> bytes:
-    """A digest of row ``i``: its label and each input at its attended positions."""
+def _content_key(batch: Batch, i: int, class_label: bool = True) -> bytes:
+    """A digest of row ``i``: its label (a class index, or a target tensor's bytes) and
+    each input at its attended positions."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(str(int(batch.labels[i])).encode())
-    inputs = batch.inputs if isinstance(batch.inputs, dict) else {"": batch.inputs}
+    if class_label:
+        h.update(str(int(batch.labels[i])).encode())
+    else:
+        _update(h, "labels", batch.labels[i], batch.labels.shape[1:])
+    inputs = _named_inputs(batch.inputs)
     mask = inputs.get("attention_mask")
     kept = mask[i].bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
     length = int(kept.sum()) if kept is not None else None
@@ -135,8 +169,23 @@ def _content_key(batch: Batch, i: int) -> bytes:
         if kept is not None and t.dim() >= 2 and t.shape[1] == mask.shape[1]:
             # padding (of whatever width) is not part of the example
             row = row[:length] if right_padded else row[kept]
-        row = row.detach().cpu().contiguous().reshape(-1)
-        h.update(key.encode())
-        h.update(str((row.dtype, tuple(t.shape[2:]), row.numel())).encode())
-        h.update(row.view(torch.uint8).numpy().data)  # no copy of a contiguous row
+        _update(h, key, row, t.shape[2:])
     return h.digest()
+
+
+def _named_inputs(inputs) -> dict:
+    """Inputs as a dict: keyword inputs as they are, positional ones by position, a tensor
+    under ``""``."""
+    if isinstance(inputs, dict):
+        return inputs
+    if isinstance(inputs, tuple):
+        return {str(j): t for j, t in enumerate(inputs)}
+    return {"": inputs}
+
+
+def _update(h, key: str, row: torch.Tensor, trailing: tuple) -> None:
+    """Feed one row of one tensor (its name, dtype, trailing shape, size and bytes) to ``h``."""
+    row = row.detach().cpu().contiguous().reshape(-1)
+    h.update(key.encode())
+    h.update(str((row.dtype, tuple(trailing), row.numel())).encode())
+    h.update(row.view(torch.uint8).numpy().data)  # no copy of a contiguous row
