@@ -4,9 +4,15 @@ resets for chained adapters, evaluation in eval mode after every epoch.
 Data are ``torch.utils.data.Dataset`` objects whose items are tuples ``(*inputs, label)``
 (a ``TensorDataset``), a tuple of tensors ``(*inputs, labels)``, or a list of ready-made
 :class:`~genbound.tasks.Batch` objects (length-bucketed batches, e.g. cached hidden states;
-their order is shuffled each epoch, their contents are not). The model is called as
-``model(*inputs)`` and returns logits (a tensor, a tuple whose first item is the logits,
-or an object with ``.logits``), unless ``forward(model, inputs)`` is given.
+their order is shuffled each epoch, their contents are not).
+
+Training uses the conventions of :mod:`genbound.tasks.objective`: every batch is a
+:class:`~genbound.tasks.Batch` (a loaded tuple ``(*inputs, labels)`` becomes
+``Batch(inputs, labels)``, one input as a tensor, several as a tuple), the outputs are
+``forward(model, batch)`` (default :func:`~genbound.tasks.objective.model_outputs`:
+``model(*inputs)``, ``model(**inputs)`` for a dict, unwrapping ``.logits`` or a tuple's
+first item), and the loss is ``loss_fn(outputs, labels) -> (B,)`` (default: cross-entropy,
+the classification metric's loss).
 
 What ``fit`` leaves behind, stated here because nothing is restored: the model holds the
 final weights (no best-epoch restore), is in eval mode, and, for chained adapters, its
@@ -24,18 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from genbound.adapters.handle import AdapterHandle
 from genbound.errors import GenboundError
-from genbound.tasks.objective import Batch
+from genbound.tasks.metric import OutputLoss, classification
+from genbound.tasks.objective import Batch, Forward, model_outputs
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Forward = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+#: Cross-entropy loss and 0-1 error of class logits (the default loss and the accuracy).
+CLASSES = classification()
 
 
 @dataclass
@@ -107,8 +113,8 @@ class FitResult:
 
 
 class PreBatched(Dataset):
-    """Ready-made batches as a Dataset whose items are whole batches ``(*inputs, labels)``
-    (load it with ``batch_size=None``)."""
+    """Ready-made batches as a Dataset whose items are whole :class:`Batch` objects (load
+    it with ``batch_size=None``)."""
 
     def __init__(self, batches: Sequence[Batch]):
         self.batches = list(batches)
@@ -116,10 +122,17 @@ class PreBatched(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        b = self.batches[i]
-        inputs = tuple(b.inputs.values()) if isinstance(b.inputs, dict) else (b.inputs,)
-        return (*inputs, b.labels)
+    def __getitem__(self, i: int) -> Batch:
+        return self.batches[i]
+
+
+def as_batch(item: Batch | Sequence[torch.Tensor]) -> Batch:
+    """A loaded item as a :class:`Batch`: a Batch as is, ``(*inputs, labels)`` as
+    ``Batch(inputs, labels)`` (one input as a tensor, several as a tuple)."""
+    if isinstance(item, Batch):
+        return item
+    *inputs, labels = item
+    return Batch(inputs[0] if len(inputs) == 1 else tuple(inputs), labels)
 
 
 def as_dataset(data: Dataset | Sequence[torch.Tensor] | Sequence[Batch]) -> Dataset:
@@ -145,56 +158,30 @@ def loader(
     return DataLoader(data, batch_size=size, shuffle=shuffle, generator=generator)
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a model output (tensor, tuple, or object with ``.logits``)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    raise GenboundError(
-        f"fit: expected the model to return logits (a tensor, a tuple or an object with "
-        f".logits); found {type(output).__name__}. Pass forward=..."
-    )
-
-
-def _per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, labels, reduction="none")
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     data: Dataset | Sequence[torch.Tensor],
     *,
     batch_size: int = 256,
-    loss_fn: LossFn | None = None,
+    loss_fn: OutputLoss | None = None,
     forward: Forward | None = None,
 ) -> tuple[float, float | None]:
     """(mean loss, accuracy) over the examples of ``data``, in eval mode.
 
-    ``loss_fn(logits, labels)`` returns one loss per example (default: cross-entropy);
-    accuracy is None unless logits have one more dimension than labels. Leaves the model
-    in eval mode.
+    ``loss_fn(outputs, labels)`` returns one loss per example (default: cross-entropy);
+    accuracy is None unless the outputs have one more dimension than the labels (class
+    logits). Leaves the model in eval mode.
     """
     model.eval()
-    loss_fn = loss_fn or _per_example_ce
-    total, correct, count = 0.0, 0, 0
-    has_acc = True
-    for batch in loader(as_dataset(data), batch_size, shuffle=False):
-        *inputs, labels = batch
-        logits = forward(model, inputs) if forward else logits_of(model(*inputs))
-        losses = loss_fn(logits, labels)
-        total += float(losses.double().sum())
-        count += labels.shape[0]
-        if logits.ndim == labels.ndim + 1:
-            correct += int((logits.argmax(-1) == labels).sum())
-        else:
-            has_acc = False
-    if count == 0:
+    seen = SeenByTraining()
+    for item in loader(as_dataset(data), batch_size, shuffle=False):
+        batch = as_batch(item)
+        outputs = (forward or model_outputs)(model, batch)
+        seen.add((loss_fn or CLASSES.loss)(outputs, batch.labels), outputs, batch.labels)
+    if seen.count == 0:
         raise GenboundError("evaluate: expected at least one example, found an empty dataset.")
-    return total / count, (correct / count if has_acc else None)
+    return seen.mean_loss(), seen.accuracy()
 
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -218,7 +205,7 @@ def fit(
     batch_size: int = 32,
     weight_decay: float = 0.0,
     warmup: float = 0.06,
-    loss_fn: LossFn | None = None,
+    loss_fn: OutputLoss | None = None,
     forward: Forward | None = None,
     chain_every_epochs: int | None = None,
     seed: int = 0,
@@ -233,8 +220,11 @@ def fit(
             chain schedule are used) or a model (its ``requires_grad`` parameters train).
         train_data, test_data: see the module docstring; ``test_data`` may be None.
         epochs, lr, batch_size, weight_decay: the usual; ``warmup`` is a fraction of steps.
-        loss_fn: ``loss_fn(logits, labels) -> per-example losses``; default cross-entropy.
-        forward: ``forward(model, inputs) -> logits`` when ``model(*inputs)`` is not right.
+        loss_fn: ``loss_fn(outputs, labels) -> per-example losses``
+            (:data:`~genbound.tasks.metric.OutputLoss`); default cross-entropy.
+        forward: ``forward(model, batch) -> outputs`` (:data:`~genbound.tasks.objective.Forward`,
+            ``batch`` a :class:`Batch`) when :func:`~genbound.tasks.objective.model_outputs`
+            is not right.
         chain_every_epochs: for chained adapters, reset every E epochs (then the number of
             links, ceil(epochs / E), must equal the handle's k); default: the k - 1 resets
             spread evenly over the steps (:meth:`AdapterHandle.reset_steps`).
@@ -254,7 +244,8 @@ def fit(
             f"epochs={epochs!r}, lr={lr!r}, batch_size={batch_size!r}."
         )
     train_set = as_dataset(train_data)
-    loss_fn = loss_fn or _per_example_ce
+    loss_fn = loss_fn or CLASSES.loss
+    forward = forward or model_outputs
     gen = torch.Generator().manual_seed(int(seed))
     batches = loader(train_set, batch_size, shuffle=True, generator=gen)
     steps_per_epoch = len(batches)
@@ -281,12 +272,12 @@ def fit(
             t0 = time.perf_counter()
             model.train()
             seen = SeenByTraining()
-            for batch in batches:
-                *inputs, labels = batch
+            for item in batches:
+                batch = as_batch(item)
                 opt.zero_grad(set_to_none=True)
-                logits = forward(model, inputs) if forward else logits_of(model(*inputs))
-                losses = loss_fn(logits, labels)
-                seen.add(losses, logits, labels)
+                outputs = forward(model, batch)
+                losses = loss_fn(outputs, batch.labels)
+                seen.add(losses, outputs, batch.labels)
                 losses.mean().backward()
                 opt.step()
                 sched.step()
@@ -321,17 +312,18 @@ def fit(
 
 
 class SeenByTraining:
-    """Running sums of the per-example losses and correct predictions of training steps."""
+    """Running sums of per-example losses and correct predictions (of class logits)."""
 
     def __init__(self) -> None:
         self.loss, self.correct, self.count, self.classes = 0.0, 0, 0, True
 
-    def add(self, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, losses: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.no_grad():
             self.loss += float(losses.detach().double().sum())
-            self.count += int(labels.shape[0])
-            if logits.ndim == labels.ndim + 1:
-                self.correct += int((logits.argmax(-1) == labels).sum())
+            n = int(labels.shape[0])
+            self.count += n
+            if outputs.ndim == labels.ndim + 1:
+                self.correct += n - int(CLASSES.error(outputs, labels).sum())
             else:
                 self.classes = False
 
