@@ -33,148 +33,21 @@ from typing import Any
 import numpy as np
 
 from genbound.errors import GenboundError
+from genbound.measures import sweep_scalars
+from genbound.measures.base import Scalar
+from genbound.measures.reading import get as _get
+from genbound.measures.reading import number as _num
+from genbound.measures.user import flat_values
 
 Row = dict[str, Any]
 
+#: A measure read from a report (the sweep scalars of :mod:`genbound.measures`).
+Measure = Scalar
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    if isinstance(x, (int, float)):
-        return float(x)
-    if x in ("inf", "-inf", "nan"):
-        return float(x)
-    return None
-
-
-def _int(x: Any) -> int | None:
-    """A count as an int (a float that holds an integer, as JSON may give it, too)."""
-    v = _num(x)
-    return int(v) if v is not None and math.isfinite(v) and v == int(v) else None
-
-
-def _get(doc: Mapping, *path: str) -> Any:
-    for key in path:
-        if not isinstance(doc, Mapping) or key not in doc or doc[key] is None:
-            return None
-        doc = doc[key]
-    return doc
-
-
-def _sum_updates(doc: Mapping, key: str) -> float | None:
-    vals = [_num(u.get(key)) for u in doc.get("updates", [])]
-    vals = [v for v in vals if v is not None]
-    return float(sum(vals)) if vals else None
-
-
-def _mean_updates(doc: Mapping, key: str) -> float | None:
-    vals = [_num(u.get(key)) for u in doc.get("updates", [])]
-    vals = [v for v in vals if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-@dataclass(frozen=True)
-class Measure:
-    """One measure read from a report.
-
-    Attributes:
-        read: report document -> the value (an int for counts), None when it is missing.
-        description: what it is, for tables and axes.
-        trivial: for a bound, report document -> the value at and above which it says
-            nothing in that run (None: not a bound, or the report does not say).
-        trivial_name: what that value is, in words.
-    """
-
-    read: Callable[[Mapping], float | int | None]
-    description: str
-    trivial: Callable[[Mapping], float | None] | None = None
-    trivial_name: str = ""
-
-
-def _landscape(doc: Mapping, kind: str, key: str) -> float | None:
-    value = _get(doc, "landscapes", kind, key)
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return _num(value)
-
-
-def _resolved_trace(doc: Mapping) -> float | None:
-    """The Hessian trace when an estimate resolves it: Hutch++'s, else SLQ's; None when
-    neither does (a report without the ``reliable`` flags: Hutch++'s as it is)."""
-    hutch = _get(doc, "curvature", "trace")
-    if not isinstance(hutch, Mapping):
-        return None
-    if hutch.get("reliable", True):
-        return _num(hutch.get("trace"))
-    slq = _get(doc, "curvature", "density")
-    if isinstance(slq, Mapping) and slq.get("trace_reliable"):
-        return _num(slq.get("trace"))
-    return None
-
-
-_LOSS_RANGE = "the loss range, 1 for the 0-1 loss"
-
-#: Measures read from a report, by name.
-MEASURES: dict[str, Measure] = {
-    "num_trainable": Measure(
-        lambda d: _int(_get(d, "checkpoint", "num_trainable")), "D, trained scalars"
-    ),
-    "mi_bound": Measure(
-        lambda d: _num(_get(d, "bounds", "mi", "bound")),
-        "MI bound (0-1 loss)",
-        lambda d: _num(_get(d, "bounds", "mi", "loss", "loss_range")),
-        _LOSS_RANGE,
-    ),
-    "occam_bound": Measure(
-        lambda d: _num(_get(d, "bounds", "mi", "occam_bound")),
-        "Occam bound",
-        lambda d: _num(_get(d, "bounds", "mi", "loss", "loss_range")),
-        _LOSS_RANGE,
-    ),
-    "compression_bound": Measure(
-        lambda d: _num(_get(d, "bounds", "compression", "bound")),
-        "compression bound on test error",
-        lambda d: _num(_get(d, "bounds", "compression", "vacuous_at")),
-        "chance level, 1 - 1/classes",
-    ),
-    "compression_bits": Measure(
-        lambda d: _int(_get(d, "bounds", "compression", "code_bits")),
-        "K, bits of the compressed update",
-    ),
-    "log10_phi_dW": Measure(
-        lambda d: _num(_get(d, "bounds", "theorem1", "log10_phi_dW")), "Theorem 1 log10 Phi_dW"
-    ),
-    "sum_dW_frobenius": Measure(
-        lambda d: _sum_updates(d, "frobenius_norm"), "sum of ||dW||_F over updates"
-    ),
-    "sum_dW_spectral": Measure(lambda d: _sum_updates(d, "spectral_norm"), "sum of ||dW||_2"),
-    "mean_effective_rank": Measure(
-        lambda d: _mean_updates(d, "effective_rank"), "mean effective rank of dW"
-    ),
-    "mean_relative_spectral": Measure(
-        lambda d: _mean_updates(d, "relative_spectral"), "mean ||dW||_2 / ||W0||_2"
-    ),
-    "hessian_top_eigenvalue": Measure(
-        lambda d: _num(_get(d, "curvature", "top_eigenvalue")), "top Hessian eigenvalue"
-    ),
-    "hessian_trace": Measure(_resolved_trace, "Hessian trace (resolved estimates only)"),
-    "landscape_curvature": Measure(
-        lambda d: _landscape(d, "random-filter", "curvature"),
-        "landscape curvature (random direction)",
-    ),
-    "landscape_flat_fraction": Measure(
-        lambda d: _landscape(d, "random-filter", "flat_fraction"),
-        "landscape flat fraction (random direction)",
-    ),
-    "landscape_ascent": Measure(
-        lambda d: _landscape(d, "random-filter", "ascent"),
-        "landscape mean ascent at rho (random direction)",
-    ),
-    "path_curvature": Measure(
-        lambda d: _landscape(d, "path", "curvature"),
-        "landscape curvature along the path from the base",
-    ),
-}
+#: Measures read from a report, by name: every registered measure's sweep scalars, in
+#: registry order. User measures are not here: each report brings its own values
+#: (``"measures"`` in report.json), and :func:`sweep_rows` adds them as columns.
+MEASURES: dict[str, Scalar] = dict(sweep_scalars())
 
 #: Gap targets, by name.
 TARGETS: dict[str, Callable[[Mapping], float | None]] = {
@@ -187,7 +60,9 @@ TARGETS: dict[str, Callable[[Mapping], float | None]] = {
 
 def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
     """One row per report (keyed by run name): variant, hyper-parameters, measures, targets,
-    and ``vacuous``: the bounds at or above their trivial value in that run."""
+    ``vacuous``: the bounds at or above their trivial value in that run, and
+    ``user_measures``: the columns its user measures added (``<name>``, or ``<name>.<key>``
+    for a mapping)."""
     rows = []
     for name, doc in docs.items():
         ck = doc.get("checkpoint", {})
@@ -208,8 +83,25 @@ def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
         for t, fn in TARGETS.items():
             row[t] = fn(doc)
         row["vacuous"] = vacuous
+        user = doc.get("measures")
+        user = user if isinstance(user, Mapping) else {}
+        values = {k: v for name, x in user.items() for k, v in flat_values(name, x).items()}
+        row.update({k: v for k, v in values.items() if k not in row})
+        row["user_measures"] = [k for k in values if k not in MEASURES]
         rows.append(row)
     return rows
+
+
+def measure_names(rows: Sequence[Row]) -> list[str]:
+    """Every measure the rows can be ranked on: genbound's (:data:`MEASURES`), then the
+    user measures any row has, in order of first appearance."""
+    user = dict.fromkeys(k for r in rows for k in r.get("user_measures", ()))
+    return list(MEASURES) + [k for k in user if k not in MEASURES]
+
+
+def measure_description(name: str) -> str:
+    """How tables and axes name a measure (a user measure: its own name)."""
+    return MEASURES[name].description if name in MEASURES else name
 
 
 def kendall_tau_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -355,12 +247,13 @@ def rank_correlations(
     order of ``measures``; informative measures are ranked by tau (highest first)."""
     if target not in TARGETS:
         raise GenboundError(f"unknown target {target!r}; expected one of {list(TARGETS)}.")
-    names = list(measures or MEASURES)
+    known = measure_names(rows)
+    names = list(measures or known)
     rng = np.random.default_rng(seed)
     out = []
     for m in names:
-        if m not in MEASURES:
-            raise GenboundError(f"unknown measure {m!r}; expected one of {list(MEASURES)}.")
+        if m not in known:
+            raise GenboundError(f"unknown measure {m!r}; expected one of {known}.")
         ok = [r for r in rows if _finite(r.get(m)) and _finite(r.get(target))]
         x = np.array([r[m] for r in ok], dtype=float)
         y = np.array([r[target] for r in ok], dtype=float)

@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from genbound.compare import MEASURES, Correlation, rank_correlations, sweep_rows
+from genbound.compare import Correlation, measure_description, rank_correlations, sweep_rows
 from genbound.io import atomic_directory
 from genbound.numbers import format_number, format_probability
 from genbound.report.serialize import dumps_json
@@ -93,7 +93,7 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
         for c in ranked:
             g = _tau(c.granulated) if c.granulated is not None else "n/a"
             lines.append(
-                f"| {c.rank} | {MEASURES[c.measure].description} | {c.n} | {_tau(c.tau)} | "
+                f"| {c.rank} | {measure_description(c.measure)} | {c.n} | {_tau(c.tau)} | "
                 f"[{_tau(c.low)}, {_tau(c.high)}] | {g} |"
             )
         if any(c.granulated is None for c in ranked):
@@ -107,7 +107,7 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
     skipped = [c for c in corr if not c.informative]
     if skipped:
         lines += ["", "Not ranked (uninformative):", ""]
-        lines += [f"- {MEASURES[c.measure].description}: {c.why_uninformative}" for c in skipped]
+        lines += [f"- {measure_description(c.measure)}: {c.why_uninformative}" for c in skipped]
     return lines
 
 
@@ -132,6 +132,17 @@ def sweep_markdown(rows: list[dict], corr: list[Correlation]) -> str:
             "neither estimate resolves is left out (—).",
             "",
             *_table(rows, CURVATURE_COLUMNS),
+        ]
+    user = list(dict.fromkeys(k for r in rows for k in r.get("user_measures", ())))
+    if user:
+        lines += [
+            "",
+            "## Your measures",
+            "",
+            "Values of the user measures each report computed (`--measure`, or installed "
+            "in the `genbound.measures` entry-point group).",
+            "",
+            *_table(rows, (("run", "run"), *((k, k) for k in user))),
         ]
     lines += correlation_markdown(rows, corr)
     return "\n".join(lines) + "\n"
@@ -166,7 +177,7 @@ def plot_measures(
         readable_axis(ax, xs, "x", max_ticks=4)
         readable_axis(ax, [], "y", max_ticks=5)
         ax.tick_params(labelsize=7)
-        ax.set_xlabel(MEASURES[c.measure].description, fontsize=8)
+        ax.set_xlabel(measure_description(c.measure), fontsize=8)
         ax.set_ylabel(TARGET_LABELS.get(target, target), fontsize=8)
         ax.set_title(f"#{c.rank}: tau {_tau(c.tau)}", fontsize=9)
     return save_figure(fig, path)

@@ -10,16 +10,16 @@ from typing import Any
 import genbound
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError, input_error
-from genbound.io import atomic_directory, save_tensors
-from genbound.report.figures import plot_density, plot_intruders, plot_spectra
+from genbound.io import atomic_directory
+from genbound.measures import compression, curvature
+from genbound.measures.compression import QUANTIZED_FILE
+from genbound.measures.run import Measures
+from genbound.measures.spectra import layer_json
 from genbound.report.html import markdown_to_html
 from genbound.report.markdown import render_markdown
-from genbound.report.measures import Measures
 from genbound.report.serialize import dumps_json, jsonable
-from genbound.spectra import LayerSpectrum
 
 SCHEMA = "genbound.report/1"
-QUANTIZED_FILE = "quantized.safetensors"
 
 
 def checkpoint_info(ckpt: Checkpoint) -> dict:
@@ -39,28 +39,6 @@ def checkpoint_info(ckpt: Checkpoint) -> dict:
         "metrics": jsonable({k: v for k, v in ckpt.metrics.items() if not k.endswith("_history")}),
         "notes": list(ckpt.notes),
     }
-
-
-def layer_json(ckpt: Checkpoint, layer: LayerSpectrum) -> dict:
-    """One update's entry: structure, trainable count and every spectral measure."""
-    u = ckpt.updates[layer.name]
-    out = {
-        "name": layer.name,
-        "kind": layer.kind,
-        "shape": list(layer.shape),
-        "rank": u.rank,
-        "trainable": u.num_trainable,
-    }
-    out.update(jsonable(layer, skip=frozenset({"name", "kind", "shape", "top", "U"})))
-    if layer.top is not None:
-        out["top"] = {
-            "method": layer.top.method,
-            "converged": layer.top.converged,
-            "steps": layer.top.steps,
-            "max_residual": float(layer.top.residuals.max(initial=0.0)),
-            "tol": layer.top.tol,
-        }
-    return out
 
 
 def ensure_writable(out_dir: str | Path, *, force: bool) -> Path:
@@ -105,73 +83,28 @@ def check_output_folder(path: str | Path, *, what: str, replaced: bool = True) -
         )
 
 
-def compression_json(measures: Measures) -> dict | None:
-    """The compression bound with every input needed to check it by hand (the chosen
-    candidate's quantized tensors are written next to the report)."""
-    c = measures.compression
-    if c is None:
-        return None
-    cands = []
-    for cand in c.candidates:
-        q = cand.quantization
-        cands.append(
-            {
-                "bits": cand.bits,
-                "code_bits": cand.code_bits,
-                "rhs_nats": cand.rhs,
-                "floor": cand.floor,
-                "evaluated": cand.evaluated,
-                "train_error": cand.train_error,
-                "bound": cand.bound,
-                "codebook_mode": q.mode,
-                "codebook_float_bits": q.codebook_bits,
-                "codebooks": [cb.tolist() for cb in q.codebooks],
-                "parts": [
-                    jsonable(p, skip=frozenset({"counts"})) | {"counts": p.counts.tolist()}
-                    for p in cand.code.parts
-                ],
-            }
-        )
-    return {
-        "bound": c.bound,
-        "chosen_bits": c.chosen_bits,
-        "code_bits": c.code_bits,
-        "train_error": c.train_error,
-        "rhs_nats": c.rhs,
-        "n_train": c.n_train,
-        "delta": c.delta,
-        "num_candidates": c.num_candidates,
-        "vacuous_at": c.vacuous_at,
-        "vacuous": c.vacuous,
-        "quantized_tensors": QUANTIZED_FILE,
-        "code": c.chosen.code.description,
-        "candidates": cands,
-        "assumptions": list(c.assumptions),
-        "warnings": list(c.warnings),
-    }
-
-
 def curvature_json(measures: Measures) -> dict | None:
-    c = measures.curvature
-    if c is None:
-        return None
-    return {
-        "space": c.space,
-        "examples": c.examples,
-        "sample": jsonable(c.sample) if c.sample is not None else None,
-        "top_eigenvalue": float(c.top.eigenvalues[0]),
-        "top": jsonable(c.top, skip=frozenset({"vectors"})),
-        "trace": jsonable(c.trace),
-        "density": jsonable(c.density) | {"figure": "figures/hessian-density.png"},
-    }
+    """The ``curvature`` entry of ``report.json``."""
+    return curvature.curvature_json(measures.curvature)
 
 
-def landscapes_json(measures: Measures) -> dict:
-    return {
-        kind: jsonable(ls, skip=frozenset({"metadata"}))
-        | {"file": f"landscape-{kind}.npz", "figure": f"figures/landscape-{kind}.png"}
-        for kind, ls in measures.landscapes.items()
-    }
+def compression_json(measures: Measures) -> dict | None:
+    """The ``bounds.compression`` entry of ``report.json``."""
+    return compression.compression_json(measures.compression)
+
+
+__all__ = [
+    "QUANTIZED_FILE",
+    "SCHEMA",
+    "check_output_folder",
+    "checkpoint_info",
+    "compression_json",
+    "curvature_json",
+    "ensure_writable",
+    "layer_json",
+    "report_document",
+    "write_report",
+]
 
 
 def report_document(
@@ -191,8 +124,7 @@ def report_document(
     give a value; the job adds ``device`` and ``n_train`` as given); ``provenance`` says
     who computed the report (genbound version, host, pid, executor, worker, start and end).
     """
-    spectra = measures.spectra
-    return {
+    doc = {
         "schema": SCHEMA,
         "genbound_version": genbound.__version__,
         "settings_key": settings_key,
@@ -205,31 +137,29 @@ def report_document(
             "n_train_source": measures.n_train_source,
             "num_labels": measures.num_labels,
         },
-        "updates": [layer_json(ckpt, x) for x in spectra.layers] if spectra else [],
-        "skipped_updates": [{"name": n, "why": why} for n, why in spectra.skipped]
-        if spectra
-        else [],
-        "spectra_settings": {
-            "k": spectra.k,
-            "eps": list(spectra.eps),
-            "cache_hits": spectra.cache_hits,
-            "cache_misses": spectra.cache_misses,
-        }
-        if spectra
-        else None,
-        "gap": jsonable(measures.gap) if measures.gap is not None else None,
-        "curvature": curvature_json(measures),
-        "landscapes": landscapes_json(measures),
-        "bounds": {
-            "mi": jsonable(measures.mi) if measures.mi is not None else None,
-            "theorem1": jsonable(measures.theorem1) if measures.theorem1 is not None else None,
-            "compression": compression_json(measures),
-        },
-        "skipped": dict(measures.skipped),
-        "warnings": list(measures.warnings),
-        "timings_s": dict(measures.seconds),
-        "provenance": jsonable(dict(provenance)) if provenance is not None else None,
+        **{key: None for key in MEASURE_KEYS},
+        "bounds": {},
+        "measures": {},
     }
+    for m in measures.measures():
+        for path, value in m.json(measures.result(m.name), ckpt).items():
+            _put(doc, path, value)
+    doc["skipped"] = dict(measures.skipped)
+    doc["warnings"] = list(measures.warnings)
+    doc["timings_s"] = dict(measures.seconds)
+    doc["provenance"] = jsonable(dict(provenance)) if provenance is not None else None
+    return doc
+
+
+#: Top-level keys measures fill, in the order a report lists them.
+MEASURE_KEYS = ("updates", "skipped_updates", "spectra_settings", "gap", "curvature", "landscapes")
+
+
+def _put(doc: dict, path: tuple[str, ...], value: Any) -> None:
+    """``doc[path[0]]...[path[-1]] = value``, making the objects on the way."""
+    for key in path[:-1]:
+        doc = doc.setdefault(key, {})
+    doc[path[-1]] = value
 
 
 def write_report(
@@ -262,18 +192,11 @@ def write_report(
     with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(dumps_json(doc))
         (tmp / "report.md").write_text(render_markdown(doc["checkpoint"], measures))
-        if measures.compression is not None:
-            tensors = {k: v.contiguous() for k, v in measures.compression.quantized.items()}
-            save_tensors(tensors, tmp / QUANTIZED_FILE)
         (tmp / "figures").mkdir()
-        for kind, ls in measures.landscapes.items():
-            ls.save_npz(tmp / f"landscape-{kind}.npz")
-            ls.plot(tmp / "figures" / f"landscape-{kind}.png")
-        if measures.curvature is not None:
-            plot_density(measures.curvature, tmp / "figures" / "hessian-density.png")
-        if measures.spectra is not None and measures.spectra.layers:
-            plot_spectra(measures.spectra, tmp / "figures" / "spectra.png")
-            plot_intruders(measures.spectra, tmp / "figures" / "intruders.png")
+        for m in measures.measures():
+            result = measures.result(m.name)
+            if result is not None:
+                m.write_files(result, tmp)
         md = (tmp / "report.md").read_text()
         title = f"genbound report: {doc['checkpoint']['variant']}"
         (tmp / "report.html").write_text(markdown_to_html(md, tmp, title))

@@ -1,0 +1,166 @@
+"""``compression``: the compression PAC-Bayes bound (Lotfi et al. 2022) on the test error.
+
+Needs a task: the quantized trainable tensors' training error is measured on the task's
+whole training set. ``report.json``: ``bounds.compression`` with every input needed to check
+it by hand; the chosen candidate's quantized tensors are written as
+``quantized.safetensors``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from genbound.measures.base import Measure, Scalar
+from genbound.measures.reading import get, integer, number
+from genbound.measures.registry import register_measure
+
+if TYPE_CHECKING:
+    from genbound.bounds.compression import CompressionBoundResult
+
+QUANTIZED_FILE = "quantized.safetensors"
+
+
+def compression_json(c: CompressionBoundResult | None) -> dict | None:
+    """The bound with every input needed to check it by hand."""
+    from genbound.report.serialize import jsonable
+
+    if c is None:
+        return None
+    cands = []
+    for cand in c.candidates:
+        q = cand.quantization
+        cands.append(
+            {
+                "bits": cand.bits,
+                "code_bits": cand.code_bits,
+                "rhs_nats": cand.rhs,
+                "floor": cand.floor,
+                "evaluated": cand.evaluated,
+                "train_error": cand.train_error,
+                "bound": cand.bound,
+                "codebook_mode": q.mode,
+                "codebook_float_bits": q.codebook_bits,
+                "codebooks": [cb.tolist() for cb in q.codebooks],
+                "parts": [
+                    jsonable(p, skip=frozenset({"counts"})) | {"counts": p.counts.tolist()}
+                    for p in cand.code.parts
+                ],
+            }
+        )
+    return {
+        "bound": c.bound,
+        "chosen_bits": c.chosen_bits,
+        "code_bits": c.code_bits,
+        "train_error": c.train_error,
+        "rhs_nats": c.rhs,
+        "n_train": c.n_train,
+        "delta": c.delta,
+        "num_candidates": c.num_candidates,
+        "vacuous_at": c.vacuous_at,
+        "vacuous": c.vacuous,
+        "quantized_tensors": QUANTIZED_FILE,
+        "code": c.chosen.code.description,
+        "candidates": cands,
+        "assumptions": list(c.assumptions),
+        "warnings": list(c.warnings),
+    }
+
+
+class Compression(Measure):
+    name = "compression"
+    description = "the compression PAC-Bayes bound on the test error"
+    needs_task = True
+    section = "compression"
+    scalars: ClassVar[dict[str, Scalar]] = {
+        "compression_bound": Scalar(
+            lambda d: number(get(d, "bounds", "compression", "bound")),
+            "compression bound on test error",
+            lambda d: number(get(d, "bounds", "compression", "vacuous_at")),
+            "chance level, 1 - 1/classes",
+        ),
+        "compression_bits": Scalar(
+            lambda d: integer(get(d, "bounds", "compression", "code_bits")),
+            "K, bits of the compressed update",
+            unit="bits",
+        ),
+    }
+
+    def compute(self, ctx) -> CompressionBoundResult:
+        from genbound.bounds.evaluated import compression_bound_on
+
+        train, _ = ctx.objectives()
+        return compression_bound_on(ctx.checkpoint, train, num_classes=ctx.task.num_labels)
+
+    def json(self, result, ckpt) -> dict:
+        return {("bounds", "compression"): compression_json(result)}
+
+    def markdown(self, result: CompressionBoundResult, measures) -> list[str]:
+        from genbound.numbers import format_number
+        from genbound.numbers import format_probability as prob
+
+        c = result
+        verdict = "vacuous" if c.vacuous else "non-vacuous"
+        lines = [
+            "",
+            "## Compression bound (PAC-Bayes, Lotfi et al. 2022)",
+            "",
+            f"With probability >= {1 - c.delta:g} over the {c.n_train:,} training examples, "
+            f"the test 0-1 error of the quantized model is at most **{prob(c.bound)}** "
+            f"({verdict}: chance level is {prob(c.vacuous_at)}). Chosen: b = {c.chosen_bits} "
+            f"bits per index ({2**c.chosen_bits:,} levels), K = {c.code_bits:,} bits, "
+            f"quantized train error {prob(c.train_error)}, kl bound rhs = "
+            f"{format_number(c.rhs)} nats.",
+        ]
+        if measures.gap is not None:
+            test = measures.gap.test.error
+            lines.append(
+                f"The unquantized model's measured test error is {prob(test)}: the bound is "
+                f"{prob(c.bound - test)} above it."
+            )
+        lines += [
+            "",
+            "| b | K (bits) | train error (quantized) | rhs (nats) | bound | zero-error floor |",
+            "|---|---|---|---|---|---|",
+        ]
+        for cand in c.candidates:
+            err = prob(cand.train_error) if cand.evaluated else "not evaluated (floor too high)"
+            lines.append(
+                f"| {cand.bits} | {cand.code_bits:,} | {err} | {format_number(cand.rhs)} | "
+                f"{prob(cand.bound)} | {prob(cand.floor)} |"
+            )
+        return lines
+
+    def reading(self, result: CompressionBoundResult, measures) -> list[str]:
+        from genbound.numbers import format_probability as prob
+
+        c, g = result, measures.gap
+        if not c.vacuous:
+            extra = ""
+            if g is not None:
+                extra = (
+                    f" The measured test error is {prob(g.test.error)}, so the bound is "
+                    f"{prob(c.bound - g.test.error)} above it."
+                )
+            return [
+                f"The compression bound is non-vacuous: with probability >= {1 - c.delta:g}, "
+                f"the quantized model's test error is at most {prob(c.bound)}, below chance "
+                f"({prob(c.vacuous_at)}). It pays {c.code_bits:,} bits for the trained tensors "
+                f"against {c.n_train:,} examples.{extra}"
+            ]
+        return [
+            f"The compression bound ({prob(c.bound)}) is vacuous, at or above chance "
+            f"({prob(c.vacuous_at)}): the trained tensors still "
+            f"cost {c.code_bits:,} bits after quantization, far more than {c.n_train:,} "
+            "examples can pay for (the bound needs K ln 2 to be small next to N). More data, "
+            "fewer trained parameters, or a coarser code would be needed."
+        ]
+
+    def write_files(self, result: CompressionBoundResult, folder: Path) -> None:
+        from genbound.io import save_tensors
+
+        tensors = {k: v.contiguous() for k, v in result.quantized.items()}
+        save_tensors(tensors, folder / QUANTIZED_FILE)
+
+
+register_measure(Compression())

@@ -1,0 +1,67 @@
+"""``gap``: the empirical generalization gap (test - train, same weights, eval mode).
+
+Needs a task. It is what every other measure is judged against: sweeps rank measures by
+how they track it. ``report.json``: ``gap``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from genbound.measures.base import Measure
+from genbound.measures.registry import register_measure
+
+if TYPE_CHECKING:
+    from genbound.gap import GapResult
+
+
+class Gap(Measure):
+    name = "gap"
+    description = "the empirical gap on the task's train and test data"
+    needs_task = True
+    section = "gap"
+
+    def compute(self, ctx) -> GapResult:
+        from genbound.gap import empirical_gap
+
+        train, test = ctx.objectives()
+        return empirical_gap(train, test)
+
+    def json(self, result, ckpt) -> dict:
+        from genbound.report.serialize import jsonable
+
+        return {("gap",): jsonable(result) if result is not None else None}
+
+    def markdown(self, result: GapResult, measures) -> list[str]:
+        from genbound.numbers import format_pm
+
+        g = result
+        return [
+            "",
+            "## Empirical gap",
+            "",
+            "Same weights, eval mode, means per example (± one standard error).",
+            "",
+            "| | train | test | gap (test - train) |",
+            "|---|---|---|---|",
+            f"| examples | {g.train.n:,} | {g.test.n:,} | |",
+            f"| cross-entropy (nats) | {format_pm(g.train.loss, g.train.loss_stderr)} | "
+            f"{format_pm(g.test.loss, g.test.loss_stderr)} | "
+            f"{format_pm(g.loss_gap, g.loss_gap_stderr)} |",
+            f"| 0-1 error | {format_pm(g.train.error, g.train.error_stderr)} | "
+            f"{format_pm(g.test.error, g.test.error_stderr)} | "
+            f"{format_pm(g.error_gap, g.error_gap_stderr)} |",
+        ]
+
+    def reading(self, result: GapResult, measures) -> list[str]:
+        g = result
+        z = g.error_gap / g.error_gap_stderr if g.error_gap_stderr > 0 else float("inf")
+        verdict = "not distinguishable from zero" if abs(z) < 2 else "clearly different from zero"
+        return [
+            f"The measured 0-1 gap is {g.error_gap:+.4f} ± {g.error_gap_stderr:.4f} "
+            f"({verdict} at two standard errors; {g.train.n:,} train and {g.test.n:,} test "
+            "examples). This is the quantity the bounds below try to predict."
+        ]
+
+
+register_measure(Gap())
