@@ -9,7 +9,6 @@ live model's ``base.weight`` already holds the merged ones.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,9 @@ import torch
 from torch import nn
 
 from genbound.adapters.layers import AdaptedLayer
+from genbound.adapters.peft_export import export_peft
 from genbound.adapters.registry import Variant
+from genbound.checkpoint.manifest import save_run
 from genbound.errors import GenboundError
 
 log = logging.getLogger(__name__)
@@ -219,43 +220,30 @@ class AdapterHandle:
         parameters' names in the wrapped model (``fc1.B``, ``classifier.weight``).
         ``hparams.chain`` is the number of links actually started (``chain_planned``: k).
         """
-        from genbound.checkpoint.native import write_run
-
         if self.merged:
             raise GenboundError(
                 "save: the adapters were merged into the model; expected a handle before "
                 "merge(), found a merged one. Save first, then merge."
             )
-        if isinstance(base_model, (str, Path)):
-            base_model = {"path": str(Path(base_model).resolve())}
         updates, tensors = self._updates()
         hparams = dict(self.hparams)
         if self.chained:
             hparams["chain"] = self.links_done + 1
             hparams["chain_planned"] = self.chain
-        manifest: dict[str, Any] = {
-            "variant": self.variant.name,
-            "hparams": hparams,
-            "base_model": dict(base_model) if base_model else None,
-            "data": dict(data) if data is not None else None,
-            "n_train": int(n_train) if n_train is not None else None,
-            "seed": self.seed,
-            "dtype": _dtype_name(tensors),
-            "metrics": _jsonable(metrics or {}),
-            "updates": updates,
-        }
-        extra = {}
-        if self.snapshots:
-            names = list(self.snapshots[0][1])
-            manifest["trajectory"] = {
-                "file": "trajectory.safetensors",
-                "steps": [s for s, _ in self.snapshots],
-                "params": names,
-            }
-            extra["trajectory.safetensors"] = {
-                f"{i}/{n}": t for i, (_, snap) in enumerate(self.snapshots) for n, t in snap.items()
-            }
-        path = write_run(run_dir, manifest, tensors, extra_files=extra, overwrite=overwrite)
+        path = save_run(
+            run_dir,
+            variant=self.variant.name,
+            updates=updates,
+            tensors=tensors,
+            hparams=hparams,
+            base_model=base_model,
+            data=data,
+            n_train=n_train,
+            seed=self.seed,
+            metrics=metrics,
+            snapshots=self.snapshots,
+            overwrite=overwrite,
+        )
         log.info("run written to %s", path)
         return path
 
@@ -300,25 +288,4 @@ class AdapterHandle:
     ) -> Path:
         """Write a PEFT LoRA adapter folder (lora, lora_plus, asym); see
         :func:`genbound.adapters.peft_export.export_peft`."""
-        from genbound.adapters.peft_export import export_peft
-
         return export_peft(self, out_dir, base_model_name_or_path=base_model_name_or_path)
-
-
-def _dtype_name(tensors: Mapping[str, torch.Tensor]) -> str:
-    floats = {t.dtype for t in tensors.values() if t.is_floating_point()}
-    if len(floats) == 1:
-        return str(floats.pop()).removeprefix("torch.")
-    return "float32"
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
-    return obj

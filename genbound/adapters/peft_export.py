@@ -8,7 +8,6 @@ heads are stored as ``modules_to_save`` (``base_model.model.<head>.<tensor>``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import torch
 
 from genbound.errors import GenboundError
 from genbound.io import save_tensors
+from genbound.jsonio import dumps_json
 
 if TYPE_CHECKING:
     from genbound.adapters.handle import AdapterHandle
@@ -66,7 +66,7 @@ def export_peft(
         "base_model_name_or_path": base_model_name_or_path,
         "inference_mode": True,
     }
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "adapter_config.json").write_text(dumps_json(config))
     save_tensors(
         {k: v.contiguous().cpu() for k, v in tensors.items()}, out / "adapter_model.safetensors"
     )

@@ -27,16 +27,14 @@ import torch
 from torch import nn
 
 from genbound.adapters.handle import AdapterHandle
-from genbound.checkpoint import load_checkpoint, write_run
+from genbound.checkpoint import load_checkpoint
+from genbound.checkpoint.manifest import Snapshot, save_run
 from genbound.checkpoint.model import Checkpoint
 from genbound.checkpoint.updates import DenseUpdate, DoraUpdate, LowRankUpdate, Update
 from genbound.errors import GenboundError
-from genbound.report.serialize import jsonable
 
 #: What the callbacks track: a PEFT model, or the handle of a model adapted by genbound.
 Trainable = nn.Module | AdapterHandle
-#: Trajectory snapshots: (optimisation step, parameter name -> detached CPU copy).
-Snapshot = tuple[int, dict[str, torch.Tensor]]
 
 
 def module_of(model: Trainable) -> nn.Module:
@@ -143,8 +141,9 @@ def _link(u: Update, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, An
     )
 
 
-def checkpoint_manifest(ckpt: Checkpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A ``genbound.run/1`` manifest (without schema and tensor file) and its tensors."""
+def checkpoint_updates(ckpt: Checkpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The manifest's ``updates`` of a checkpoint (docs/checkpoint-format.md) and the
+    tensors their links name."""
     tensors: dict[str, torch.Tensor] = {}
     updates = {
         name: {
@@ -155,17 +154,7 @@ def checkpoint_manifest(ckpt: Checkpoint) -> tuple[dict[str, Any], dict[str, tor
         }
         for name, u in ckpt.updates.items()
     }
-    hparams = ckpt.hparams.as_dict() | {"targets": sorted(ckpt.hparams.targets)}
-    manifest = {
-        "variant": ckpt.variant,
-        "hparams": hparams,
-        "base_model": {"path": str(ckpt.base.path.resolve())} if ckpt.base is not None else None,
-        "n_train": ckpt.n_train,
-        "seed": ckpt.seed,
-        "dtype": str(ckpt.dtype).removeprefix("torch."),
-        "updates": updates,
-    }
-    return manifest, tensors
+    return updates, tensors
 
 
 def write_live_run(
@@ -188,6 +177,8 @@ def write_live_run(
             ``trajectory.safetensors`` as ``"<i>/<name>"``.
         base, n_train: as for :func:`live_checkpoint`; recorded in the manifest.
         metrics: recorded as the run's ``metrics`` (non-finite floats as strings).
+
+    Both kinds are written by :func:`genbound.checkpoint.save_run`.
     """
     if isinstance(model, AdapterHandle):
         handle = dataclasses.replace(model, snapshots=[(s, dict(t)) for s, t in snapshots])
@@ -195,20 +186,22 @@ def write_live_run(
             run_dir,
             base_model=Path(base) if base else None,
             n_train=n_train,
-            metrics=jsonable(metrics or {}),
+            metrics=metrics,
             overwrite=overwrite,
         )
     with live_checkpoint(model, base=base, n_train=n_train) as ckpt:
-        manifest, tensors = checkpoint_manifest(ckpt)
-        manifest["metrics"] = jsonable(metrics or {})
-        extra = {}
-        if snapshots:
-            manifest["trajectory"] = {
-                "file": "trajectory.safetensors",
-                "steps": [int(s) for s, _ in snapshots],
-                "params": list(snapshots[0][1]),
-            }
-            extra["trajectory.safetensors"] = {
-                f"{i}/{n}": t for i, (_, snap) in enumerate(snapshots) for n, t in snap.items()
-            }
-        return write_run(run_dir, manifest, tensors, extra_files=extra, overwrite=overwrite)
+        updates, tensors = checkpoint_updates(ckpt)
+        return save_run(
+            run_dir,
+            variant=ckpt.variant,
+            updates=updates,
+            tensors=tensors,
+            hparams=ckpt.hparams.as_dict() | {"targets": sorted(ckpt.hparams.targets)},
+            base_model=ckpt.base.path if ckpt.base is not None else None,
+            n_train=ckpt.n_train,
+            seed=ckpt.seed,
+            dtype=ckpt.dtype,
+            metrics=metrics,
+            snapshots=snapshots,
+            overwrite=overwrite,
+        )

@@ -2,8 +2,8 @@
 
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.load import load_checkpoint
+from genbound.checkpoint.manifest import save_run, write_run
 from genbound.checkpoint.model import Checkpoint, Hyperparams
-from genbound.checkpoint.native import write_run
 from genbound.checkpoint.updates import (
     ChainUpdate,
     DenseUpdate,
@@ -24,5 +24,6 @@ __all__ = [
     "SelectorUpdate",
     "Update",
     "load_checkpoint",
+    "save_run",
     "write_run",
 ]

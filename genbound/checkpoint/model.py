@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from genbound.adapters.registry import Variant, get_variant
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.tensors import bits_of
 from genbound.checkpoint.updates import ChainUpdate, DenseUpdate, DoraUpdate, Update
 from genbound.errors import GenboundError
+
+if TYPE_CHECKING:
+    from genbound.adapters.registry import Variant
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class Checkpoint:
     @property
     def spec(self) -> Variant:
         """The variant's registry entry (structure, trainable count formula)."""
+        from genbound.adapters.registry import get_variant
+
         return get_variant(self.variant)
 
     @property

@@ -1,9 +1,10 @@
 """genbound's own run directory: ``genbound.json`` plus tensors in safetensors.
 
 The schema (``"schema": "genbound.run/1"``) is documented in docs/checkpoint-format.md and
-stated for the validator in :data:`MANIFEST_SCHEMA`. :func:`write_run` writes a run
-atomically (a temporary folder renamed into place); :func:`load_run` reads it back as a
-:class:`~genbound.checkpoint.model.Checkpoint`.
+stated for the validator in :data:`MANIFEST_SCHEMA`. :func:`load_run` reads a run as a
+:class:`~genbound.checkpoint.model.Checkpoint`; :mod:`genbound.checkpoint.manifest` writes
+one. Non-finite metrics, written as ``"inf"``, ``"-inf"`` and ``"nan"``, are read back as
+floats.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from genbound.checkpoint.updates import (
     Update,
 )
 from genbound.errors import GenboundError, input_error
-from genbound.io import atomic_directory, save_tensors
+from genbound.jsonio import decoded
 from genbound.trust import BASE_MODELS, checked_target, import_function
 
 log = logging.getLogger(__name__)
@@ -183,48 +184,6 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / MANIFEST).exists()
 
 
-# ---------------------------------------------------------------------------- writing
-def write_run(
-    run_dir: str | Path,
-    manifest: Mapping[str, Any],
-    tensors: Mapping[str, torch.Tensor],
-    *,
-    extra_files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a run directory atomically.
-
-    Args:
-        run_dir: destination folder (must not exist unless ``overwrite``).
-        manifest: the ``genbound.json`` content without ``schema`` and ``tensor_file``.
-        tensors: every tensor the manifest's updates refer to, by key.
-        extra_files: further safetensors files (e.g. ``{"trajectory.safetensors": {...}}``).
-    """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not overwrite:
-        raise GenboundError(f"{run_dir}: already exists; pass overwrite=True to replace it.")
-    full = {"schema": SCHEMA, **manifest, "tensor_file": TENSORS}
-    with atomic_directory(run_dir) as tmp:
-        for name, content in {TENSORS: tensors, **(extra_files or {})}.items():
-            save_tensors({k: v.detach().contiguous().cpu() for k, v in content.items()}, tmp / name)
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
-        try:  # validate what was written before it becomes visible
-            load_run(tmp, base=None, base_arg=True)
-        except GenboundError as exc:
-            raise type(exc)(str(exc).replace(str(tmp), str(run_dir))) from None
-    return run_dir
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.dtype):
-        return str(obj).removeprefix("torch.")
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"cannot store {type(obj).__name__} in {MANIFEST}")
-
-
 # ---------------------------------------------------------------------------- reading
 def resolve_base_ref(
     ref: Mapping[str, Any] | str | None,
@@ -340,7 +299,7 @@ def load_run(
         base_ref=json.dumps(man.get("base_model")) if man.get("base_model") else None,
         n_train=man.get("n_train"),
         seed=man.get("seed"),
-        metrics=man.get("metrics") or {},
+        metrics=decoded(man.get("metrics") or {}),
         data=man.get("data"),
         trajectory=man.get("trajectory"),
         notes=tuple(notes),

@@ -1,33 +1,12 @@
-"""Leave a model exactly as found: parameters, requires_grad, train/eval modes, RNG state."""
+"""Leave a model exactly as found: :func:`preserved_state` is :func:`genbound.state.preserved`.
+
+Kept under this name for the code that imports it from here; see :mod:`genbound.state`
+for what is restored (modes, ``requires_grad``, gradients, attention settings, every
+global RNG, and with ``parameters=True`` the parameter values).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from genbound.state import preserved as preserved_state
 
-import torch
-from torch import nn
-
-
-@contextmanager
-def preserved_state(model: nn.Module, *, parameters: bool = False) -> Iterator[None]:
-    """Restore the modes of every submodule, every ``requires_grad`` flag and torch's global
-    RNG state on exit (also on errors); with ``parameters=True`` also the parameter values,
-    bit-exact (a copy is kept for the duration)."""
-    modes = {name: m.training for name, m in model.named_modules()}
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    rng = torch.get_rng_state()
-    saved = (
-        {name: p.detach().clone() for name, p in model.named_parameters()} if parameters else None
-    )
-    try:
-        yield
-    finally:
-        for name, m in model.named_modules():
-            m.training = modes.get(name, m.training)
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags.get(name, p.requires_grad))
-            if saved is not None:
-                with torch.no_grad():
-                    p.copy_(saved[name])
-        torch.set_rng_state(rng)
+__all__ = ["preserved_state"]
