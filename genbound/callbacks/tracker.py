@@ -53,8 +53,9 @@ from genbound.callbacks.live import (
 from genbound.curvature import top_eigenvalues
 from genbound.errors import GenboundError
 from genbound.gap import empirical_gap
+from genbound.measures import Measures, measure_checkpoint
+from genbound.options import ReportOptions
 from genbound.parts import DATA_FREE_PARTS
-from genbound.report.measures import Measures, measure_checkpoint
 from genbound.spectra import DEFAULT_EPS
 from genbound.tasks.objective import Batch, Objective, PerExampleLoss, cross_entropy_loss
 from genbound.tasks.state import preserved_state
@@ -110,29 +111,13 @@ def as_batches(data: Data | None) -> tuple[Batch, ...]:
 def measure_values(
     measures: Measures, *, per_layer: bool = False, intruder_eps: float = 0.5
 ) -> dict[str, float]:
-    """The logged values (module docstring) of a report's data-free ``measures``."""
+    """The logged values (module docstring) of a report's computed ``measures``: what each
+    measure gives (:meth:`genbound.measures.base.Measure.log_values`), with the prefix."""
     out: dict[str, float] = {}
-    if measures.mi is not None:
-        out["mi_bound"] = measures.mi.bound
-        out["occam_bound"] = measures.mi.occam_bound
-    if measures.theorem1 is not None:
-        out["theorem1_log10_phi_dW"] = measures.theorem1.log10_phi_dW
-        out["theorem1_log10_phi_W0"] = measures.theorem1.log10_phi_W0
-    layers = measures.spectra.layers if measures.spectra is not None else ()
-    if layers:
-        norms = [x.spectral_norm for x in layers]
-        out["dW_spectral_norm/max"] = max(norms)
-        out["dW_spectral_norm/mean"] = float(np.mean(norms))
-        out["effective_rank/mean"] = float(np.mean([x.effective_rank for x in layers]))
-        counted = [x for x in layers if x.intruders is not None]
-        if counted:
-            out["intruders"] = sum(x.intruders.count_at(intruder_eps) for x in counted)
-        if per_layer:
-            for x in layers:
-                out[f"dW_spectral_norm/{x.name}"] = x.spectral_norm
-                out[f"effective_rank/{x.name}"] = x.effective_rank
-                if x.intruders is not None:
-                    out[f"intruders/{x.name}"] = x.intruders.count_at(intruder_eps)
+    for m in measures.measures():
+        result = measures.result(m.name)
+        if result is not None:
+            out.update(m.log_values(result, per_layer=per_layer, intruder_eps=intruder_eps))
     return {PREFIX + k: float(v) for k, v in out.items()}
 
 
@@ -181,6 +166,11 @@ class BoundTracker:
             this many steps (and at the start and the end); None: none.
         overwrite: replace an existing ``run_dir`` (else refused here, before training).
         seed: seed of the Hessian's Lanczos start vector (a private generator).
+        measures: user measures logged with the data-free ones: functions
+            ``f(checkpoint)`` returning a float or a mapping of str to float, genbound
+            :class:`~genbound.measures.Measure` objects, or ``"MODULE:ATTR"`` names (see
+            :mod:`genbound.measures.user`); logged as ``<name>`` or ``<name>.<key>``. One
+            that raises is not logged (said once), and the others still are.
 
     Attributes:
         history: one :class:`TrackedStep` per measurement.
@@ -204,6 +194,7 @@ class BoundTracker:
         snapshot_every_n_steps: int | None = None,
         overwrite: bool = False,
         seed: int = 0,
+        measures: Sequence[Any] = (),
     ):
         for name, v in (
             ("every_n_steps", every_n_steps),
@@ -247,6 +238,9 @@ class BoundTracker:
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self.overwrite = overwrite
         self.seed = seed
+        self.measure_names = tuple(m for m in measures if isinstance(m, str))
+        self.measure_objects = tuple(m for m in measures if not isinstance(m, str))
+        ReportOptions(measures=self.measure_names)  # names checked now, not at a step
         self.history: list[TrackedStep] = []
         self.snapshots: list[Snapshot] = []
         self._said: set[str] = set()
@@ -350,7 +344,12 @@ class BoundTracker:
                 live_checkpoint(model, base=self.base, n_train=self.n_train) as ckpt,
             ):
                 measures = measure_checkpoint(
-                    ckpt, n_train=self.n_train, parts=DATA_FREE_PARTS, base_svd=self.base_svd
+                    ckpt,
+                    n_train=self.n_train,
+                    parts=DATA_FREE_PARTS,
+                    base_svd=self.base_svd,
+                    measures=self.measure_names,
+                    extra_measures=self.measure_objects,
                 )
         except GenboundError as exc:
             skipped["data-free measures"] = str(exc)

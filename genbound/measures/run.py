@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,7 @@ def measure_checkpoint(
     options: ReportOptions | None = None,
     progress: Progress | None = None,
     stage: Stage = no_stage,
+    extra_measures: Sequence[Any] = (),
     **option_fields: Any,
 ) -> Measures:
     """Every requested measure the checkpoint and ``task`` allow.
@@ -133,6 +135,8 @@ def measure_checkpoint(
             the seed.
         progress: wraps per-layer loops (a progress bar in the CLI).
         stage: wraps each stage (a spinner in the CLI).
+        extra_measures: user measures given as objects (functions or Measures) rather than
+            by name, e.g. by a training callback; computed like ``options.measures``.
         option_fields: fields of :class:`~genbound.options.ReportOptions` changed from
             ``options`` (e.g. ``parts=("spectra",)``, ``n_train=1000``).
 
@@ -147,7 +151,7 @@ def measure_checkpoint(
     skipped: dict[str, str] = {}
     wanted = set(options.parts)
     own = [m for m in registered() if m.name not in PARTS or m.name in wanted]
-    users, failed = _load_user_measures(options)
+    users, failed = _load_user_measures(options, extra_measures)
     skipped.update(failed)
     for m in compute_order(own + users):
         if m.needs_task and task is None:
@@ -187,9 +191,11 @@ def measure_checkpoint(
     )
 
 
-def _load_user_measures(options: ReportOptions) -> tuple[list[Measure], dict[str, str]]:
+def _load_user_measures(
+    options: ReportOptions, extra: Sequence[Any]
+) -> tuple[list[Measure], dict[str, str]]:
     """The user measures the options and the installed entry points name, loaded in this
-    process, and those that failed to load (spec -> why)."""
+    process, then ``extra``; and those that failed to load (spec -> why)."""
     from genbound.measures.user import user_measures
 
-    return user_measures(options.measures)
+    return user_measures(options.measures, extra)

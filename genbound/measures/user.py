@@ -24,13 +24,14 @@ report's ``skipped`` with its message; the rest of the report is unaffected.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from genbound.errors import GenboundError
-from genbound.measures.base import Measure
+from genbound.measures.base import SECTIONS, Measure
 from genbound.options import MEASURE_SPEC
 
 #: The entry-point group user measures are installed under.
@@ -144,6 +145,11 @@ def as_measure(obj: Any, spec: str) -> Measure:
     if isinstance(obj, Measure):
         if not obj.name:
             raise GenboundError(f"measure {spec}: a Measure needs a name.")
+        if obj.section not in SECTIONS:
+            raise GenboundError(
+                f"measure {spec}: section must be one of {SECTIONS}; found {obj.section!r}."
+            )
+        obj = copy.copy(obj)  # the user's object stays as it was
         obj.builtin = False
         return obj
     if callable(obj):
@@ -178,25 +184,35 @@ def entry_point_specs() -> list[str]:
     return [ep.value for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)]
 
 
-def user_measures(specs: tuple[str, ...]) -> tuple[list[Measure], dict[str, str]]:
-    """The measures ``specs`` and the installed entry points name, and those that could not
-    be loaded (name -> why). A name taken by one of genbound's measures or scalars, or by
-    an earlier user measure, is refused."""
+def user_measures(
+    specs: Sequence[str], objects: Sequence[Any] = ()
+) -> tuple[list[Measure], dict[str, str]]:
+    """The measures ``specs`` and the installed entry points name, then ``objects``
+    (functions or Measures given directly), and those that could not be loaded (spec or
+    name -> why). A name taken by one of genbound's measures or scalars, by a sweep row's
+    own fields, or by an earlier user measure, is refused."""
     from genbound.measures.registry import registered, sweep_scalars
 
     taken = {m.name for m in registered()} | {n for n, _ in sweep_scalars()} | set(RESERVED)
+    loaded: list[tuple[str, Callable[[], Measure]]] = [
+        (spec, lambda spec=spec: load_measure(spec))
+        for spec in dict.fromkeys([*specs, *entry_point_specs()])
+    ]
+    for obj in objects:
+        what = getattr(obj, "__name__", None) or getattr(obj, "name", "") or repr(obj)
+        loaded.append((what, lambda obj=obj, what=what: as_measure(obj, what)))
     out: list[Measure] = []
     failed: dict[str, str] = {}
-    for spec in dict.fromkeys([*specs, *entry_point_specs()]):
+    for what, load in loaded:
         try:
-            m = load_measure(spec)
+            m = load()
         except GenboundError as exc:
-            failed[spec] = str(exc)
+            failed[what] = str(exc)
             continue
         if m.name in taken:
-            failed[spec] = (
-                f"measure {spec}: its name {m.name!r} is already taken by "
-                "another measure; rename the function"
+            failed[what] = (
+                f"measure {what}: its name {m.name!r} is already taken by another measure; "
+                "rename it"
             )
             continue
         taken.add(m.name)
