@@ -4,8 +4,8 @@ G = mean test loss - mean train loss on the same weights, in eval mode, both ave
 per unit (per example, not per batch), signed, for the objective's metric: its loss
 (cross-entropy for classification) and its error (the 0-1 error for classification), with
 the number of units and a standard error (the two samples are independent:
-se = sqrt(se_train^2 + se_test^2)). Losses are the metric's loss on the model's outputs
-cast to float64; errors are the metric's error (float64).
+se = sqrt(se_train^2 + se_test^2)). Losses and errors are the metric's, of the model's
+outputs cast to float64.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class GapResult:
 
 def evaluate(objective: Objective) -> tuple[np.ndarray, np.ndarray]:
     """Per-unit (losses, errors) over the objective's batches, in eval mode, float64: the
-    metric's loss of the outputs cast to float64 and its error of the outputs.
+    metric's loss and error of the outputs cast to float64.
 
     One forward pass per batch. The model's mode and every other state is restored
     afterwards.
@@ -79,8 +79,10 @@ def evaluate(objective: Objective) -> tuple[np.ndarray, np.ndarray]:
     with preserved_state(objective.model), torch.no_grad():
         objective.model.eval()
         for batch in objective.batches:
-            outputs = objective.outputs(batch)
-            losses.append(_per_unit(metric.loss(outputs.double(), batch.labels), batch, objective))
+            # float64 outputs: exact for the argmax of float32 logits, so the 0-1 error is
+            # that of the model's own outputs
+            outputs = objective.outputs(batch).double()
+            losses.append(_per_unit(metric.loss(outputs, batch.labels), batch, objective))
             errors.append(_per_unit(metric.error(outputs, batch.labels), batch, objective).double())
     return torch.cat(losses).cpu().numpy(), torch.cat(errors).cpu().numpy()
 
