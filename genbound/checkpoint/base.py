@@ -10,13 +10,20 @@ Adapters name modules by their path inside the model they were trained on
 (``bert.encoder.layer.0.attention.self.query``) while the base folder may have
 been saved from a differently wrapped model (``encoder.layer.0...``).
 :meth:`BaseModel.resolve` maps one to the other.
+
+Every checkpoint of a sweep opens the same base model, so the opened files (their
+validated headers, or a torch file's mapped tensors) and the content fingerprint are
+memoized per process (:func:`clear_base_cache` empties the memo). An entry is keyed on
+the file's resolved path, device, inode, size and modification and change times: a file
+that was rewritten, replaced or touched since is opened again, never served from the memo.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from functools import cached_property
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -26,6 +33,48 @@ from genbound.errors import input_error
 
 _FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+#: Opened tensor files kept per process (a sharded base counts each shard).
+MAX_OPEN_FILES = 64
+
+#: What identifies one state of a file: (resolved path, device, inode, size, mtime, ctime).
+FileKey = tuple[str, int, int, int, int, int]
+
+_lock = threading.Lock()
+_opened: OrderedDict[FileKey, TensorFile] = OrderedDict()
+_fingerprints: dict[tuple[FileKey, ...], str] = {}
+
+
+def file_key(path: Path) -> FileKey:
+    """The memo key of ``path`` as it is now (nanosecond times: a rewrite changes it)."""
+    st = path.stat()
+    return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def open_tensor_file(path: Path) -> TensorFile:
+    """The opened tensor file at ``path``: the memoized one while the file is unchanged
+    (same :func:`file_key`), else a fresh one (which replaces it in the memo)."""
+    key = file_key(path) if path.is_file() else None
+    if key is None:
+        return TensorFile(path)  # not a file: TensorFile says what is wrong
+    with _lock:
+        hit = _opened.get(key)
+        if hit is not None:
+            _opened.move_to_end(key)
+            return hit
+    tf = TensorFile(path)
+    with _lock:
+        _opened[key] = tf
+        while len(_opened) > MAX_OPEN_FILES:
+            _opened.popitem(last=False)
+    return tf
+
+
+def clear_base_cache() -> None:
+    """Forget every memoized base-model file and fingerprint of this process."""
+    with _lock:
+        _opened.clear()
+        _fingerprints.clear()
 
 
 class BaseModel:
@@ -40,7 +89,7 @@ class BaseModel:
         self._files: dict[Path, TensorFile] = {}
         self._where: dict[str, Path] = {}
         for file in self._tensor_files():
-            tf = TensorFile(file)
+            tf = open_tensor_file(file)
             self._files[file] = tf
             for key in tf.keys():
                 self._where.setdefault(key, file)
@@ -137,28 +186,40 @@ class BaseModel:
         return self._files[self._where[key]].dtype(key)
 
     def tensor(self, name: str) -> torch.Tensor:
-        """Read one tensor from disk (checked finite)."""
+        """Read one tensor from disk (checked finite): a fresh tensor the caller owns."""
         key = self._key(name)
-        return self._files[self._where[key]][key]
+        file = self._where[key]
+        t = self._files[file][key]
+        # a torch file's tensors are shared by every user of the memoized file
+        return t.clone() if file.suffix in TORCH_SUFFIXES else t
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
         """A content hash identifying this base model (sha256 over each file's bytes).
 
         Used to key on-disk caches (for example the SVD of each W0) across every
-        checkpoint of the same base model. Files are hashed in 8 MiB blocks.
+        checkpoint of the same base model. Files are hashed in 8 MiB blocks, once per
+        process while they are unchanged.
         """
+        files = sorted(self._files)
+        key = tuple(file_key(f) for f in files)
+        with _lock:
+            hit = _fingerprints.get(key)
+        if hit is not None:
+            return hit
         h = hashlib.sha256()
-        for file in sorted(self._files):
+        for file in files:
             h.update(file.name.encode())
             with open(file, "rb") as fh:
                 while block := fh.read(8 << 20):
                     h.update(block)
+        with _lock:
+            _fingerprints[key] = h.hexdigest()
         return h.hexdigest()
 
     def close(self) -> None:
-        for tf in self._files.values():
-            tf.close()
+        """Nothing to release: the opened files belong to the process-wide memo, which
+        keeps them for the next checkpoint of this base (see :func:`clear_base_cache`)."""
 
     def __repr__(self) -> str:
         return f"BaseModel({str(self.path)!r}, {len(self._where)} tensors)"

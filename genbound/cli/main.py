@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from genbound.errors import GenboundError
+from genbound.options import MEASURE_SPEC
 from genbound.parts import PARTS, check_parts
 
 
@@ -103,6 +104,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--only", help=f"comma-separated parts to compute (of: {', '.join(PARTS)})")
     p.add_argument("--skip", help="comma-separated parts not to compute")
+    p.add_argument(
+        "--measure",
+        action="append",
+        default=[],
+        type=_measure_spec,
+        metavar="MODULE:ATTR",
+        help="a measure of your own to add to the report (a function of the checkpoint, or of "
+        "the checkpoint and the task); repeatable; imported where the report is computed, "
+        "whatever --only and --skip say",
+    )
     c = p.add_argument_group(
         "curvature and landscapes",
         "their cost grows with the examples times the products or points",
@@ -182,6 +193,38 @@ def _landscape_steps(text: str) -> int:
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 
+def _measure_spec(text: str) -> str:
+    if not MEASURE_SPEC.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected MODULE:ATTR (e.g. mypkg.measures:weight_norm); found {text!r}"
+        )
+    return text
+
+
+def _minutes(text: str) -> int:
+    return _integer(text, 1, "a whole number of minutes >= 1")
+
+
+def _gigabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of GB above 0; found {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0; found {text!r}")
+    return value
+
+
 def _device(text: str) -> str:
     if not _DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps; found {text!r}")
@@ -216,12 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where the model runs on data: cpu (default), cuda, cuda:N or mps",
     )
-    p.add_argument(
-        "--jobs",
-        type=_positive_int,
-        default=1,
-        help="a folder of checkpoints: report on N at a time in separate processes",
-    )
+    _add_executor_args(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
@@ -239,6 +277,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain and re-report everything")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "where the reports are computed",
+        "every report of a folder of checkpoints runs on one thread, so the numbers are the "
+        "same whichever executor runs them (see docs/sweeps.md)",
+    )
+    g.add_argument(
+        "--executor",
+        choices=("local", "dask", "slurm"),
+        default="local",
+        help="local (default): this machine; dask: an existing Dask cluster (--scheduler); "
+        "slurm: SLURM jobs through submitit",
+    )
+    g.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="local: report on N checkpoints at a time in separate processes; slurm: split "
+        "the checkpoints into at least N jobs when they allow (default: 1, one job per base "
+        "model)",
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask: the scheduler's address, e.g. tcp://10.0.0.5:8786",
+    )
+    g.add_argument(
+        "--scheduler-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="dask: how long to wait for the scheduler and a first worker (default: 10)",
+    )
+    g.add_argument("--slurm-partition", metavar="NAME", help="slurm: the partition")
+    g.add_argument(
+        "--slurm-time",
+        type=_minutes,
+        metavar="MINUTES",
+        help="slurm: time limit of each job (default: 60)",
+    )
+    g.add_argument(
+        "--slurm-mem",
+        type=_gigabytes,
+        metavar="GB",
+        help="slurm: memory of each job (default: the partition's)",
+    )
+    g.add_argument(
+        "--slurm-gpus",
+        type=_nonnegative_int,
+        metavar="N",
+        help="slurm: GPUs of each job (default: 0; pair with --device cuda)",
+    )
+    g.add_argument(
+        "--slurm-logs",
+        type=Path,
+        metavar="FOLDER",
+        help="slurm: where submitit keeps the jobs' scripts and logs, on a filesystem the "
+        "nodes share (default: OUT/slurm for a folder of checkpoints, OUT-slurm for one)",
+    )
+    g.add_argument(
+        "--slurm-local",
+        action="store_true",
+        help="slurm: run the jobs as processes of this machine through submitit's local "
+        "executor (to try a SLURM setup without a cluster)",
+    )
 
 
 def _version() -> str:
@@ -335,26 +440,32 @@ def _mi_loss(text: str) -> dict:
     )
 
 
-def _report_options(args: argparse.Namespace) -> dict:
-    """The report settings the arguments choose (keywords of ``measure_checkpoint``)."""
-    return {
-        "parts": sorted(_selected_parts(args)),
-        "mi_loss": _mi_loss(args.mi_loss),
-        "curvature_space": args.curvature_space,
-        "curvature_examples": args.curvature_examples,
-        "trace_products": args.trace_products,
-        "density_probes": args.density_probes,
-        "density_steps": args.density_steps,
-        "landscape_steps": args.landscape_steps,
-        "seed": args.seed,
-        "n_train": args.n_train,
-        "device": args.device,
-    }
+def _report_options(args: argparse.Namespace):
+    """The report settings the arguments choose."""
+    from genbound.options import ReportOptions
+
+    return ReportOptions(
+        parts=tuple(_selected_parts(args)),
+        mi_loss=_mi_loss(args.mi_loss),
+        curvature_space=args.curvature_space,
+        curvature_examples=args.curvature_examples,
+        trace_products=args.trace_products,
+        density_probes=args.density_probes,
+        density_steps=args.density_steps,
+        landscape_steps=args.landscape_steps,
+        seed=args.seed,
+        n_train=args.n_train,
+        device=args.device,
+        measures=tuple(args.measure),
+    )
 
 
 def _check_report_inputs(args: argparse.Namespace) -> None:
     """What else about the command line can be checked before any work: the cache folder
-    and the device (the output folder is checked by the caller)."""
+    and the device of this machine (the output folder is checked by the caller; workers
+    of a cluster check their own)."""
+    if args.executor != "local":
+        return
     from genbound.cache import cache_root
     from genbound.report.writer import check_output_folder
 
@@ -369,21 +480,69 @@ def _check_report_inputs(args: argparse.Namespace) -> None:
         check_device(args.device)
 
 
+#: Options that belong to one executor only.
+_EXECUTOR_FLAGS = {
+    "dask": ("scheduler", "scheduler_timeout"),
+    "slurm": (
+        "slurm_partition",
+        "slurm_time",
+        "slurm_mem",
+        "slurm_gpus",
+        "slurm_logs",
+        "slurm_local",
+    ),
+}
+
+
+def _executor(args: argparse.Namespace, logs: Path):
+    """The executor the arguments choose (``logs``: submitit's folder unless --slurm-logs);
+    a GenboundError for options of another executor and for a missing --scheduler."""
+    for kind, flags in _EXECUTOR_FLAGS.items():
+        for flag in flags:
+            if kind != args.executor and getattr(args, flag) not in (None, False):
+                option = "--" + flag.replace("_", "-")
+                raise GenboundError(
+                    f"{option}: expected --executor {kind} with it; found --executor "
+                    f"{args.executor}."
+                )
+    from genbound.sweep.executors import DaskExecutor, LocalExecutor, SlurmExecutor
+
+    if args.executor == "dask":
+        if not args.scheduler:
+            raise GenboundError(
+                "--executor dask: expected --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786), the "
+                "address of a running Dask scheduler; found none."
+            )
+        return DaskExecutor(args.scheduler, timeout=args.scheduler_timeout or 10.0)
+    if args.executor == "slurm":
+        return SlurmExecutor(
+            str(args.slurm_logs or logs),
+            partition=args.slurm_partition,
+            time_min=args.slurm_time or 60,
+            mem_gb=args.slurm_mem,
+            gpus=args.slurm_gpus or 0,
+            jobs=args.jobs,
+            cluster="local" if args.slurm_local else "slurm",
+        )
+    return LocalExecutor(args.jobs)
+
+
 def _job(args: argparse.Namespace, checkpoint: Path, out: Path, name: str = "", **kw):
     from genbound.report.batch import ReportJob
 
+    return ReportJob(str(checkpoint), str(out), name=name, **_job_fields(args), **kw)
+
+
+def _job_fields(args: argparse.Namespace) -> dict:
+    """The fields every report job of the command shares."""
     ref, _ = _task_reference(args)
-    return ReportJob(
-        str(checkpoint),
-        str(out),
-        task=ref.to_json() if ref is not None else None,
-        options=_report_options(args),
-        base=str(args.base) if args.base else None,
-        adapter=args.adapter,
-        trust_code=args.trust_code,
-        name=name,
-        **kw,
-    )
+    return {
+        "task": ref.to_json() if ref is not None else None,
+        "options": _report_options(args),
+        "base": str(args.base) if args.base else None,
+        "adapter": args.adapter,
+        "trust_code": args.trust_code,
+    }
 
 
 def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
@@ -391,18 +550,20 @@ def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
     import time
 
     from genbound.cli.progress import make_stage, report_stage_names
-    from genbound.report.batch import report_folder_names, run_sweep
     from genbound.report.writer import check_output_folder
+    from genbound.sweep import run_sweep, sweep_jobs
 
     root = args.path
     out = args.out or root / "genbound-report"
     check_output_folder(out, what="report folder")
     _check_report_inputs(args)
-    names = [c.relative_to(root).as_posix() for c in found]
-    jobs = [
-        _job(args, c, out / "reports" / folder, name, force=args.force)
-        for c, name, folder in zip(found, names, report_folder_names(names), strict=True)
-    ]
+    jobs = sweep_jobs(
+        {c.relative_to(root).as_posix(): c for c in found},
+        out,
+        force=args.force,
+        **_job_fields(args),
+    )
+    executor = _executor(args, out / "slurm")
     started, done = time.perf_counter(), []
 
     def on_done(outcome) -> None:  # one line per checkpoint, with the time left
@@ -418,7 +579,7 @@ def _report_sweep(found: list[Path], args: argparse.Namespace) -> int:
         )
 
     stage = make_stage(report_stage_names(jobs[0].options))
-    result = run_sweep(jobs, out / "sweep", workers=args.jobs, stage=stage, on_done=on_done)
+    result = run_sweep(jobs, out / "sweep", executor=executor, stage=stage, on_done=on_done)
     ok = [o for o in result.outcomes if o.ok]
     fresh = sum(o.computed for o in ok)
     count = f"{len(ok)} of {len(found)}" if result.failed else f"{len(found)}"
@@ -470,8 +631,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     ensure_writable(out, force=args.force)  # fail before the work, not after
     _check_report_inputs(args)
     job = _job(args, args.path, out, force=True)
-    stage = make_stage(report_stage_names(job.options))
-    done, _ = run_report_job(job, stage=stage, progress=lambda it, n: track(it, n, "spectra"))
+    executor = _executor(args, out.with_name(out.name + "-slurm"))
+    if executor.name != "local":  # one report, computed on the cluster
+        (outcome,) = executor.run([job])
+        if not outcome.ok:
+            return _report_failures([outcome])
+        done = outcome.folder
+    else:
+        stage = make_stage(report_stage_names(job.options))
+        done, _ = run_report_job(job, stage=stage, progress=lambda it, n: track(it, n, "spectra"))
     print(f"report written to {done}/report.html (and report.md, report.json)")
     return 0
 

@@ -6,7 +6,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.progress import (
     BarColumn,
@@ -17,6 +17,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+if TYPE_CHECKING:
+    from genbound.options import ReportOptions
 
 T = TypeVar("T")
 
@@ -81,21 +84,17 @@ STAGE_NAMES = {
 }
 
 
-def report_stage_names(options: Mapping[str, Any]) -> dict[str, str]:
-    """Stage labels that say what the expensive stages compute with ``options`` (the
-    report's settings: ``curvature_examples``, ``trace_products``, ...)."""
-    n = options.get("curvature_examples")
-    if n is None:
-        return dict(STAGE_NAMES)
+def report_stage_names(options: ReportOptions) -> dict[str, str]:
+    """Stage labels that say what the expensive stages compute with the report's
+    ``options`` (its sample size, product and step budgets)."""
+    o, n = options, options.curvature_examples
     return STAGE_NAMES | {
         "curvature": (
             f"Hessian on {n} training examples: top eigenvalue (Lanczos), trace "
-            f"(Hutch++, {options['trace_products']} products), density "
-            f"({options['density_probes']} x {options['density_steps']} Lanczos steps)"
+            f"(Hutch++, {o.trace_products} products), density "
+            f"({o.density_probes} x {o.density_steps} Lanczos steps)"
         ),
-        "landscape": (
-            f"landscape slices: 2 x {options['landscape_steps']} losses on {n} training examples"
-        ),
+        "landscape": f"landscape slices: 2 x {o.landscape_steps} losses on {n} training examples",
     }
 
 

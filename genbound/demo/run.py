@@ -21,8 +21,8 @@ from pathlib import Path
 
 from genbound.demo.sweep import DemoConfig, TrainJob, train_variant
 from genbound.errors import GenboundError
-from genbound.report.batch import ReportJob, run_sweep
 from genbound.report.measures import Stage, no_stage
+from genbound.sweep import Executor, run_sweep, sweep_jobs
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,13 @@ def run_demo(
     force: bool = False,
     stage: Stage = no_stage,
     on_done: Callable[[str, str], None] | None = None,
+    executor: Executor | None = None,
 ) -> DemoResult:
     """Train (or reuse) every run of ``config``, report on each, write the sweep comparison.
 
     ``stage(name)`` wraps each step (a spinner in the CLI); ``on_done(step, run)`` is called
-    after each training or report.
+    after each training or report. The reports run on ``executor`` (default: this process,
+    see :func:`genbound.sweep.run_sweep`).
     """
     out = Path(out)
     runs: dict[str, Path] = {}
@@ -92,16 +94,12 @@ def run_demo(
             if on_done:
                 on_done("trained", spec.name)
         runs[spec.name] = run_dir
-    jobs = [
-        ReportJob(
-            str(run_dir),
-            str(out / "reports" / name),
-            options=config.report_options(),
-            force=force,
-        )
-        for name, run_dir in runs.items()
-    ]
-    result = run_sweep(jobs, out / "sweep", stage=stage)
+    jobs = sweep_jobs(runs, out, options=config.report_options(), force=force)
+    def reported(o) -> None:
+        if on_done:
+            on_done("reported" if o.computed else "reused" if o.ok else "failed", o.name)
+
+    result = run_sweep(jobs, out / "sweep", executor=executor, stage=stage, on_done=reported)
     internal = [o for o in result.failed if o.internal]
     if internal:  # an error inside genbound: keep its traceback for the log
         raise RuntimeError(f"demo: the report of {internal[0].name} failed\n{internal[0].details}")

@@ -18,6 +18,7 @@ import torch
 from genbound.adapters import apply
 from genbound.datasets import minilm_path
 from genbound.demo.data import task_reference, tweets_task
+from genbound.options import ReportOptions
 from genbound.tasks.hf_text import EncoderSuffix
 from genbound.train import fit
 
@@ -59,7 +60,7 @@ class DemoConfig:
         seed: data split, head initialisation, adapter initialisation and shuffling.
         curvature_examples, trace_products, density_probes, density_steps, landscape_steps:
             the reports' Hessian and landscape settings (see
-            :func:`genbound.report.measures.measure_checkpoint`).
+            :class:`genbound.options.ReportOptions`).
     """
 
     n_train: int = 6000
@@ -85,17 +86,17 @@ class DemoConfig:
             "batch_size": self.batch_size,
         }
 
-    def report_options(self) -> dict:
-        """The reports' settings (keywords of ``measure_checkpoint``); the same as
+    def report_options(self) -> ReportOptions:
+        """The reports' settings; the same as
         ``genbound report RUN --curvature-examples ... --seed ...``."""
-        return {
-            "curvature_examples": self.curvature_examples,
-            "trace_products": self.trace_products,
-            "density_probes": self.density_probes,
-            "density_steps": self.density_steps,
-            "landscape_steps": self.landscape_steps,
-            "seed": self.seed,
-        }
+        return ReportOptions(
+            curvature_examples=self.curvature_examples,
+            trace_products=self.trace_products,
+            density_probes=self.density_probes,
+            density_steps=self.density_steps,
+            landscape_steps=self.landscape_steps,
+            seed=self.seed,
+        )
 
 
 DEFAULT_VARIANTS = (

@@ -1,10 +1,14 @@
 """Reports for many checkpoints: one JSON-serializable job per checkpoint, reuse by content.
 
-A :class:`ReportJob` names a checkpoint, its report folder and the options; any worker
-that can import genbound can run it (:func:`run_report_job`), so a sweep runs in local
-processes today (``--jobs N``) and on a cluster engine without change. A report is reused
-when its ``report.json`` was computed from a checkpoint with the same content key and with
-the same settings (task, options, base, adapter).
+A :class:`ReportJob` names a checkpoint, its report folder and its typed
+:class:`~genbound.options.ReportOptions`; any process that can import genbound can run it
+(:func:`run_report_job`), which is how :mod:`genbound.sweep` runs a sweep in local
+processes, on a Dask cluster or on SLURM. A report is reused when its ``report.json`` was
+computed from a checkpoint with the same content key and with the same settings (task,
+options, base, adapter); who computed it (its ``provenance``) is not a setting.
+
+:func:`run_report_jobs`, :func:`run_sweep` and :class:`SweepOutcome` live in
+:mod:`genbound.sweep` and are importable from here too.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from genbound.checkpoint.native import MANIFEST, is_run_dir
 from genbound.checkpoint.peft import is_peft_dir
+from genbound.errors import GenboundError
+from genbound.options import ReportOptions
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +102,8 @@ class ReportJob:
         out: the report folder.
         task: a task reference (``{"task": ..., "kwargs": ...}``), or None for the
             checkpoint's own (a genbound run's ``data``), or none at all.
-        options: keywords of :func:`genbound.report.measures.measure_checkpoint`
-            (``parts``, ``mi_loss``, ``n_train``, ``curvature_examples``, ...).
+        options: what the report is computed with (a mapping is read by
+            :meth:`ReportOptions.from_json <genbound.options.ReportOptions.from_json>`).
         base, adapter: as for :func:`genbound.load_checkpoint`.
         force: recompute even if a report of the same content exists.
         trust_code: let the checkpoint's recorded task and base-model references run code
@@ -109,24 +115,87 @@ class ReportJob:
     checkpoint: str
     out: str
     task: dict[str, Any] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: ReportOptions = field(default_factory=ReportOptions)
     base: str | None = None
     adapter: str | None = None
     force: bool = False
     trust_code: bool = False
     name: str = ""
 
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for key in ("checkpoint", "out", "base"):
+            value = getattr(self, key)
+            if isinstance(value, os.PathLike):
+                set_(self, key, os.fspath(value))
+        if isinstance(self.options, Mapping):
+            set_(self, "options", ReportOptions.from_json(self.options, where="report job options"))
+        _check_job(self, "report job")
+
     @property
     def display_name(self) -> str:
         return self.name or Path(self.checkpoint).name
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The job as a JSON object (:meth:`from_json` reads it back)."""
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["options"] = self.options.to_json()
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], *, where: str = "report job") -> ReportJob:
+        """A job from :meth:`to_json`'s form; a GenboundError naming ``where`` and the key
+        that is unknown, missing or of the wrong type."""
+        if not isinstance(doc, Mapping):
+            raise GenboundError(f"{where}: expected a JSON object; found {type(doc).__name__}.")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(doc) - set(known))
+        if unknown:
+            raise GenboundError(f"{where}: unknown key(s) {unknown}; expected some of {known}.")
+        missing = [k for k in ("checkpoint", "out") if k not in doc]
+        if missing:
+            raise GenboundError(f"{where}: missing key(s) {missing}.")
+        kw = dict(doc)
+        if "options" in kw:
+            kw["options"] = ReportOptions.from_json(kw["options"], where=f"{where} [key 'options']")
+        _check_job_types(kw, where)
+        return cls(**kw)
+
+
+#: What each field of a :class:`ReportJob` must hold: (check, what is expected).
+_JOB_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "checkpoint": (lambda v: isinstance(v, str) and bool(v), "a path"),
+    "out": (lambda v: isinstance(v, str) and bool(v), "a path"),
+    "task": (lambda v: v is None or isinstance(v, dict), "a task reference object or null"),
+    "options": (lambda v: isinstance(v, ReportOptions), "report options"),
+    "base": (lambda v: v is None or (isinstance(v, str) and bool(v)), "a path or null"),
+    "adapter": (lambda v: v is None or isinstance(v, str), "an adapter name or null"),
+    "force": (lambda v: isinstance(v, bool), "true or false"),
+    "trust_code": (lambda v: isinstance(v, bool), "true or false"),
+    "name": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_job_types(values: Mapping[str, Any], where: str) -> None:
+    for key, value in values.items():
+        ok, expected = _JOB_FIELDS[key]
+        if not ok(value):
+            raise GenboundError(f"{where} [key {key!r}]: expected {expected}; found {value!r}.")
+
+
+def _check_job(job: ReportJob, where: str) -> None:
+    _check_job_types({f.name: getattr(job, f.name) for f in fields(job)}, where)
 
 
 def job_settings_key(job: ReportJob) -> str:
-    """BLAKE2b of what besides the checkpoint decides a report: task, options, base, adapter."""
-    settings = {"task": job.task, "options": job.options, "base": job.base, "adapter": job.adapter}
+    """BLAKE2b of what besides the checkpoint decides a report: task, options, base, adapter
+    (not who computes it, where or when)."""
+    settings = {
+        "task": job.task,
+        "options": job.options.to_json(),
+        "base": job.base,
+        "adapter": job.adapter,
+    }
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
@@ -152,18 +221,27 @@ def report_folder_names(names: Sequence[str]) -> list[str]:
     ]
 
 
-def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple[str, bool]:
+def run_report_job(
+    job: ReportJob | Mapping[str, Any],
+    *,
+    stage=None,
+    progress=None,
+    executor: str = "local",
+    worker: str = "main",
+) -> tuple[str, bool]:
     """Run one job; returns (report folder, whether it was computed now rather than reused).
 
     ``stage`` and ``progress`` (in-process only) are passed to ``measure_checkpoint``; the
-    task is loaded inside ``stage("loading the task")``.
+    task is loaded inside ``stage("loading the task")``. ``executor`` and ``worker`` say
+    who computed the report (its ``provenance``, see :func:`provenance`); a reused report
+    keeps the provenance it was written with.
     """
     from genbound.checkpoint import load_checkpoint
     from genbound.report.measures import measure_checkpoint
     from genbound.report.writer import write_report
     from genbound.tasks.reference import TaskReference, load_task
 
-    job = job if isinstance(job, ReportJob) else ReportJob(**job)
+    job = job if isinstance(job, ReportJob) else ReportJob.from_json(job)
     out = Path(job.out)
     key = content_key(job.checkpoint)
     settings = job_settings_key(job)
@@ -175,11 +253,13 @@ def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple
         and old.get("settings_key") == settings
     ):
         return str(out), False
+    started = _now()
+    options = job.options
     ckpt = load_checkpoint(
         job.checkpoint,
         base=job.base,
         adapter=job.adapter,
-        n_train=job.options.get("n_train"),
+        n_train=options.n_train,
         trust_code=job.trust_code,
     )
     ref_json = job.task if job.task is not None else ckpt.data
@@ -192,16 +272,15 @@ def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple
         ref = TaskReference.from_json(ref_json, where=where)
         with stage("loading the task") if stage is not None else contextlib.nullcontext():
             task = load_task(ref, where=where, trusted=trusted)
-    options = dict(job.options)
-    device = options.pop("device", None)
-    if device is not None and task is not None:
-        task = with_device(task, device)
+    if task is not None:
+        task = with_device(task, options.device)
+    hooks = {}  # measure_checkpoint's own defaults where none is given
     if stage is not None:
-        options["stage"] = stage
+        hooks["stage"] = stage
     if progress is not None:
-        options["progress"] = progress
+        hooks["progress"] = progress
     measures = measure_checkpoint(
-        ckpt, task=task, task_reference=ref.to_json() if ref else None, **options
+        ckpt, options=options, task=task, task_reference=ref.to_json() if ref else None, **hooks
     )
     write_report(
         ckpt,
@@ -210,16 +289,45 @@ def run_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> tuple
         force=True,
         content_key=key,
         settings_key=settings,
-        settings=job.options,
+        settings=options.to_json(),
+        provenance=provenance(executor, worker, started, _now()),
     )
     return str(out), True
+
+
+def provenance(executor: str, worker: str, started: str, finished: str) -> dict[str, Any]:
+    """Who computed a report, where and when (``report.json``'s ``provenance``).
+
+    Args:
+        executor: ``"local"``, ``"dask"`` or ``"slurm"``.
+        worker: ``"main"`` (the command's own process), ``"pool-<pid>"`` (a local worker
+            process), a Dask worker's address or a SLURM job id.
+        started, finished: ISO 8601 times in UTC (:func:`_now`), from loading the
+            checkpoint to the measures being computed.
+    """
+    import socket
+
+    from genbound import __version__
+
+    return {
+        "genbound_version": __version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "executor": executor,
+        "worker": worker,
+        "started": started,
+        "finished": finished,
+    }
+
+
+def _now() -> str:
+    """The time in UTC, ISO 8601 to the millisecond (``2026-05-09T07:35:25.123+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def check_device(device: str) -> None:
     """A GenboundError unless ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is here."""
     import torch
-
-    from genbound.errors import GenboundError
 
     kind, _, index = device.partition(":")
     if kind == "cuda":
@@ -240,8 +348,6 @@ def with_device(task: Any, device: str) -> Any:
     """The task on ``device`` (a task with a ``device`` field); a clear error otherwise."""
     import dataclasses
 
-    from genbound.errors import GenboundError
-
     check_device(device)
     if device == getattr(task, "device", "cpu"):
         return task
@@ -253,12 +359,6 @@ def with_device(task: Any, device: str) -> Any:
             "where it builds its model."
         )
     return dataclasses.replace(task, device=device)
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -286,16 +386,23 @@ class JobOutcome:
         return self.error is None
 
 
-def attempt_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> JobOutcome:
+def attempt_report_job(
+    job: ReportJob | Mapping[str, Any],
+    *,
+    stage=None,
+    progress=None,
+    executor: str = "local",
+    worker: str = "main",
+) -> JobOutcome:
     """:func:`run_report_job`, with a failure returned as the outcome instead of raised (so
     one broken checkpoint of a sweep does not stop the others). Interrupts still propagate."""
     import traceback
 
-    from genbound.errors import GenboundError
-
-    job = job if isinstance(job, ReportJob) else ReportJob(**job)
+    job = job if isinstance(job, ReportJob) else ReportJob.from_json(job)
     try:
-        folder, computed = run_report_job(job, stage=stage, progress=progress)
+        folder, computed = run_report_job(
+            job, stage=stage, progress=progress, executor=executor, worker=worker
+        )
     except GenboundError as exc:
         return JobOutcome(job.display_name, job.out, error=str(exc))
     except Exception as exc:
@@ -309,80 +416,13 @@ def attempt_report_job(job: ReportJob | dict, *, stage=None, progress=None) -> J
     return JobOutcome(job.display_name, folder, computed)
 
 
-def run_report_jobs(
-    jobs: Sequence[ReportJob],
-    *,
-    workers: int = 1,
-    stage=None,
-    on_done: Callable[[JobOutcome], None] | None = None,
-) -> list[JobOutcome]:
-    """Run jobs in this process (``workers=1``, with ``stage`` spinners) or in a pool of
-    ``workers`` processes sharing the cores; outcomes in job order. A job that fails does
-    not stop the others: its outcome carries the error."""
-    if workers <= 1 or len(jobs) <= 1:
-        results = []
-        for job in jobs:
-            name = job.display_name
-            res = attempt_report_job(
-                job, stage=(lambda s, n=name: stage(f"{n}: {s}")) if stage else None
-            )
-            results.append(res)
-            if on_done:
-                on_done(res)
-        return results
-    from concurrent.futures.process import BrokenProcessPool
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    out: dict[int, JobOutcome] = {}
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(attempt_report_job, job.to_json()): i for i, job in enumerate(jobs)}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                out[i] = fut.result()
-            except BrokenProcessPool:
-                out[i] = JobOutcome(
-                    jobs[i].display_name,
-                    jobs[i].out,
-                    error="internal error (a worker process died, e.g. killed for lack of "
-                    "memory; try fewer --jobs)",
-                    internal=True,
-                )
-            if on_done:
-                on_done(out[i])
-    return [out[i] for i in range(len(jobs))]
+#: Names that moved to :mod:`genbound.sweep.runner`, importable from here as before.
+_RUNNER = ("run_report_jobs", "run_sweep", "SweepOutcome")
 
 
-@dataclass(frozen=True)
-class SweepOutcome:
-    """A sweep's reports and comparison: ``outcomes`` in job order, ``sweep`` the comparison
-    folder (None when no report succeeded)."""
+def __getattr__(name: str) -> Any:
+    if name in _RUNNER:
+        from genbound.sweep import runner
 
-    outcomes: tuple[JobOutcome, ...]
-    sweep: Path | None
-
-    @property
-    def failed(self) -> tuple[JobOutcome, ...]:
-        return tuple(o for o in self.outcomes if not o.ok)
-
-
-def run_sweep(
-    jobs: Sequence[ReportJob],
-    sweep_dir: str | os.PathLike,
-    *,
-    workers: int = 1,
-    stage=None,
-    on_done: Callable[[JobOutcome], None] | None = None,
-) -> SweepOutcome:
-    """Report on every job's checkpoint, then compare the reports that succeeded (keyed by
-    their report folder's name) in ``sweep_dir``; failed jobs are in the outcome."""
-    from genbound.report.sweep import write_sweep
-
-    outcomes = run_report_jobs(jobs, workers=workers, stage=stage, on_done=on_done)
-    docs = {
-        Path(o.folder).name: doc
-        for o in outcomes
-        if o.ok and (doc := read_json(Path(o.folder) / "report.json")) is not None
-    }
-    sweep = write_sweep(Path(sweep_dir), docs) if docs else None
-    return SweepOutcome(tuple(outcomes), sweep)
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
