@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from genbound.errors import GenboundError
@@ -42,7 +42,8 @@ class ReportOptions:
     Attributes:
         parts: genbound's own measures to compute (see :mod:`genbound.parts`), kept sorted.
         mi_loss: keywords of :func:`genbound.bounds.mi_bound` choosing the MI bound's loss
-            (default ``{"loss": "zero_one"}``; e.g. ``{"loss": "clipped_ce", "loss_range": 5}``).
+            (e.g. ``{"loss": "clipped_ce", "loss_range": 5}``); None: the error the task's
+            metric declares (the 0-1 loss for classification, and without a task).
         curvature_space: what the Hessian is taken with respect to (``CURVATURE_SPACES``).
         curvature_examples: training examples of curvature and landscapes (a seeded sample
             stratified by label).
@@ -60,7 +61,7 @@ class ReportOptions:
     """
 
     parts: tuple[str, ...] = PARTS
-    mi_loss: Mapping[str, Any] = field(default_factory=lambda: {"loss": "zero_one"})
+    mi_loss: Mapping[str, Any] | None = None
     curvature_space: str = "merged"
     curvature_examples: int = 256
     trace_products: int = 30
@@ -76,7 +77,7 @@ class ReportOptions:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "parts", tuple(sorted(check_parts(self.parts))))
-        set_(self, "mi_loss", dict(self.mi_loss))
+        set_(self, "mi_loss", dict(self.mi_loss) if self.mi_loss is not None else None)
         set_(self, "measures", tuple(self.measures))
         _check(self)
 
@@ -156,7 +157,11 @@ def _check(o: ReportOptions) -> None:
         "cpu, cuda, cuda:N or mps",
     )
     need(o.base_svd in _BASE_SVD, "base_svd", f"one of {list(_BASE_SVD)}")
-    need(o.mi_loss.get("loss") in _MI_LOSSES, "mi_loss", f"a 'loss' of {list(_MI_LOSSES)}")
+    need(
+        o.mi_loss is None or o.mi_loss.get("loss") in _MI_LOSSES,
+        "mi_loss",
+        f"None or a 'loss' of {list(_MI_LOSSES)}",
+    )
     need(
         all(isinstance(m, str) and MEASURE_SPEC.fullmatch(m) for m in o.measures),
         "measures",

@@ -264,3 +264,38 @@ def test_report_options_name_the_bad_option():
     opts = ReportOptions(measures=("a.b:c",), parts=("mi", "gap"))
     assert ReportOptions.from_json(json.loads(json.dumps(opts.to_json()))) == opts
     assert np.array_equal(opts.parts, ("gap", "mi"))
+
+
+# -- a task that is not classification ------------------------------------------------------
+
+from test_regression_task import CLIP, trained  # noqa: E402,F401  (the fixture, reused)
+
+
+def test_regression_report_states_its_own_loss(trained, tmp_path):  # noqa: F811
+    """A regression task's report: the MI bound on its clipped squared error (closed form),
+    the compression bound's range and chance level from its metric, its names in report.md,
+    and curvature and landscapes on a uniform sample."""
+    ckpt, task, _, _ = trained
+    opts = ReportOptions(
+        curvature_examples=12, trace_products=3, density_probes=1, density_steps=3,
+        landscape_steps=5,
+    )  # fmt: skip
+    m = measure_checkpoint(ckpt, task=task, options=opts)
+    assert not m.skipped, m.skipped
+    out = write_report(ckpt, tmp_path / "rep", m)
+    doc = json.loads((out / "report.json").read_text())
+    mi = doc["bounds"]["mi"]
+    assert mi["loss"]["kind"] == "bounded" and mi["loss"]["loss_range"] == CLIP
+    d, q, n = mi["d_actual"], ckpt.bits_per_param, ckpt.n_train
+    sigma = CLIP / 2
+    assert mi["bound"] == pytest.approx(np.sqrt(2 * sigma**2 * q * np.log(2) * d / n), rel=1e-12)
+    comp = doc["bounds"]["compression"]
+    assert comp["error_range"] == CLIP and comp["chance"] == pytest.approx(task.metric.chance)
+    assert comp["vacuous_at"] == pytest.approx(task.metric.chance)
+    assert doc["data"]["num_labels"] is None
+    assert doc["curvature"]["sample"]["stratified_by"] is None
+    md = (out / "report.md").read_text()
+    name = task.metric.error_name
+    assert f"| {name} |" in md and f"The measured gap in {name}" in md
+    assert f"the test {name} of the quantized model" in md
+    assert "0-1" not in md.split("## Bounds")[0]  # nothing classification-only above

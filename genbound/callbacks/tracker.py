@@ -57,7 +57,14 @@ from genbound.measures import Measures, measure_checkpoint
 from genbound.options import ReportOptions
 from genbound.parts import DATA_FREE_PARTS
 from genbound.spectra import DEFAULT_EPS
-from genbound.tasks.objective import Batch, Objective, PerExampleLoss, cross_entropy_loss
+from genbound.tasks.metric import Metric
+from genbound.tasks.objective import (
+    CLASSIFICATION,
+    Batch,
+    Objective,
+    PerExampleLoss,
+    cross_entropy_loss,
+)
 from genbound.tasks.state import preserved_state
 
 log = logging.getLogger(__name__)
@@ -154,6 +161,8 @@ class BoundTracker:
         gap_data: ``(train, test)``, fixed subsets for the empirical gap, each as
             ``hessian_data``.
         loss: per-example loss for the Hessian, ``loss(model, batch) -> (B,)``.
+        metric: how the gap scores outputs (:mod:`genbound.tasks.metric`; default:
+            classification, cross-entropy and the 0-1 error).
         per_layer: also log per-layer norms, effective ranks and intruders.
         intruder_eps: the intruder threshold logged (one of ``genbound.spectra.DEFAULT_EPS``).
         base_svd: ``"compute"`` (default): the first measurement computes the base
@@ -195,6 +204,7 @@ class BoundTracker:
         overwrite: bool = False,
         seed: int = 0,
         measures: Sequence[Any] = (),
+        metric: Metric | None = None,
     ):
         for name, v in (
             ("every_n_steps", every_n_steps),
@@ -238,6 +248,7 @@ class BoundTracker:
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self.overwrite = overwrite
         self.seed = seed
+        self.metric = metric if metric is not None else CLASSIFICATION
         self.measure_names = tuple(m for m in measures if isinstance(m, str))
         self.measure_objects = tuple(m for m in measures if not isinstance(m, str))
         ReportOptions(measures=self.measure_names)  # names checked now, not at a step
@@ -368,7 +379,14 @@ class BoundTracker:
         trainable = tuple(n for n, p in module.named_parameters() if p.requires_grad)
 
         def objective(batches: tuple[Batch, ...], what: str) -> Objective:
-            return Objective(module, batches, self.loss, trainable, f"genbound tracker: {what}")
+            return Objective(
+                module,
+                batches,
+                self.loss,
+                trainable,
+                f"genbound tracker: {what}",
+                metric=self.metric,
+            )
 
         try:
             if self.hessian_batches:

@@ -59,12 +59,23 @@ def compression_json(c: CompressionBoundResult | None) -> dict | None:
         "num_candidates": c.num_candidates,
         "vacuous_at": c.vacuous_at,
         "vacuous": c.vacuous,
+        "error_name": c.error_name,
+        "error_range": c.error_range,
+        "chance": c.chance,
         "quantized_tensors": QUANTIZED_FILE,
         "code": c.chosen.code.description,
         "candidates": cands,
         "assumptions": list(c.assumptions),
         "warnings": list(c.warnings),
     }
+
+
+def _error_format(c: CompressionBoundResult):
+    """How the bound's errors are printed: as probabilities for an error in [0, 1] (never
+    rounded onto 0 or 1), else as numbers."""
+    from genbound.numbers import format_number, format_probability
+
+    return format_probability if c.error_range == 1.0 else format_number
 
 
 class Compression(Measure):
@@ -77,7 +88,7 @@ class Compression(Measure):
             lambda d: number(get(d, "bounds", "compression", "bound")),
             "compression bound on test error",
             lambda d: number(get(d, "bounds", "compression", "vacuous_at")),
-            "chance level, 1 - 1/classes",
+            "chance level (1 - 1/classes for the 0-1 error)",
         ),
         "compression_bits": Scalar(
             lambda d: integer(get(d, "bounds", "compression", "code_bits")),
@@ -90,23 +101,25 @@ class Compression(Measure):
         from genbound.bounds.evaluated import compression_bound_on
 
         train, _ = ctx.objectives()
-        return compression_bound_on(ctx.checkpoint, train, num_classes=ctx.task.num_labels)
+        return compression_bound_on(
+            ctx.checkpoint, train, num_classes=getattr(ctx.task, "num_labels", None)
+        )
 
     def json(self, result, ckpt) -> dict:
         return {("bounds", "compression"): compression_json(result)}
 
     def markdown(self, result: CompressionBoundResult, measures) -> list[str]:
         from genbound.numbers import format_number
-        from genbound.numbers import format_probability as prob
 
         c = result
+        prob = _error_format(c)
         verdict = "vacuous" if c.vacuous else "non-vacuous"
         lines = [
             "",
             "## Compression bound (PAC-Bayes, Lotfi et al. 2022)",
             "",
             f"With probability >= {1 - c.delta:g} over the {c.n_train:,} training examples, "
-            f"the test 0-1 error of the quantized model is at most **{prob(c.bound)}** "
+            f"the test {c.error_name} of the quantized model is at most **{prob(c.bound)}** "
             f"({verdict}: chance level is {prob(c.vacuous_at)}). Chosen: b = {c.chosen_bits} "
             f"bits per index ({2**c.chosen_bits:,} levels), K = {c.code_bits:,} bits, "
             f"quantized train error {prob(c.train_error)}, kl bound rhs = "
@@ -132,9 +145,8 @@ class Compression(Measure):
         return lines
 
     def reading(self, result: CompressionBoundResult, measures) -> list[str]:
-        from genbound.numbers import format_probability as prob
-
         c, g = result, measures.gap
+        prob = _error_format(c)
         if not c.vacuous:
             extra = ""
             if g is not None:

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from genbound.gap import GapResult
 
 
+def _one(unit: str) -> str:
+    """``"examples"`` -> ``"example"``: one unit of N."""
+    return unit.removesuffix("s")
+
+
 class Gap(Measure):
     name = "gap"
     description = "the empirical gap on the task's train and test data"
@@ -40,15 +45,15 @@ class Gap(Measure):
             "",
             "## Empirical gap",
             "",
-            "Same weights, eval mode, means per example (± one standard error).",
+            f"Same weights, eval mode, means per {_one(g.unit)} (± one standard error).",
             "",
             "| | train | test | gap (test - train) |",
             "|---|---|---|---|",
-            f"| examples | {g.train.n:,} | {g.test.n:,} | |",
-            f"| cross-entropy (nats) | {format_pm(g.train.loss, g.train.loss_stderr)} | "
+            f"| {g.unit} | {g.train.n:,} | {g.test.n:,} | |",
+            f"| {g.loss_name} ({g.loss_unit}) | {format_pm(g.train.loss, g.train.loss_stderr)} | "
             f"{format_pm(g.test.loss, g.test.loss_stderr)} | "
             f"{format_pm(g.loss_gap, g.loss_gap_stderr)} |",
-            f"| 0-1 error | {format_pm(g.train.error, g.train.error_stderr)} | "
+            f"| {g.error_name} | {format_pm(g.train.error, g.train.error_stderr)} | "
             f"{format_pm(g.test.error, g.test.error_stderr)} | "
             f"{format_pm(g.error_gap, g.error_gap_stderr)} |",
         ]
@@ -57,10 +62,11 @@ class Gap(Measure):
         g = result
         z = g.error_gap / g.error_gap_stderr if g.error_gap_stderr > 0 else float("inf")
         verdict = "not distinguishable from zero" if abs(z) < 2 else "clearly different from zero"
+        what = "0-1 gap" if g.error_name == "0-1 error" else f"gap in {g.error_name}"
         return [
-            f"The measured 0-1 gap is {g.error_gap:+.4f} ± {g.error_gap_stderr:.4f} "
+            f"The measured {what} is {g.error_gap:+.4f} ± {g.error_gap_stderr:.4f} "
             f"({verdict} at two standard errors; {g.train.n:,} train and {g.test.n:,} test "
-            "examples). This is the quantity the bounds below try to predict."
+            f"{g.unit}). This is the quantity the bounds below try to predict."
         ]
 
 

@@ -1,7 +1,8 @@
 """``mi``: the MI bound on the expected gap and its Occam form (single run, 1 - delta).
 
 Data-free, but needs N (given, recorded by the checkpoint, or the task's training set).
-The loss it is stated for is ``options.mi_loss`` (the 0-1 loss by default); a clipped
+The loss it is stated for is ``options.mi_loss``, by default the error the task's metric
+declares (the 0-1 loss for classification and without a task); a clipped
 cross-entropy is checked against the largest losses the gap measured, when it was.
 ``report.json``: ``bounds.mi``.
 """
@@ -22,6 +23,12 @@ _LOSS_RANGE = "the loss range, 1 for the 0-1 loss"
 
 def _loss_range(d) -> float | None:
     return number(get(d, "bounds", "mi", "loss", "loss_range"))
+
+
+def mi_loss_of(task) -> dict:
+    """The MI bound's loss a task's metric declares (the 0-1 loss without a task)."""
+    metric = getattr(task, "metric", None) if task is not None else None
+    return metric.mi_loss() if metric is not None else {"loss": "zero_one"}
 
 
 class MutualInformation(Measure):
@@ -47,7 +54,7 @@ class MutualInformation(Measure):
     def compute(self, ctx) -> MIBoundResult:
         from genbound.bounds import mi_bound
 
-        args = dict(ctx.options.mi_loss)
+        args = dict(ctx.options.mi_loss or mi_loss_of(ctx.task))
         num_labels = getattr(ctx.task, "num_labels", None) if ctx.task is not None else None
         if args.get("loss") == "smoothed_ce" and num_labels is not None:
             args.setdefault("num_classes", num_labels)
