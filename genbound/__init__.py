@@ -8,14 +8,6 @@ command line answers ``--help``, ``--version`` and argument errors at once.
 """
 
 import logging
-import os
-
-# Idle OpenMP threads sleep instead of spinning. With the default (spinning), torch's
-# small LAPACK calls (the factor-space QRs and SVDs genbound makes by the hundred) run
-# 10 to 100 times slower whenever another process keeps a core busy; passive waiting
-# costs little on an idle machine. Takes effect only when genbound is imported before
-# torch (as the CLI does) and never overrides a value the user set.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from genbound.errors import GenboundError
 

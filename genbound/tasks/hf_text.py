@@ -12,9 +12,7 @@ evaluated in full (the objective's description says which).
 from __future__ import annotations
 
 import logging
-import os
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +22,28 @@ from torch import nn
 
 from genbound.checkpoint.model import Checkpoint
 from genbound.errors import GenboundError, input_error
+from genbound.tasks.activation_cache import (
+    CACHE,
+    activation_cache_info,
+    clear_activation_cache,
+    set_activation_cache_limits,
+)
 from genbound.tasks.objective import Batch, Objective, cross_entropy_loss
 from genbound.tasks.rebuild import load_updates_into
 from genbound.tasks.texts import LabelledTexts, preview, read_labelled
 
 log = logging.getLogger(__name__)
 
-#: Memoized cached-activation batches (see :meth:`TextClassificationTask.cached_batches`).
-_ACTIVATIONS: OrderedDict[tuple, tuple[tuple[str, ...], list[Batch]]] = OrderedDict()
-_ACTIVATIONS_KEPT = 8
+__all__ = [
+    "EncoderSuffix",
+    "TextClassificationTask",
+    "activation_cache_info",
+    "clear_activation_cache",
+    "first_adapted_layer",
+    "load_tokenizer",
+    "set_activation_cache_limits",
+    "text_files",
+]
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
@@ -144,8 +155,11 @@ class TextClassificationTask:
     def build_model(
         self, checkpoint: Checkpoint | None = None, *, attn_implementation: str = "sdpa"
     ) -> nn.Module:
-        """The base model with the checkpoint's updates, in eval mode (a fresh model)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        """The base model with the checkpoint's updates, in eval mode (a fresh model).
+
+        The model is read from the local folder only (``local_files_only``): nothing is
+        downloaded and the Hugging Face Hub is never contacted.
+        """
         from transformers import AutoModelForSequenceClassification
 
         base_path = self.base_for(checkpoint)
@@ -157,7 +171,10 @@ class TextClassificationTask:
         hf_logging.disable_progress_bar()  # library code draws no bars
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                base_path, num_labels=self.num_labels, attn_implementation=attn_implementation
+                base_path,
+                num_labels=self.num_labels,
+                attn_implementation=attn_implementation,
+                local_files_only=True,
             )
         except (OSError, ValueError, KeyError) as exc:  # missing files, unknown model_type
             raise input_error(
@@ -266,15 +283,15 @@ class TextClassificationTask:
         ``attention_mask`` (B, T)), computed by ``model``'s frozen lower layers.
 
         The layers below ``start`` must be the base model's: the result is memoized per
-        process by (base model folder, texts, layer, max_length, batch_size), so every
-        checkpoint of a sweep on the same data and base shares one pass. The layers in
-        ``also`` are computed by the same pass and memoized too.
+        process by (base model folder, texts, layer, max_length, batch_size, device), so
+        every checkpoint of a sweep on the same data and base shares one pass. The layers
+        in ``also`` are computed by the same pass and memoized too. The memo is bounded
+        in entries and bytes and cleared by :func:`clear_activation_cache` (see
+        :mod:`genbound.tasks.activation_cache`).
         """
-        key = self._cache_key(base_path, data, start)
-        hit = _ACTIVATIONS.get(key)
-        if hit is not None and hit[0] == data.texts:
-            _ACTIVATIONS.move_to_end(key)
-            return hit[1]
+        hit = CACHE.get(self._cache_key(base_path, data, start), data.texts)
+        if hit is not None:
+            return hit
         starts = list(dict.fromkeys([start, *also]))
         per_start: dict[int, list[Batch]] = {s: [] for s in starts}
         with torch.no_grad():
@@ -285,10 +302,8 @@ class TextClassificationTask:
                 for s in starts:
                     hidden = states[s].detach().clone()
                     per_start[s].append(Batch({"hidden": hidden, "attention_mask": mask}, b.labels))
-        for s in reversed(starts):
-            _ACTIVATIONS[self._cache_key(base_path, data, s)] = (data.texts, per_start[s])
-        while len(_ACTIVATIONS) > _ACTIVATIONS_KEPT:
-            _ACTIVATIONS.popitem(last=False)
+        for s in reversed(starts):  # ``start`` last: the most recently used
+            CACHE.put(self._cache_key(base_path, data, s), data.texts, per_start[s])
         return per_start[start]
 
     def _cache_key(self, base_path: Path, data: LabelledTexts, start: int) -> tuple:
@@ -344,7 +359,8 @@ def _base_head(checkpoint: Checkpoint | None, base_path: Path) -> tuple[str, int
 
 
 def load_tokenizer(base_path: Path):
-    """The tokenizer saved in the model folder ``base_path`` (read offline, no remote code).
+    """The tokenizer saved in the model folder ``base_path`` (read offline: local files only,
+    no remote code).
 
     Raises a GenboundError naming the folder when none loads, or when what loads has no
     vocabulary beyond its special tokens (transformers then builds an empty tokenizer
@@ -355,7 +371,7 @@ def load_tokenizer(base_path: Path):
     expected = "a tokenizer saved with the model (tokenizer.json, or vocab.txt / vocab.json "
     expected += "with tokenizer_config.json)"
     try:
-        tok = AutoTokenizer.from_pretrained(base_path)
+        tok = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
     except Exception as exc:  # transformers and tokenizers raise many kinds for a bad folder
         detail = " ".join(str(exc).split())[:300]
         raise input_error(
