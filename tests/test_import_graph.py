@@ -87,7 +87,8 @@ def test_loading_a_genbound_run_imports_no_training_code(tmp_path):
 def test_library_code_leaves_the_environment_alone(tmp_path):
     """Importing genbound, loading a checkpoint and building a Hugging Face model from a
     local folder set no environment variable (the model and tokenizer are read with
-    local_files_only instead of HF_HUB_OFFLINE)."""
+    local_files_only instead of HF_HUB_OFFLINE) and leave transformers' progress bars
+    and verbosity as found."""
     base_dir = tiny_bert_with_tokenizer(tmp_path)
     run = tiny_run(tmp_path)
     code = f"""
@@ -97,12 +98,15 @@ import genbound
 from genbound.tasks.hf_text import TextClassificationTask, load_tokenizer
 from genbound.tasks.texts import LabelledTexts
 import torch
+from transformers.utils import logging as hf_logging
+settings = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
 genbound.load_checkpoint({str(run)!r})
 data = LabelledTexts(("good film", "bad day"), torch.tensor([0, 2]), ("neg", "neu", "pos"), "t")
 task = TextClassificationTask(data, data, base_path={str(base_dir)!r})
 model = task.build_model(None)
 tok = load_tokenizer(task.base_for(None))
 assert model.config.num_labels == 3 and tok("good")["input_ids"]
+assert (hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()) == settings
 changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
 print(json.dumps(changed))
 """

@@ -158,7 +158,8 @@ class TextClassificationTask:
         """The base model with the checkpoint's updates, in eval mode (a fresh model).
 
         The model is read from the local folder only (``local_files_only``): nothing is
-        downloaded and the Hugging Face Hub is never contacted.
+        downloaded and the Hugging Face Hub is never contacted. transformers' verbosity
+        and progress bars are turned down while it loads and restored after.
         """
         from transformers import AutoModelForSequenceClassification
 
@@ -166,7 +167,7 @@ class TextClassificationTask:
         self.check_head(checkpoint, base_path)
         from transformers.utils import logging as hf_logging
 
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice
         hf_logging.disable_progress_bar()  # library code draws no bars
         try:
@@ -187,6 +188,8 @@ class TextClassificationTask:
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         if checkpoint is not None:
             load_updates_into(model, checkpoint)
         return model.to(self.device).eval()
