@@ -235,7 +235,7 @@ class DaskExecutor:
                 ): g
                 for g, group in enumerate(groups)
             }
-            for fut in as_completed(futures):
+            for fut in as_completed(futures, loop=client.loop):
                 _collect(jobs, groups, out, futures[fut], fut.result, _dask_failure, on_done)
         return [out[i] for i in range(len(jobs))]
 

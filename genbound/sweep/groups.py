@@ -39,14 +39,15 @@ def base_reference(job: ReportJob) -> str | None:
 def plan_groups(jobs: Sequence[ReportJob], slots: int) -> list[list[int]]:
     """Job indices in groups of one base model each, for ``slots`` workers running at once.
 
-    Groups hold at most ``ceil(len(jobs) / slots)`` jobs, so the groups are at least as
-    many as the slots when the jobs allow; a base model's jobs are split into groups of
-    near-equal size, in job order. A job whose base model is unknown is a group of its own.
+    Groups hold at most ``len(jobs) // slots`` jobs (at least one), so there are at least
+    as many groups as slots when there are as many jobs; a base model's jobs are split into
+    groups of near-equal size, in job order. A job whose base model is unknown is a group
+    of its own.
     """
     by_base: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
         by_base.setdefault(base_reference(job) or f"\0job {i}", []).append(i)
-    size = max(1, -(-len(jobs) // max(1, slots)))
+    size = max(1, len(jobs) // max(1, slots))
     groups = []
     for members in by_base.values():
         n = len(members)
