@@ -28,17 +28,14 @@ said once through ``logging``; training goes on.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -57,6 +54,7 @@ from genbound.measures import Measures, measure_checkpoint
 from genbound.options import ReportOptions
 from genbound.parts import DATA_FREE_PARTS
 from genbound.spectra import DEFAULT_EPS
+from genbound.state import preserved as untouched
 from genbound.tasks.metric import Metric
 from genbound.tasks.objective import (
     CLASSIFICATION,
@@ -65,7 +63,6 @@ from genbound.tasks.objective import (
     PerExampleLoss,
     cross_entropy_loss,
 )
-from genbound.tasks.state import preserved_state
 
 log = logging.getLogger(__name__)
 
@@ -126,23 +123,6 @@ def measure_values(
         if result is not None:
             out.update(m.log_values(result, per_layer=per_layer, intruder_eps=intruder_eps))
     return {PREFIX + k: float(v) for k, v in out.items()}
-
-
-@contextlib.contextmanager
-def untouched(module: nn.Module) -> Iterator[None]:
-    """Restore on exit every module's train/eval mode, every ``requires_grad`` flag and the
-    torch (CPU and initialised CUDA), numpy and Python RNG states (also on errors)."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    cuda_state = torch.cuda.get_rng_state_all() if cuda else None
-    try:
-        with preserved_state(module):
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state_all(cuda_state)
 
 
 class BoundTracker:

@@ -8,17 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from genbound.jsonio import number
 
-def number(x: Any) -> float | None:
-    """A JSON number (or one of the strings ``"inf"``, ``"-inf"``, ``"nan"`` the report
-    format writes for non-finite numbers) as a float; None for anything else."""
-    if isinstance(x, bool) or x is None:
-        return None
-    if isinstance(x, (int, float)):
-        return float(x)
-    if x in ("inf", "-inf", "nan"):
-        return float(x)
-    return None
+__all__ = ["get", "integer", "mean_updates", "number", "sum_updates"]
 
 
 def integer(x: Any) -> int | None:
