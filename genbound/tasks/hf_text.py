@@ -28,6 +28,7 @@ from genbound.tasks.activation_cache import (
     clear_activation_cache,
     set_activation_cache_limits,
 )
+from genbound.tasks.metric import Metric, classification
 from genbound.tasks.objective import Batch, Objective, cross_entropy_loss
 from genbound.tasks.rebuild import load_updates_into
 from genbound.tasks.texts import LabelledTexts, preview, read_labelled
@@ -131,6 +132,12 @@ class TextClassificationTask:
     @property
     def num_labels(self) -> int:
         return len(self.train.label_names)
+
+    @property
+    def metric(self) -> Metric:
+        """Classification into ``num_labels`` classes: cross-entropy, the 0-1 error, and
+        chance level 1 - 1/num_labels."""
+        return classification(self.num_labels)
 
     @property
     def description(self) -> str:
@@ -249,6 +256,7 @@ class TextClassificationTask:
         """(train, test) objectives of the fine-tuned model; both share one model."""
         model = self.build_model(checkpoint)
         base_path = self.base_for(checkpoint)
+        m = self.metric
         names = list(checkpoint.updates) if checkpoint is not None else []
         trainable = _trainable_names(model, checkpoint)
         start = first_adapted_layer(names) if self.cache_activations else None
@@ -258,8 +266,8 @@ class TextClassificationTask:
             train = [_to(b, self.device) for b in self.tokenized_batches(self.train, base_path)]
             test = [_to(b, self.device) for b in self.tokenized_batches(self.test, base_path)]
             return (
-                Objective(model, train, cross_entropy_loss, trainable, desc + " (train)"),
-                Objective(model, test, cross_entropy_loss, trainable, desc + " (test)"),
+                Objective(model, train, cross_entropy_loss, trainable, desc + " (train)", metric=m),
+                Objective(model, test, cross_entropy_loss, trainable, desc + " (test)", metric=m),
             )
         start = min(start, n_layers)
         suffix = EncoderSuffix(model, start).eval()
@@ -269,7 +277,9 @@ class TextClassificationTask:
         for split, data in (("train", self.train), ("test", self.test)):
             batches = self.cached_batches(model, data, start, base_path)
             out.append(
-                Objective(suffix, batches, cross_entropy_loss, suffix_names, f"{desc} ({split})")
+                Objective(
+                    suffix, batches, cross_entropy_loss, suffix_names, f"{desc} ({split})", metric=m
+                )
             )
         return out[0], out[1]
 

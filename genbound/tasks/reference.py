@@ -78,11 +78,7 @@ def load_task(ref: TaskReference, *, where: str = "task reference", trusted: boo
             f"({type(exc).__name__}: {str(exc).strip()[:300]})."
         ) from None
     if not isinstance(task, Task):
-        missing = [
-            a
-            for a in ("n_train", "num_labels", "description", "objectives")
-            if not hasattr(task, a)
-        ]
+        missing = [a for a in ("n_train", "description", "objectives") if not hasattr(task, a)]
         raise GenboundError(
             f"{where}: {ref.target} returned a {type(task).__name__}, which is not a task "
             f"(missing {', '.join(missing)}); see genbound.tasks.protocol.Task."
