@@ -183,7 +183,7 @@ def train_variant(job: TrainJob) -> Path:
         None,
         epochs=spec.epochs or cfg.epochs,
         lr=spec.lr,
-        forward=lambda _model, inputs: suffix(*inputs),
+        forward=lambda _model, batch: suffix(**batch.inputs),
         seed=cfg.seed,
         eval_train=False,
     )

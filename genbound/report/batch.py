@@ -289,7 +289,6 @@ def run_report_job(
         force=True,
         content_key=key,
         settings_key=settings,
-        settings=options.to_json(),
         provenance=provenance(executor, worker, started, _now()),
     )
     return str(out), True
