@@ -258,6 +258,33 @@ def test_a_dying_worker_fails_the_checkpoints_it_held(
         assert (out / "reports" / name.replace("/", "__") / "report.json").exists()
 
 
+def test_the_python_example_of_the_docs_runs(sweep, cluster, tmp_path, monkeypatch):
+    """docs/sweeps.md's Python example as written, on this sweep (as ./runs) and on the test
+    cluster (its address for the example's)."""
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    section = docs.split("## From Python", 1)[1]
+    code = re.search(r"```python\n(.+?)\n```", section, re.S).group(1)
+    assert code.count("tcp://10.0.0.5:8786") == 1
+    code = code.replace("tcp://10.0.0.5:8786", cluster.scheduler_address)
+    (tmp_path / "runs").symlink_to(sweep.root, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    env: dict = {}
+    exec(compile(code, "docs/sweeps.md", "exec"), env)
+    result = env["result"]
+    assert [o.name for o in result.outcomes] == NAMES and not result.failed
+    out = tmp_path / "sweep-out"
+    for folder in FOLDERS:
+        doc = _report(out, folder)
+        assert doc["settings"]["parts"] == ["mi", "spectra"]
+        assert doc["provenance"]["executor"] == "dask"
+        # no data, so no N for the MI bound: the spectra are the reference's
+        assert doc["updates"] == _report(sweep.reference, folder)["updates"]
+        assert doc["bounds"]["mi"] is None and "N" in doc["skipped"]["mi"]
+    assert (out / "sweep" / "sweep.json").exists()
+
+
 # ---------------------------------------------------------------- errors before any work
 def test_unreachable_scheduler_is_named(sweep, tmp_path, capsys):
     pytest.importorskip("distributed")

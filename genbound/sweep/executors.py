@@ -26,6 +26,7 @@ import importlib
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,13 +63,18 @@ class Executor(Protocol):
         ...
 
 
+#: One group at a time per process: the thread settings are process-wide (a Dask worker
+#: with several threads would otherwise run one group on another's restored thread count).
+_one_group_at_a_time = threading.Lock()
+
+
 def run_group(docs: Sequence[dict[str, Any]], executor: str) -> list[JobOutcome]:
     """Run jobs (as :meth:`ReportJob.to_json` documents) one after another in this worker
     process, on one thread; what a pool process, a Dask worker or a SLURM job runs."""
     from genbound.parallel import one_thread_each
 
     worker = worker_name(executor)
-    with one_thread_each():
+    with _one_group_at_a_time, one_thread_each():
         return [
             attempt_report_job(ReportJob.from_json(doc), executor=executor, worker=worker)
             for doc in docs
@@ -89,6 +95,16 @@ def worker_name(executor: str) -> str:
         with contextlib.suppress(RuntimeError):  # not inside a submitit job
             return str(submitit.JobEnvironment().job_id)
     return f"pool-{os.getpid()}"
+
+
+def portable(job: ReportJob) -> dict[str, Any]:
+    """The job as JSON for another machine: its checkpoint, report folder and base model as
+    absolute paths of this process (a worker's working directory is its own)."""
+    doc = job.to_json()
+    for key in ("checkpoint", "out", "base"):
+        if doc[key] is not None:
+            doc[key] = os.path.abspath(doc[key])
+    return doc
 
 
 def _worker_died(job: ReportJob, what: str, details: str | None = None) -> JobOutcome:
@@ -198,7 +214,8 @@ class DaskExecutor:
     """An existing Dask ``distributed`` cluster at ``scheduler`` (``tcp://HOST:PORT``).
 
     Each group of jobs sharing a base model is one task; groups are sized so every worker
-    thread of the cluster gets work. ``timeout`` (seconds) bounds the wait for the
+    process of the cluster gets work. A worker process runs one group at a time (start
+    workers with ``--nthreads 1`` and as many ``--nworkers`` as reports should run at once). ``timeout`` (seconds) bounds the wait for the
     scheduler to answer and for a first worker to join it. A worker that dies under a task
     (Dask gives up after its ``allowed-failures`` retries: ``KilledWorker``) fails the
     task's jobs.
@@ -222,13 +239,12 @@ class DaskExecutor:
 
         out: dict[int, JobOutcome] = {}
         with self._connect() as client:
-            slots = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-            groups = plan_groups(jobs, slots)
+            groups = plan_groups(jobs, len(client.nthreads()))
             tag = uuid.uuid4().hex[:8]
             futures = {
                 client.submit(
                     run_group,
-                    [jobs[i].to_json() for i in group],
+                    [portable(jobs[i]) for i in group],
                     self.name,
                     key=f"genbound-report-{tag}-{g}",
                     pure=False,
@@ -337,7 +353,7 @@ class SlurmExecutor:
         )
         with executor.batch():
             submitted = [
-                executor.submit(run_group, [jobs[i].to_json() for i in group], self.name)
+                executor.submit(run_group, [portable(jobs[i]) for i in group], self.name)
                 for group in groups
             ]
         index = {id(job): g for g, job in enumerate(submitted)}
