@@ -95,6 +95,7 @@ def run_demo(
                 on_done("trained", spec.name)
         runs[spec.name] = run_dir
     jobs = sweep_jobs(runs, out, options=config.report_options(), force=force)
+
     def reported(o) -> None:
         if on_done:
             on_done("reported" if o.computed else "reused" if o.ok else "failed", o.name)

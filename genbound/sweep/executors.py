@@ -215,10 +215,10 @@ class DaskExecutor:
 
     Each group of jobs sharing a base model is one task; groups are sized so every worker
     process of the cluster gets work. A worker process runs one group at a time (start
-    workers with ``--nthreads 1`` and as many ``--nworkers`` as reports should run at once). ``timeout`` (seconds) bounds the wait for the
-    scheduler to answer and for a first worker to join it. A worker that dies under a task
-    (Dask gives up after its ``allowed-failures`` retries: ``KilledWorker``) fails the
-    task's jobs.
+    workers with ``--nthreads 1`` and as many ``--nworkers`` as reports should run at
+    once). ``timeout`` (seconds) bounds the wait for the scheduler to answer and for a
+    first worker to join it. A worker that dies under a task (Dask gives up after its
+    ``allowed-failures`` retries: ``KilledWorker``) fails the task's jobs.
     """
 
     scheduler: str
