@@ -191,6 +191,17 @@ def test_slurm_through_submitit_gives_the_same_numbers_in_one_job_per_base(sweep
     assert len(jobs) == 1 and workers == jobs
 
 
+def test_one_checkpoint_on_the_cluster(sweep, cluster, tmp_path, capsys):
+    out = tmp_path / "one"
+    argv = sweep.argv(out, "--executor", "dask", "--scheduler", cluster.scheduler_address)
+    argv[1] = str(sweep.root / NAMES[2])
+    assert main(argv) == 0
+    assert f"report written to {out}/report.html" in capsys.readouterr().out
+    doc = json.loads((out / "report.json").read_text())
+    assert _check_provenance(doc, "dask")["pid"] != os.getpid()
+    assert _without(doc) == _without(_report(sweep.reference, FOLDERS[2]))
+
+
 def _broken_copy(sweep: Sweep, tmp_path: Path) -> Path:
     root = tmp_path / "broken"
     shutil.copytree(sweep.root, root)
