@@ -127,12 +127,19 @@ def test_base_given_on_the_command_line_wins_and_run_folders_are_read(tmp_path):
 
 
 # ---------------------------------------------------------------- the base-model memo
-def test_an_unchanged_base_is_opened_once_and_a_changed_one_again(tmp_path):
+def test_an_unchanged_base_is_opened_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    import time
+
+    from genbound.checkpoint import base as base_module
     from genbound.checkpoint.base import BaseModel, clear_base_cache
 
     clear_base_cache()
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.ones(2, 3)}, path)
+    # just written: not memoized (a rewrite within the clock's tick could keep its times)
+    assert BaseModel(path)._files[path] is not BaseModel(path)._files[path]
+    monkeypatch.setattr(base_module, "FRESH_SECONDS", 0.05)  # ext4 and tmpfs tick in ms
+    time.sleep(0.1)
     first, second = BaseModel(path), BaseModel(path)
     assert first._files[path] is second._files[path]  # one opened file for both
     fingerprint = first.fingerprint
@@ -140,21 +147,29 @@ def test_an_unchanged_base_is_opened_once_and_a_changed_one_again(tmp_path):
     stat = path.stat()
     save_file({"w": torch.full((2, 3), 2.0)}, path)  # same size, same names, new bytes
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime
+    time.sleep(0.1)
     third = BaseModel(path)
     assert third._files[path] is not first._files[path]
     assert torch.equal(third.tensor("w"), torch.full((2, 3), 2.0))
     assert third.fingerprint != fingerprint
+    assert BaseModel(path)._files[path] is third._files[path]
     clear_base_cache()
     assert BaseModel(path)._files[path] is not third._files[path]
 
 
-def test_tensors_of_a_memoized_torch_file_are_the_caller_s_own(tmp_path):
+def test_tensors_of_a_memoized_torch_file_are_the_caller_s_own(tmp_path, monkeypatch):
+    import time
+
+    from genbound.checkpoint import base as base_module
     from genbound.checkpoint.base import BaseModel, clear_base_cache
 
     clear_base_cache()
+    monkeypatch.setattr(base_module, "FRESH_SECONDS", 0.05)
     path = tmp_path / "pytorch_model.bin"
     torch.save({"w": torch.arange(6.0).reshape(2, 3)}, path)
-    got = BaseModel(path).tensor("w")
-    got.mul_(0)  # a caller that writes into what it got
-    assert torch.equal(BaseModel(path).tensor("w"), torch.arange(6.0).reshape(2, 3))
+    time.sleep(0.1)
+    first, second = BaseModel(path), BaseModel(path)
+    assert first._files[path] is second._files[path]
+    first.tensor("w").mul_(0)  # a caller that writes into what it got
+    assert torch.equal(second.tensor("w"), torch.arange(6.0).reshape(2, 3))
     clear_base_cache()

@@ -16,6 +16,8 @@ validated headers, or a torch file's mapped tensors) and the content fingerprint
 memoized per process (:func:`clear_base_cache` empties the memo). An entry is keyed on
 the file's resolved path, device, inode, size and modification and change times: a file
 that was rewritten, replaced or touched since is opened again, never served from the memo.
+A file changed less than :data:`FRESH_SECONDS` ago is not memoized at all (a rewrite within
+one tick of the filesystem's clock could keep its times).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -36,6 +39,11 @@ _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 #: Opened tensor files kept per process (a sharded base counts each shard).
 MAX_OPEN_FILES = 64
+
+#: A file changed this recently (seconds) is not memoized: file times advance in ticks of
+#: the filesystem's clock (a few milliseconds; up to 2 s on some filesystems), and a
+#: rewrite within the same tick would keep them.
+FRESH_SECONDS = 2.0
 
 #: What identifies one state of a file: (resolved path, device, inode, size, mtime, ctime).
 FileKey = tuple[str, int, int, int, int, int]
@@ -51,12 +59,17 @@ def file_key(path: Path) -> FileKey:
     return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _settled(key: FileKey) -> bool:
+    """Whether the file of ``key`` was last changed :data:`FRESH_SECONDS` ago or earlier."""
+    return time.time_ns() - max(key[4], key[5]) > FRESH_SECONDS * 1e9
+
+
 def open_tensor_file(path: Path) -> TensorFile:
     """The opened tensor file at ``path``: the memoized one while the file is unchanged
-    (same :func:`file_key`), else a fresh one (which replaces it in the memo)."""
+    (same :func:`file_key`), else a fresh one (memoized unless just changed)."""
     key = file_key(path) if path.is_file() else None
-    if key is None:
-        return TensorFile(path)  # not a file: TensorFile says what is wrong
+    if key is None or not _settled(key):
+        return TensorFile(path)  # not a file (TensorFile says what is wrong), or just written
     with _lock:
         hit = _opened.get(key)
         if hit is not None:
@@ -213,8 +226,9 @@ class BaseModel:
             with open(file, "rb") as fh:
                 while block := fh.read(8 << 20):
                     h.update(block)
-        with _lock:
-            _fingerprints[key] = h.hexdigest()
+        if all(map(_settled, key)):
+            with _lock:
+                _fingerprints[key] = h.hexdigest()
         return h.hexdigest()
 
     def close(self) -> None:
