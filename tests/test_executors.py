@@ -256,6 +256,8 @@ def test_a_dying_worker_fails_the_checkpoints_it_held(
         return run_group(docs, executor)
 
     monkeypatch.setattr("genbound.sweep.executors.run_group", dying)
+    if kind == "slurm":  # submitit waits 15 s for a dead job's result file (slow NFS); not here
+        monkeypatch.setattr("submitit.core.core.Job._results_timeout_s", 1)
     out = tmp_path / "out"
     argv = [*sweep.argv(out), "--only", "spectra", *_executor_args(kind, cluster), "--jobs", "3"]
     assert main(argv) == 1
