@@ -205,24 +205,19 @@ def _minutes(text: str) -> int:
     return _integer(text, 1, "a whole number of minutes >= 1")
 
 
-def _gigabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of GB above 0; found {text!r}")
-    return value
+def _positive(unit: str):
+    """An argument type: a finite number of ``unit`` above 0."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number of {unit} above 0; found {text!r}")
+        return value
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0; found {text!r}")
-    return value
+    return parse
 
 
 def _device(text: str) -> str:
@@ -308,7 +303,7 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--scheduler-timeout",
-        type=_seconds,
+        type=_positive("seconds"),
         metavar="SECONDS",
         help="dask: how long to wait for the scheduler and a first worker (default: 10)",
     )
@@ -321,7 +316,7 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--slurm-mem",
-        type=_gigabytes,
+        type=_positive("GB"),
         metavar="GB",
         help="slurm: memory of each job (default: the partition's)",
     )
