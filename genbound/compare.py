@@ -145,6 +145,10 @@ class Correlation:
             ``why_uninformative`` then says why.
         rank: 1 for the informative measure with the highest tau, 2 for the next, ...;
             None for an uninformative one.
+        expected_sign: +1 when the measure claims a larger value means a larger gap
+            (bounds, norms, sharpness), -1 when a smaller one does (flatness), None when it
+            claims neither (user measures); a measure that tracks the gap as it claims has
+            tau of that sign.
     """
 
     measure: str
@@ -160,6 +164,7 @@ class Correlation:
     informative: bool = True
     why_uninformative: str | None = None
     rank: int | None = None
+    expected_sign: int | None = None
 
 
 #: Values that differ by at most this fraction of their largest magnitude count as equal.
@@ -278,7 +283,17 @@ def rank_correlations(
         )  # fmt: skip
     ranked = sorted((c for c in out if c.informative), key=lambda c: -c.tau)
     order = {c.measure: i + 1 for i, c in enumerate(ranked)}
-    return [dataclasses.replace(c, rank=order.get(c.measure)) for c in out]
+    return [
+        dataclasses.replace(c, rank=order.get(c.measure), expected_sign=_expected_sign(c.measure))
+        for c in out
+    ]
+
+
+def _expected_sign(measure: str) -> int | None:
+    spec = MEASURES.get(measure)
+    if spec is None or spec.larger_gap is None:
+        return None
+    return 1 if spec.larger_gap else -1
 
 
 def _finite(v: Any) -> bool:

@@ -217,6 +217,9 @@ def test_user_measures_in_sweep_rows_and_correlations(tmp_path):
     assert corr["shape.largest"].tau == pytest.approx(kendalltau(norms, gaps).statistic)
     assert corr["count"].tau == pytest.approx(kendalltau(range(4), gaps).statistic)
     assert not corr["shape.smallest"].informative  # the same value in every run
+    assert corr["shape.largest"].expected_sign is None  # a user measure claims no direction
+    own = {c.measure: c for c in compare.rank_correlations(rows, measures=["num_trainable"])}
+    assert own["num_trainable"].expected_sign == 1
     out = write_sweep(tmp_path / "sweep", docs)
     sweep = json.loads((out / "sweep.json").read_text())
     assert {"shape.largest", "count"} <= {c["measure"] for c in sweep["correlations"]}
