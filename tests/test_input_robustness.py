@@ -183,7 +183,7 @@ def test_no_sample_is_drawn_when_curvature_and_landscapes_are_not_wanted(monkeyp
             return obj, obj
 
     monkeypatch.setattr(
-        "genbound.report.measures.sample_objective",
+        "genbound.tasks.sampling.sample_objective",
         lambda *a, **k: pytest.fail("a sample was drawn for nothing"),
     )
 

@@ -160,7 +160,7 @@ def test_raising_and_malformed_measures_are_skipped_the_rest_is_kept(setup, tmp_
     assert "expected a number or a mapping" in m.skipped["words"]
     assert "already taken" in m.skipped["bad_measures:mi_bound"]
     assert "has no attribute 'missing'" in m.skipped["bad_measures:missing"]
-    assert m.results == {"size": ckpt.num_trainable, "fine": 2.0}
+    assert m.results == {"fine": 2.0}
     assert m.spectra is not None and m.mi is not None  # the rest of the report is intact
     doc = json.loads((write_report(ckpt, tmp_path / "r", m) / "report.json").read_text())
     assert doc["measures"] == {"fine": 2.0} and doc["skipped"]["boom"].startswith("raised")

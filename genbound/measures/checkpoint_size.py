@@ -23,8 +23,9 @@ class CheckpointSize(Measure):
         )
     }
 
-    def compute(self, ctx) -> int:
-        return int(ctx.checkpoint.num_trainable)
+    def compute(self, ctx) -> None:
+        """Nothing to compute: D is part of the checkpoint's own entry of ``report.json``."""
+        return None
 
 
 register_measure(CheckpointSize())

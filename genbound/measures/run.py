@@ -159,7 +159,9 @@ def measure_checkpoint(
             continue
         with ctx.timed(m.name, shown=m.shown):
             try:
-                ctx.results[m.name] = m.compute(ctx)
+                result = m.compute(ctx)
+                if result is not None:
+                    ctx.results[m.name] = result
             except GenboundError as exc:
                 if m.name == "spectra":  # the checkpoint's own tensors: its error, not a skip
                     raise
