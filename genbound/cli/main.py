@@ -89,10 +89,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--mi-loss",
-        default="zero_one",
+        default=None,
         metavar="LOSS",
-        help="loss of the MI bound: zero_one (default), clipped_ce:B (cross-entropy clipped "
-        "at B nats) or smoothed_ce:A (predictions smoothed by A)",
+        help="loss of the MI bound: zero_one, clipped_ce:B (cross-entropy clipped at B nats) "
+        "or smoothed_ce:A (predictions smoothed by A); default: the error the task's metric "
+        "declares (zero_one for classification and without data)",
     )
     p.add_argument(
         "--curvature-space",
@@ -441,7 +442,7 @@ def _report_options(args: argparse.Namespace):
 
     return ReportOptions(
         parts=tuple(_selected_parts(args)),
-        mi_loss=_mi_loss(args.mi_loss),
+        mi_loss=_mi_loss(args.mi_loss) if args.mi_loss is not None else None,
         curvature_space=args.curvature_space,
         curvature_examples=args.curvature_examples,
         trace_products=args.trace_products,
@@ -664,6 +665,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    # OpenMP threads that wait for work sleep instead of spinning, so two single-threaded
+    # workers (or a neighbour) keep their cores; only settable before OpenMP loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from genbound.demo.sweep import DemoConfig, TrainJob, train_variant
 from genbound.errors import GenboundError
+from genbound.jsonio import dumps_json
 from genbound.report.measures import Stage, no_stage
 from genbound.sweep import Executor, run_sweep, sweep_jobs
 
@@ -43,7 +44,7 @@ class DemoResult:
 def _job_matches(run_dir: Path, job: TrainJob) -> bool:
     try:
         stored = json.loads((run_dir / JOB_FILE).read_text())
-        return stored == json.loads(json.dumps(_job_json(job)))  # tuples as JSON lists
+        return stored == json.loads(dumps_json(_job_json(job)))  # tuples as JSON lists
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -89,7 +90,7 @@ def run_demo(
         if force or not _job_matches(run_dir, job):
             with stage(f"training {spec.name}"):
                 train_variant(job)
-            (run_dir / JOB_FILE).write_text(json.dumps(_job_json(job), indent=2) + "\n")
+            (run_dir / JOB_FILE).write_text(dumps_json(_job_json(job)))
             trained.append(spec.name)
             if on_done:
                 on_done("trained", spec.name)

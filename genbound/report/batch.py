@@ -189,13 +189,19 @@ def _check_job(job: ReportJob, where: str) -> None:
 
 def job_settings_key(job: ReportJob) -> str:
     """BLAKE2b of what besides the checkpoint decides a report: task, options, base, adapter
-    (not who computes it, where or when)."""
+    (not who computes it, where or when), and the user measures installed where it is
+    computed (entry points), so installing one recomputes the reports that lack it."""
+    from genbound.measures.user import entry_point_specs
+
     settings = {
         "task": job.task,
         "options": job.options.to_json(),
         "base": job.base,
         "adapter": job.adapter,
     }
+    installed = entry_point_specs()
+    if installed:
+        settings["entry_point_measures"] = installed
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
