@@ -2,9 +2,10 @@
 
 Every ``every_n_steps`` optimisation steps the tracker computes the data-free measures of
 the checkpoint the model would save at that step (the same computation as ``genbound
-report``: :func:`genbound.report.measures.measure_checkpoint`), every
-``expensive_every_n_steps`` the data-dependent ones on fixed data. Logged keys (prefix
-``genbound/``; dimensionless unless stated):
+report``: :func:`genbound.measures.measure_checkpoint`; each measure says what it logs,
+:meth:`genbound.measures.Measure.log_values`), every ``expensive_every_n_steps`` the
+data-dependent ones on fixed data. Logged keys (prefix ``genbound/``; dimensionless unless
+stated):
 
 * ``mi_bound``, ``occam_bound``: MI and Occam (delta = 0.05) bounds on the 0-1 gap; need N.
 * ``theorem1_log10_phi_dW``, ``theorem1_log10_phi_W0``: Theorem 1 correction terms, log10;
@@ -18,6 +19,9 @@ report``: :func:`genbound.report.measures.measure_checkpoint`), every
 * expensive: ``top_eigenvalue`` (Hessian of the mean loss in the trained parameters, on
   ``hessian_data``; loss units per parameter unit squared), ``gap_loss`` (nats) and
   ``gap_error`` (0-1): test minus train mean on ``gap_data``.
+* user measures (``measures=[...]``, see :mod:`genbound.measures.user`, and those installed
+  through the ``genbound.measures`` entry points): ``<name>``, or ``<name>.<key>`` for a
+  measure that returns a mapping.
 
 The tracker never changes training: measures run under ``torch.no_grad`` (the Hessian
 under its own ``enable_grad``), parameters are never written, and the train/eval mode of
