@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import build_peft, tiny_bert
 from helpers import tiny_bert_with_tokenizer, tiny_run
 
@@ -70,11 +69,6 @@ def test_loading_a_peft_checkpoint_imports_no_training_code(tmp_path):
     assert training_modules(modules) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checking a run's variant imports genbound.adapters, whose __init__ imports "
-    "handle and wrap; passes once the package imports them lazily",
-)
 def test_loading_a_genbound_run_imports_no_training_code(tmp_path):
     run = tiny_run(tmp_path)
     modules = imported_after(

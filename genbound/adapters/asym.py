@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from torch import nn
-
-from genbound.adapters.layers import LowRankLayer
+from genbound.adapters.layers import AsymLayer
 from genbound.adapters.registry import Variant, register
+
+__all__ = ["VARIANT", "AsymLayer"]
 
 VARIANT = register(
     Variant(
@@ -16,17 +16,7 @@ VARIANT = register(
         count=lambda n, m, r, k: r * n,
         in_paper_table=True,
         description="A random and frozen, only B trains.",
+        trainable=True,
+        layer=AsymLayer,
     )
 )
-
-
-class AsymLayer(LowRankLayer):
-    """Asym-LoRA: A (r x m) ~ N(0, 1/m) is a frozen buffer; only B (n x r, zero at init) trains."""
-
-    trained = ("B",)
-    train_A = False
-
-
-def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator) -> AsymLayer:
-    """Wrap one Linear/Conv1D (``chain`` is 1 for this unchained method)."""
-    return AsymLayer(base, rank=rank, scale=scale, generator=generator)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from genbound.adapters.layers import SelectorLayer, base_inputs
+from genbound.adapters.layers import SelectorLayer
 from genbound.adapters.registry import Variant, register
+
+
+def plan(m: int, r: int, chain: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Link j (0-based) selects the window of columns [j r, (j + 1) r); needs k r <= m."""
+    return [torch.arange(j * r, (j + 1) * r, dtype=torch.int64) for j in range(chain)]
+
 
 VARIANT = register(
     Variant(
@@ -18,17 +23,8 @@ VARIANT = register(
         chained=True,
         in_paper_table=True,
         description="Chained cLA: link j selects columns [(j-1) r, j r); each finished link merges.",
+        trainable=True,
+        layer=SelectorLayer,
+        plan=plan,
     )
 )
-
-
-def plan(m: int, r: int, chain: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Link j (0-based) selects the window of columns [j r, (j + 1) r); needs k r <= m."""
-    return [torch.arange(j * r, (j + 1) * r, dtype=torch.int64) for j in range(chain)]
-
-
-def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator):
-    """Wrap one Linear/Conv1D; each chain step merges the finished window and moves on."""
-    return SelectorLayer(
-        base, rank=rank, scale=scale, plan=plan(base_inputs(base), rank, chain, generator)
-    )

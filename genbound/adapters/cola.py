@@ -1,10 +1,11 @@
-"""CoLA: Chain of LoRA: k links; after each, s B A merges into the weight and A, B restart."""
+"""CoLA: Chain of LoRA: k links; after each, s B A merges into the weight and A, B restart.
+
+Its layers are LoRA layers; each chain step merges s B A into W and redraws A, zeroes B.
+"""
 
 from __future__ import annotations
 
-from torch import nn
-
-from genbound.adapters.lora import LoraLayer
+from genbound.adapters.layers import LoraLayer
 from genbound.adapters.registry import Variant, register
 
 VARIANT = register(
@@ -17,10 +18,7 @@ VARIANT = register(
         chained=True,
         in_paper_table=True,
         description="Chain of LoRA: k links; after each, s B A merges into the weight and A, B restart.",
+        trainable=True,
+        layer=LoraLayer,
     )
 )
-
-
-def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator) -> LoraLayer:
-    """A LoRA layer; each chain step merges s B A into W and redraws A, zeroes B."""
-    return LoraLayer(base, rank=rank, scale=scale, generator=generator)

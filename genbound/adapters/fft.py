@@ -10,5 +10,6 @@ VARIANT = register(
         trains=("W",),
         count=lambda n, m, r, k: n * m,
         description="Full fine-tuning: every weight trains.",
+        trainable=True,
     )
 )

@@ -19,7 +19,7 @@ from torch import nn
 
 from genbound.adapters.layers import AdaptedLayer
 from genbound.adapters.peft_export import export_peft
-from genbound.adapters.registry import Variant
+from genbound.adapters.registry import Variant, variants
 from genbound.checkpoint.manifest import save_run
 from genbound.errors import GenboundError
 
@@ -141,9 +141,10 @@ class AdapterHandle:
         were reinitialised in place; :func:`genbound.train.fit` drops their AdamW state).
         """
         if not self.chained:
+            chained = ", ".join(v.name for v in variants().values() if v.chained)
             raise GenboundError(
                 f"chain_step: variant {self.variant.name!r} is not chained; expected one of "
-                "cola, rac, c3la, random_c3la."
+                f"{chained}."
             )
         if self.links_done + 1 >= self.chain:
             raise GenboundError(
@@ -251,14 +252,10 @@ class AdapterHandle:
         updates: dict[str, Any] = {}
         tensors: dict[str, torch.Tensor] = {}
         for name, layer in self.layers.items():
-            specs, t = layer.link_specs(name)
+            # one link: plain keys "<name>.B"; a chain: "<name>.link<i>.B"
+            specs, t = layer.link_specs(name, numbered=self.chained)
             tensors.update(t)
             link = {"kind": "chain", "links": specs} if self.chained else specs[0]
-            if not self.chained:  # one link: plain keys "<name>.B"
-                for k in ("B", "A", "indices"):
-                    if k in link:
-                        tensors[f"{name}.{k}"] = tensors.pop(link[k])
-                        link[k] = f"{name}.{k}"
             updates[name] = {
                 "param": f"{name}.weight",
                 "shape": [layer.n, layer.m],

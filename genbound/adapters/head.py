@@ -10,5 +10,6 @@ VARIANT = register(
         trains=(),
         count=lambda n, m, r, k: 0,
         description="Only the classification head trains; no layer is adapted.",
+        trainable=True,
     )
 )

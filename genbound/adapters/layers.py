@@ -4,10 +4,29 @@ Math orientation throughout: the base weight W0 is (n x m) with n outputs and m 
 B is (n x r), A is (r x m). A Hugging Face ``Conv1D`` stores its weight as (m x n);
 :func:`linear_shape` reports it as ``transposed`` and merges write the transpose.
 
-Two families:
+Every adapter layer is an :class:`AdapterLayer`, which says what the rest of genbound
+needs to know about it (so curvature, landscapes and rebuilding ask it instead of
+testing types or attribute names):
 
-* :class:`LowRankLayer`: A is a dense (r x m) tensor, trained (LoRA, CoLA) or a frozen
-  random buffer (Asym-LoRA, RAC).
+* ``kind``: the update kind it saves and rebuilds (``genbound.checkpoint.updates``);
+* ``trained``: its factors that train; its own parameters are its factors, its own
+  buffers the frozen tensors the run's seed fixes (:meth:`AdapterLayer.frozen_names`);
+* ``origin``: the trained factor that is zero when dW = 0 (LoRA's B);
+* ``additive``: True when the layer computes base(x) + update(x), so that moving the
+  base weight by D moves the merged weight by D;
+* :meth:`~AdapterLayer.tangent`: its tangent space (:mod:`genbound.adapters.tangent`);
+* :meth:`~AdapterLayer.link_delta`: the dW it adds to its base weight;
+* :meth:`~AdapterLayer.from_update`: the layer rebuilt from a checkpoint's update.
+
+Layers that :func:`genbound.adapters.apply` trains (:class:`AdaptedLayer`) also say how
+a run builds them (:meth:`AdaptedLayer.build`) and which target shapes they accept
+(:meth:`AdaptedLayer.check_target`). A new layer class registers the update kind it
+rebuilds with :func:`genbound.adapters.registry.register_layer`.
+
+Two families here:
+
+* :class:`LowRankLayer`: A is a dense (r x m) tensor, trained (:class:`LoraLayer`: LoRA,
+  CoLA) or a frozen random buffer (:class:`AsymLayer`: Asym-LoRA, RAC).
 * :class:`SelectorLayer`: A = E^T selects r input columns and is never a matrix: the
   forward gathers ``x[..., indices]`` (cLA, random-cLA, c3LA, random-c3LA, PaCA).
 
@@ -19,10 +38,18 @@ to the *original* W0 as a list of links.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+from genbound.adapters.registry import register_layer
+from genbound.adapters.tangent import ColumnTangent, NoTangent, Tangent, factor_tangent
+from genbound.errors import GenboundError
+
+if TYPE_CHECKING:
+    from genbound.adapters.registry import Variant
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -43,7 +70,50 @@ def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
     return int(w.shape[0]), int(w.shape[1]), False
 
 
-class AdaptedLayer(nn.Module):
+class AdapterLayer(nn.Module):
+    """What every adapter layer says about itself (see the module docstring).
+
+    Subclasses set ``kind`` and ``trained`` and define :meth:`tangent`,
+    :meth:`link_delta` and :meth:`from_update`; ``base`` is the wrapped layer that holds
+    the base weight.
+    """
+
+    #: the update kind the layer saves and rebuilds (``"lowrank"``, ``"selector"``, ...).
+    kind: ClassVar[str] = ""
+    #: factors that receive gradients (a rebuilt layer sets its own).
+    trained: tuple[str, ...] = ()
+    #: the trained factor that is zero when dW = 0.
+    origin: ClassVar[str] = "B"
+    #: True when the layer computes base(x) + update(x) (dW adds to the base weight).
+    additive: ClassVar[bool] = True
+    base: nn.Module
+
+    def factor_names(self) -> dict[str, str]:
+        """Its factors that are parameters, by name (relative to the layer), sorted."""
+        return {n: n for n, _ in sorted(self.named_parameters(recurse=False))}
+
+    def frozen_names(self) -> tuple[str, ...]:
+        """Its tensors fixed by the run's seed or by the method (buffers), e.g. Asym's A."""
+        return tuple(n for n, _ in self.named_buffers(recurse=False))
+
+    def tangent(self, trained: tuple[str, ...]) -> Tangent:
+        """The tangent space of the merged weight when the factors ``trained`` train
+        (:class:`~genbound.adapters.tangent.NoTangent` when unknown)."""
+        raise NoTangent("adapter layer of unknown structure, skipped")
+
+    def link_delta(self) -> torch.Tensor:  # pragma: no cover - abstract
+        """dW the layer adds to its base weight now, (n x m) float64."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_update(cls, base: nn.Module, update: Any) -> AdapterLayer:  # pragma: no cover
+        """``base`` (a Linear/Conv1D already holding W0 plus any earlier links of a chain)
+        wrapped with the factors of ``update``, a checkpoint's update of this layer's kind;
+        its ``trained`` names the factors that trained."""
+        raise NotImplementedError
+
+
+class AdaptedLayer(AdapterLayer):
     """Base class: a frozen ``base`` layer plus an adapter; ``y = base(x) + update(x)``.
 
     Args:
@@ -53,13 +123,11 @@ class AdaptedLayer(nn.Module):
         generator: source of every random draw (seeded by the run's seed).
 
     Subclasses define ``update(x)`` (shape (..., n)), :meth:`link_tensors`,
-    :meth:`link_delta`, :meth:`start_link` and the class attributes below.
+    :meth:`tensors_delta`, :meth:`start_link`, :meth:`for_variant` and the class
+    attributes of :class:`AdapterLayer`.
     """
 
-    #: link kind in the run directory (``"lowrank"`` or ``"selector"``).
-    kind: ClassVar[str] = ""
-    #: factors that receive gradients (``("A", "B")`` or ``("B",)``).
-    trained: ClassVar[tuple[str, ...]] = ("B",)
+    trained: tuple[str, ...] = ("B",)
 
     def __init__(self, base: nn.Module, *, rank: int, scale: float):
         super().__init__()
@@ -92,6 +160,34 @@ class AdaptedLayer(nn.Module):
     def tensors_delta(t: dict[str, torch.Tensor], scale: float, shape: tuple[int, int]):
         """dW (n x m, float64) of one link's factors."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    @classmethod
+    def for_variant(
+        cls, base: nn.Module, *, variant: Variant, rank: int, scale: float, chain: int, generator
+    ) -> AdaptedLayer:  # pragma: no cover - abstract
+        """A new layer of ``variant`` around ``base`` (random draws from ``generator``)."""
+        raise NotImplementedError
+
+    # -- building a run ------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        bases: Mapping[str, nn.Module],
+        *,
+        variant: Variant,
+        rank: int,
+        scale: float,
+        chain: int,
+        generator: torch.Generator,
+    ) -> dict[str, AdaptedLayer]:
+        """The layers of one run, by module path: each base layer wrapped in module order
+        (random draws from ``generator`` in that order)."""
+        kw = dict(variant=variant, rank=rank, scale=scale, chain=chain, generator=generator)
+        return {name: cls.for_variant(base, **kw) for name, base in bases.items()}
+
+    @classmethod
+    def check_target(cls, variant: Variant, name: str, n: int, m: int, rank: int, chain: int):
+        """Raise a GenboundError when the layer cannot adapt target ``name`` (n x m)."""
 
     # -- shared --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,28 +230,34 @@ class AdaptedLayer(nn.Module):
         w = self.base.weight
         return w.detach() + (d.T if self.transposed else d).to(w.dtype)
 
-    def link_specs(self, key: str) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    def link_specs(
+        self, key: str, *, numbered: bool = True
+    ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
         """Manifest link specs of every link (finished ones first) and their tensors.
 
-        ``key`` prefixes the tensor keys (``"<key>.link<i>.B"``).
+        ``key`` prefixes the tensor keys: ``"<key>.link<i>.B"``, or ``"<key>.B"`` when not
+        ``numbered`` (a layer with one link).
         """
         specs, tensors = [], {}
         for i, t in enumerate([*self.finished, self.link_tensors()]):
-            spec: dict[str, Any] = {
-                "kind": self.kind,
-                "scale": self.scale,
-                "trained": list(self.trained),
-            }
+            spec: dict[str, Any] = {"kind": self.kind, **self.link_fields()}
+            spec["trained"] = list(self.trained)
+            prefix = f"{key}.link{i}" if numbered else key
             for name, value in t.items():
-                spec[name] = f"{key}.link{i}.{name}"
+                spec[name] = f"{prefix}.{name}"
                 tensors[spec[name]] = value
             specs.append(spec)
         return specs, tensors
+
+    def link_fields(self) -> dict[str, Any]:
+        """Scalar fields of a saved link besides ``kind``, ``trained`` and the tensors."""
+        return {"scale": self.scale}
 
     def extra_repr(self) -> str:
         return f"n={self.n}, m={self.m}, r={self.rank}, scale={self.scale:g}, link={self.link}"
 
 
+@register_layer
 class LowRankLayer(AdaptedLayer):
     """dW = s B A, B (n x r) zero at the start of each link, A (r x m) ~ N(0, 1/m).
 
@@ -166,6 +268,34 @@ class LowRankLayer(AdaptedLayer):
     kind = "lowrank"
     trained = ("A", "B")
     train_A: ClassVar[bool] = True
+
+    @classmethod
+    def for_variant(cls, base, *, variant, rank, scale, chain, generator) -> LowRankLayer:
+        return cls(base, rank=rank, scale=scale, generator=generator)
+
+    @classmethod
+    def check_target(cls, variant, name, n, m, rank, chain) -> None:
+        if rank > min(n, m):
+            raise GenboundError(
+                f"apply: rank {rank} is larger than layer {name!r} ({n} outputs x {m} inputs); "
+                f"expected rank <= {min(n, m)}."
+            )
+
+    @classmethod
+    @torch.no_grad()
+    def from_update(cls, base: nn.Module, update: Any) -> LowRankLayer:
+        """A :class:`LoraLayer` when A trained, else an :class:`AsymLayer` (A frozen)."""
+        w = base.weight
+        kind = LoraLayer if "A" in update.trained else AsymLayer
+        gen = torch.Generator().manual_seed(0)  # A's draw is overwritten
+        layer = kind(base, rank=update.B.shape[1], scale=update.scale, generator=gen)
+        layer.A.copy_(update.A.to(w.dtype))
+        layer.B.copy_(update.B.to(w.dtype))
+        layer.trained = tuple(f for f in ("A", "B") if f in update.trained)
+        return layer.to(w.device)
+
+    def tangent(self, trained: tuple[str, ...]) -> Tangent:
+        return factor_tangent(self.n, self.m, self.A, self.B, trained)
 
     def __init__(self, base: nn.Module, *, rank: int, scale: float, generator: torch.Generator):
         super().__init__(base, rank=rank, scale=scale)
@@ -194,6 +324,20 @@ class LowRankLayer(AdaptedLayer):
     @staticmethod
     def tensors_delta(t, scale, shape):
         return scale * (t["B"].double() @ t["A"].double())
+
+
+class LoraLayer(LowRankLayer):
+    """LoRA: B (n x r) = 0 and A (r x m) ~ N(0, 1/m) at init; both train."""
+
+    trained = ("A", "B")
+    train_A = True
+
+
+class AsymLayer(LowRankLayer):
+    """Asym-LoRA: A (r x m) ~ N(0, 1/m) is a frozen buffer; only B (n x r, zero at init) trains."""
+
+    trained = ("B",)
+    train_A = False
 
 
 class _SelectorLinear(torch.autograd.Function):
@@ -227,6 +371,7 @@ class _SelectorLinear(torch.autograd.Function):
         return grad_x, None, None, grad_B, None, None, None
 
 
+@register_layer
 class SelectorLayer(AdaptedLayer):
     """dW[:, indices] = s B: A = E^T selects r input columns, applied as a gather.
 
@@ -249,6 +394,35 @@ class SelectorLayer(AdaptedLayer):
         self.plan = [p.to(torch.int64) for p in plan]
         self.B = nn.Parameter(torch.zeros(self.n, self.rank, dtype=w.dtype, device=w.device))
         self.register_buffer("indices", self.plan[0].to(w.device).clone())
+
+    @classmethod
+    def for_variant(cls, base, *, variant, rank, scale, chain, generator) -> SelectorLayer:
+        """The variant's ``plan`` gives the columns of every link."""
+        plan = variant.plan(base_inputs(base), rank, chain, generator)
+        return cls(base, rank=rank, scale=scale, plan=plan)
+
+    @classmethod
+    def check_target(cls, variant, name, n, m, rank, chain) -> None:
+        if rank * chain > m:
+            what = f"k r = {chain} x {rank} = {rank * chain}" if chain > 1 else f"rank {rank}"
+            raise GenboundError(
+                f"apply: method {variant.name!r} selects {what} input columns of layer "
+                f"{name!r}, which has only m = {m} inputs; expected k r <= {m}."
+            )
+
+    @classmethod
+    @torch.no_grad()
+    def from_update(cls, base: nn.Module, update: Any) -> SelectorLayer:
+        w = base.weight
+        layer = cls(base, rank=update.B.shape[1], scale=update.scale, plan=[update.indices])
+        layer.B.copy_(update.B.to(w.dtype))
+        layer.trained = tuple(f for f in ("A", "B") if f in update.trained)
+        return layer.to(w.device)
+
+    def tangent(self, trained: tuple[str, ...]) -> Tangent:
+        if "B" not in trained:
+            return factor_tangent(self.n, self.m, None, self.B, trained)
+        return ColumnTangent(self.n, self.m, self.indices)
 
     @torch.no_grad()
     def start_link(self, link: int, generator: torch.Generator) -> list[nn.Parameter]:

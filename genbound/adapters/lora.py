@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from torch import nn
-
-from genbound.adapters.layers import LowRankLayer
+from genbound.adapters.layers import LoraLayer
 from genbound.adapters.registry import Variant, register
+
+__all__ = ["VARIANT", "LoraLayer"]
 
 VARIANT = register(
     Variant(
@@ -16,17 +16,7 @@ VARIANT = register(
         count=lambda n, m, r, k: r * (m + n),
         in_paper_table=True,
         description="dW = s B A with B = 0 and A Gaussian at init; s = alpha / r (alpha / sqrt(r) with rsLoRA).",
+        trainable=True,
+        layer=LoraLayer,
     )
 )
-
-
-class LoraLayer(LowRankLayer):
-    """LoRA: B (n x r) = 0 and A (r x m) ~ N(0, 1/m) at init; both train."""
-
-    trained = ("A", "B")
-    train_A = True
-
-
-def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator) -> LoraLayer:
-    """Wrap one Linear/Conv1D (``chain`` is 1 for this unchained method)."""
-    return LoraLayer(base, rank=rank, scale=scale, generator=generator)

@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from genbound.adapters.layers import SelectorLayer, base_inputs
+from genbound.adapters.layers import SelectorLayer
 from genbound.adapters.registry import Variant, register
-
-VARIANT = register(
-    Variant(
-        name="paca",
-        title="PaCA",
-        structure="columns",
-        trains=("W",),
-        count=lambda n, m, r, k: r * n,
-        in_paper_table=True,
-        description="Partial Connection Adaptation: r columns of the weight itself train.",
-    )
-)
 
 
 def plan(m: int, r: int, chain: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -33,9 +20,26 @@ class PacaLayer(SelectorLayer):
     saved as a selector link with scale 1 (D is stored as B).
     """
 
+    @classmethod
+    def for_variant(cls, base, *, variant, rank, scale, chain, generator) -> PacaLayer:
+        """``scale`` is ignored (always 1: the columns themselves train)."""
+        return super().for_variant(
+            base, variant=variant, rank=rank, scale=1.0, chain=chain, generator=generator
+        )
 
-def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator) -> PacaLayer:
-    """Wrap one Linear/Conv1D; ``scale`` is ignored (always 1: the columns themselves train)."""
-    return PacaLayer(
-        base, rank=rank, scale=1.0, plan=plan(base_inputs(base), rank, chain, generator)
+
+VARIANT = register(
+    Variant(
+        name="paca",
+        title="PaCA",
+        structure="columns",
+        trains=("W",),
+        count=lambda n, m, r, k: r * n,
+        random_selection=True,
+        in_paper_table=True,
+        description="Partial Connection Adaptation: r columns of the weight itself train.",
+        trainable=True,
+        layer=PacaLayer,
+        plan=plan,
     )
+)

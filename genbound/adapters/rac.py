@@ -1,10 +1,11 @@
-"""RAC: Like CoLA, but each link's A is a fresh frozen random matrix and only B trains."""
+"""RAC: Like CoLA, but each link's A is a fresh frozen random matrix and only B trains.
+
+Its layers are Asym layers; each chain step merges s B A and draws a fresh frozen A, B = 0.
+"""
 
 from __future__ import annotations
 
-from torch import nn
-
-from genbound.adapters.asym import AsymLayer
+from genbound.adapters.layers import AsymLayer
 from genbound.adapters.registry import Variant, register
 
 VARIANT = register(
@@ -17,10 +18,7 @@ VARIANT = register(
         chained=True,
         in_paper_table=True,
         description="Like CoLA, but each link's A is a fresh frozen random matrix and only B trains.",
+        trainable=True,
+        layer=AsymLayer,
     )
 )
-
-
-def make_layer(base: nn.Module, *, rank: int, scale: float, chain: int, generator) -> AsymLayer:
-    """An Asym layer; each chain step merges s B A and draws a fresh frozen A, B = 0."""
-    return AsymLayer(base, rank=rank, scale=scale, generator=generator)

@@ -7,7 +7,6 @@ or matches it as a regular expression (``re.fullmatch``).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import re
@@ -17,29 +16,19 @@ import torch
 from torch import nn
 
 from genbound.adapters.handle import AdapterHandle, DenseTensor
-from genbound.adapters.layers import AdaptedLayer, is_conv1d, is_linear, linear_shape
-from genbound.adapters.registry import get_variant
+from genbound.adapters.layers import AdapterLayer, is_conv1d, is_linear, linear_shape
+from genbound.adapters.registry import Variant, get_variant, variants
 from genbound.errors import GenboundError
 
 log = logging.getLogger(__name__)
 
 #: Module paths taken as the head when ``head=None``.
 DEFAULT_HEADS = ("classifier", "score", "head")
-#: Variants ``apply`` can train.
-TRAINABLE = (
-    "fft",
-    "head",
-    "lora",
-    "lora_plus",
-    "asym",
-    "cola",
-    "rac",
-    "cla",
-    "random_cla",
-    "c3la",
-    "random_c3la",
-    "paca",
-)
+
+
+def trainable_variants() -> tuple[str, ...]:
+    """The registry names of the variants ``apply`` can train."""
+    return tuple(name for name, v in variants().items() if v.trainable)
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -104,7 +93,8 @@ def apply(
 
     Args:
         model: any ``nn.Module``; its ``nn.Linear`` and HF ``Conv1D`` layers can be adapted.
-        method: a registry name (see ``genbound.adapters.variants()``), except dora, vera.
+        method: a registry name (see ``genbound.adapters.variants()``) whose variant is
+            ``trainable`` (all but dora).
         rank: r (not used by ``fft`` and ``head``).
         alpha: scale numerator: s = alpha / r (alpha / sqrt(r) with ``rslora``);
             default alpha = r (s = 1). PaCA always uses s = 1.
@@ -118,19 +108,20 @@ def apply(
             a module called ``classifier``, ``score`` or ``head`` if there is one; ``()``
             for none.
         rslora: s = alpha / sqrt(r).
-        lr_ratio: LoRA+ ratio lr_B / lr (default 16); only for ``lora_plus``.
+        lr_ratio: LoRA+ ratio lr_B / lr (default: the variant's, 16); only for a variant
+            with an ``lr_ratio`` (``lora_plus``).
 
     Returns:
         An :class:`~genbound.adapters.handle.AdapterHandle`.
     """
     variant = get_variant(method)
-    if variant.name not in TRAINABLE:
+    if not variant.trainable:
         raise GenboundError(
             f"apply: variant {variant.name!r} can be analysed but not trained by genbound; "
-            f"expected one of {', '.join(TRAINABLE)}."
+            f"expected one of {', '.join(trainable_variants())}."
         )
-    _check_scalars(variant.name, variant.chained, variant.structure, rank, chain, lr_ratio, alpha)
-    wrapped = [n for n, mod in model.named_modules() if isinstance(mod, AdaptedLayer)]
+    _check_scalars(variant, rank, chain, lr_ratio, alpha)
+    wrapped = [n for n, mod in model.named_modules() if isinstance(mod, AdapterLayer)]
     if wrapped:
         raise GenboundError(
             f"apply: expected a model without adapters, found {len(wrapped)} adapted layers "
@@ -161,11 +152,10 @@ def apply(
                 f"(outside the head {heads}), found none. Linear layers of the model include: "
                 f"{_linear_names(model)}."
             )
-    if variant.structure in ("lowrank", "selector", "columns"):
+    if variant.layer is not None:
         for name in layer_names:
-            _check_layer(
-                variant.name, variant.structure, name, model.get_submodule(name), rank, chain
-            )
+            n, m, _ = linear_shape(model.get_submodule(name))
+            variant.layer.check_target(variant, name, n, m, rank, chain)
 
     # -- arguments are valid: change the model ------------------------------------------
     alpha = float(rank if alpha is None else alpha) if rank else alpha
@@ -179,16 +169,15 @@ def apply(
     dense: list[DenseTensor] = []
     if variant.name == "fft":
         dense = _fft_tensors(model, layer_names, heads)
-    elif variant.name != "head":
-        maker = importlib.import_module(f"genbound.adapters.{variant.name}").make_layer
-        for name in layer_names:
+    elif variant.layer is not None:
+        bases = {name: model.get_submodule(name) for name in layer_names}
+        layers = variant.layer.build(
+            bases, variant=variant, rank=rank, scale=scale, chain=chain, generator=gen
+        )
+        for name, layer in layers.items():
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            layer = maker(
-                getattr(parent, child), rank=rank, scale=scale, chain=chain, generator=gen
-            )
             setattr(parent, child, layer)
-            layers[name] = layer
     if variant.name != "fft" or targets is not None:
         dense += _head_tensors(model, heads)
     for d in dense:
@@ -199,7 +188,7 @@ def apply(
         "scale": scale,
         "rslora": bool(rslora),
         "chain": int(chain),
-        "selector_seed": int(seed) if variant.random_selection or variant.name == "paca" else None,
+        "selector_seed": int(seed) if variant.random_selection else None,
         # what was trained: the head alone for ``head`` (its ``targets`` are not used)
         "targets": list(heads)
         if variant.name == "head"
@@ -207,10 +196,8 @@ def apply(
         "layers": layer_names,
         "head": heads,
     }
-    if variant.name == "lora_plus":
-        from genbound.adapters.lora_plus import DEFAULT_LR_RATIO
-
-        lr_ratio = DEFAULT_LR_RATIO if lr_ratio is None else float(lr_ratio)
+    if variant.lr_ratio is not None:
+        lr_ratio = variant.lr_ratio if lr_ratio is None else float(lr_ratio)
         hparams["lr_ratio"] = lr_ratio
     log.info("%s: %d layers adapted, head %s", variant.name, len(layers), heads)
     return AdapterHandle(
@@ -228,41 +215,29 @@ def apply(
 
 
 # -- checks ---------------------------------------------------------------------------
-def _check_scalars(name, chained, structure, rank, chain, lr_ratio, alpha) -> None:
-    needs_rank = structure in ("lowrank", "selector", "columns")
+def _check_scalars(variant: Variant, rank, chain, lr_ratio, alpha) -> None:
+    name = variant.name
+    needs_rank = variant.layer is not None
     if needs_rank and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
         raise GenboundError(
             f"apply: method {name!r} needs rank=r, a positive integer; found {rank!r}."
         )
     if not isinstance(chain, int) or isinstance(chain, bool) or chain < 1:
         raise GenboundError(f"apply: expected chain=k, a positive integer; found {chain!r}.")
-    if chain != 1 and not chained:
+    if chain != 1 and not variant.chained:
+        chained = ", ".join(v.name for v in variants().values() if v.chained)
         raise GenboundError(
             f"apply: method {name!r} is not chained; expected chain=1, found chain={chain}. "
-            "Chained methods: cola, rac, c3la, random_c3la."
+            f"Chained methods: {chained}."
         )
-    if lr_ratio is not None and (name != "lora_plus" or not lr_ratio > 0):
+    if lr_ratio is not None and (variant.lr_ratio is None or not lr_ratio > 0):
+        with_ratio = " or ".join(repr(v.name) for v in variants().values() if v.lr_ratio)
         raise GenboundError(
             f"apply: lr_ratio is the LoRA+ ratio lr_B / lr; expected a positive number with "
-            f"method 'lora_plus', found lr_ratio={lr_ratio!r} with method {name!r}."
+            f"method {with_ratio}, found lr_ratio={lr_ratio!r} with method {name!r}."
         )
     if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
         raise GenboundError(f"apply: expected alpha, a positive number; found {alpha!r}.")
-
-
-def _check_layer(method, structure, name, module, rank, chain) -> None:
-    n, m, _ = linear_shape(module)
-    if structure == "lowrank" and rank > min(n, m):
-        raise GenboundError(
-            f"apply: rank {rank} is larger than layer {name!r} ({n} outputs x {m} inputs); "
-            f"expected rank <= {min(n, m)}."
-        )
-    if structure in ("selector", "columns") and rank * chain > m:
-        what = f"k r = {chain} x {rank} = {rank * chain}" if chain > 1 else f"rank {rank}"
-        raise GenboundError(
-            f"apply: method {method!r} selects {what} input columns of layer {name!r}, which "
-            f"has only m = {m} inputs; expected k r <= {m}."
-        )
 
 
 def _top_level(model: nn.Module) -> str:

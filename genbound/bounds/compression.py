@@ -52,14 +52,7 @@ import numpy as np
 import torch
 
 from genbound.bounds.kl import kl_inverse
-from genbound.checkpoint.updates import (
-    ChainUpdate,
-    DenseUpdate,
-    DoraUpdate,
-    LowRankUpdate,
-    SelectorUpdate,
-    Update,
-)
+from genbound.checkpoint.updates import SEP, nested
 from genbound.errors import GenboundError
 
 if TYPE_CHECKING:
@@ -91,33 +84,21 @@ LN2 = math.log(2.0)
 # -- what is coded -----------------------------------------------------------------------
 
 
-def _trained_factors(prefix: str, u: Update) -> dict[str, torch.Tensor]:
-    if isinstance(u, ChainUpdate):
-        out = {}
-        for i, link in enumerate(u.links):
-            out.update(_trained_factors(f"{prefix}::link{i}", link))
-        return out
-    if isinstance(u, DoraUpdate):
-        return {**_trained_factors(prefix, u.lowrank), f"{prefix}::magnitude": u.magnitude}
-    if isinstance(u, LowRankUpdate | SelectorUpdate):
-        return {f"{prefix}::{f}": u.factors[f] for f in u.trained if f in u.factors}
-    if isinstance(u, DenseUpdate):
-        return {f"{prefix}::delta": u.delta(torch.float64)}
-    raise GenboundError(f"compression: update {u.name!r} of kind {u.kind!r} is not supported.")
-
-
 def trainable_tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     """The tensors a decoder needs besides W0 and the seed: ``"{update}::{factor}"`` -> tensor.
 
-    Low-rank and selector updates give their trained factors (``::B``, ``::A``); chains
-    give every link's (``::link{i}::B``); DoRA adds ``::magnitude``; dense updates (full
-    fine-tuning, heads, ``modules_to_save``) give dW (``::delta``, math orientation,
-    float64; the value itself for a new tensor without a stored reference). Frozen
-    factors (a random A, selector indices) are not included: the seed determines them.
+    Each update says which of its tensors trained
+    (:meth:`~genbound.checkpoint.updates.Update.trained_tensors`): low-rank and selector
+    updates give their trained factors (``::B``, ``::A``); chains give every link's
+    (``::link{i}::B``); DoRA adds ``::magnitude``; VeRA gives ``::b`` and ``::d``; dense
+    updates (full fine-tuning, heads, ``modules_to_save``) give dW (``::delta``, math
+    orientation, float64; the value itself for a new tensor without a stored reference).
+    Frozen tensors (a random A, selector indices, VeRA's projections) are not included:
+    the seed determines them.
     """
     out: dict[str, torch.Tensor] = {}
     for name, u in checkpoint.updates.items():
-        out.update(_trained_factors(name, u))
+        out.update({f"{name}{SEP}{k}": v for k, v in u.trained_tensors().items()})
     return out
 
 
@@ -126,46 +107,10 @@ def with_trainable_tensors(
 ) -> Checkpoint:
     """A copy of ``checkpoint`` whose trained tensors are replaced by ``tensors`` (same keys as
     :func:`trainable_tensors`, e.g. their quantized values). W0 stays what it was."""
-    updates = {name: _replace_factors(name, u, tensors) for name, u in checkpoint.updates.items()}
+    updates = {
+        name: u.with_trained(nested(tensors, name)) for name, u in checkpoint.updates.items()
+    }
     return dataclasses.replace(checkpoint, updates=updates)
-
-
-def _replace_factors(prefix: str, u: Update, tensors: Mapping[str, torch.Tensor]) -> Update:
-    if isinstance(u, ChainUpdate):
-        links = tuple(
-            _replace_factors(f"{prefix}::link{i}", x, tensors) for i, x in enumerate(u.links)
-        )
-        return dataclasses.replace(u, links=links)
-    if isinstance(u, DoraUpdate):
-        return dataclasses.replace(
-            u,
-            lowrank=_replace_factors(prefix, u.lowrank, tensors),
-            magnitude=tensors[f"{prefix}::magnitude"].to(u.magnitude.dtype),
-        )
-    if isinstance(u, LowRankUpdate | SelectorUpdate):
-        new = {
-            f: tensors[f"{prefix}::{f}"].to(u.factors[f].dtype) for f in u.trained if f in u.factors
-        }
-        return dataclasses.replace(u, **new)
-    if isinstance(u, DenseUpdate):
-        w0 = u.base_weight(torch.float64)
-        delta = tensors[f"{prefix}::delta"].to(torch.float64)
-
-        def stored(x: torch.Tensor) -> torch.Tensor:
-            return x.T.contiguous() if u.transposed else x
-
-        return DenseUpdate(
-            name=u.name,
-            param=u.param,
-            shape=u.shape,
-            transposed=u.transposed,
-            base=u.base,
-            value=lambda: stored(w0 + delta),
-            reference=lambda: stored(w0),
-            new=u.new,
-            trainable=u.num_trainable,
-        )
-    raise GenboundError(f"compression: update {u.name!r} of kind {u.kind!r} is not supported.")
 
 
 # -- quantization -----------------------------------------------------------------------

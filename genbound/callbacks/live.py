@@ -30,7 +30,6 @@ from genbound.adapters.handle import AdapterHandle
 from genbound.checkpoint import load_checkpoint
 from genbound.checkpoint.manifest import Snapshot, save_run
 from genbound.checkpoint.model import Checkpoint
-from genbound.checkpoint.updates import DenseUpdate, DoraUpdate, LowRankUpdate, Update
 from genbound.errors import GenboundError
 
 #: What the callbacks track: a PEFT model, or the handle of a model adapted by genbound.
@@ -105,52 +104,17 @@ def live_checkpoint(
 # -- run folders -------------------------------------------------------------------------
 
 
-def _link(u: Update, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The manifest link of one update (docs/checkpoint-format.md), its tensors into ``tensors``."""
-    if isinstance(u, LowRankUpdate):
-        tensors[f"{key}.B"], tensors[f"{key}.A"] = u.B, u.A
-        return {
-            "kind": "lowrank",
-            "B": f"{key}.B",
-            "A": f"{key}.A",
-            "scale": u.scale,
-            "trained": list(u.trained),
-        }
-    if isinstance(u, DoraUpdate):
-        tensors[f"{key}.magnitude"] = u.magnitude
-        lowrank = _link(u.lowrank, key, tensors)
-        return {"kind": "dora", "lowrank": lowrank, "magnitude": f"{key}.magnitude"}
-    if isinstance(u, DenseUpdate):
-        spec: dict[str, Any] = {"kind": "dense"}
-        if u.trainable is not None:
-            spec["trainable"] = u.trainable
-        if u.reference is not None:  # value - initial (a head new to the model)
-            tensors[f"{key}.value"], tensors[f"{key}.initial"] = u.value(), u.reference()
-            spec.update(value=f"{key}.value", initial=f"{key}.initial")
-        elif u.relative or u.new:  # value - W0, or value with W0 = 0
-            tensors[f"{key}.value"] = u.value()
-            spec.update(value=f"{key}.value", new=u.new)
-        else:  # value is dW itself
-            tensors[f"{key}.delta"] = u.value()
-            spec["delta"] = f"{key}.delta"
-        return spec
-    raise GenboundError(
-        f"write_live_run: update {u.name!r} of kind {u.kind!r} comes from a genbound run; "
-        "expected a PEFT adapter (lowrank, dora or dense updates). Save a genbound "
-        "adapter with its handle."
-    )
-
-
 def checkpoint_updates(ckpt: Checkpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The manifest's ``updates`` of a checkpoint (docs/checkpoint-format.md) and the
-    tensors their links name."""
+    tensors their links name (each update writes its own link:
+    :meth:`~genbound.checkpoint.updates.Update.to_link`)."""
     tensors: dict[str, torch.Tensor] = {}
     updates = {
         name: {
             "param": u.param,
             "shape": list(u.shape),
             "transposed": u.transposed,
-            "link": _link(u, name, tensors),
+            "link": u.to_link(name, tensors),
         }
         for name, u in ckpt.updates.items()
     }

@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from genbound.adapters.registry import Variant, get_variant
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.tensors import bits_of
-from genbound.checkpoint.updates import ChainUpdate, DenseUpdate, DoraUpdate, Update
+from genbound.checkpoint.updates import Update
 from genbound.errors import GenboundError
-
-if TYPE_CHECKING:
-    from genbound.adapters.registry import Variant
 
 
 @dataclass(frozen=True)
@@ -101,8 +99,6 @@ class Checkpoint:
     @property
     def spec(self) -> Variant:
         """The variant's registry entry (structure, trainable count formula)."""
-        from genbound.adapters.registry import get_variant
-
         return get_variant(self.variant)
 
     @property
@@ -118,16 +114,16 @@ class Checkpoint:
     def formula_count(self, update: Update) -> tuple[int, bool]:
         """(D of one update from the variant's registry formula, whether the formula applied).
 
-        Adapted matrices (low-rank, selector, chain and DoRA updates) use
-        ``Variant.trainable_per_layer(n, m, r, k)``; every other tensor (heads, biases,
-        ``modules_to_save``, full fine-tuning) counts its elements, and the flag is False.
+        Adapted matrices (updates stored as factors: low-rank, selector, chain, DoRA, VeRA)
+        use ``Variant.trainable_per_layer(n, m, r, k)`` with r their
+        :attr:`~genbound.checkpoint.updates.Update.factor_rank`; every other tensor (heads,
+        biases, ``modules_to_save``, full fine-tuning) counts its elements, and the flag is
+        False.
         """
-        if isinstance(update, DenseUpdate) or not update.is_matrix:
+        r = update.factor_rank
+        if update.is_dense or r is None or not update.is_matrix:
             return update.num_trainable, False
         spec = self.spec
-        links = update.links if isinstance(update, ChainUpdate) else (update,)
-        factored = [x.lowrank if isinstance(x, DoraUpdate) else x for x in links]
-        r = next((x.factors["B"].shape[1] for x in factored if "B" in x.factors), update.rank)
         k = self.hparams.chain if spec.chained else 1
         n, m = update.shape
         return spec.trainable_per_layer(n, m, r, k), True

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genbound.adapters.registry import get_variant
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.model import Checkpoint, Hyperparams
 from genbound.checkpoint.peft import check_against_base
@@ -35,21 +37,16 @@ from genbound.checkpoint.schema import (
     AnyOf,
     ListOf,
     MapOf,
+    Mismatch,
     Nullable,
     Record,
     Ref,
     check_json,
     one_of,
+    shown,
 )
 from genbound.checkpoint.tensors import TensorFile, read_json
-from genbound.checkpoint.updates import (
-    ChainUpdate,
-    DenseUpdate,
-    DoraUpdate,
-    LowRankUpdate,
-    SelectorUpdate,
-    Update,
-)
+from genbound.checkpoint.updates import Loader, Update, update_kinds
 from genbound.errors import GenboundError, input_error
 from genbound.jsonio import decoded
 from genbound.trust import BASE_MODELS, checked_target, import_function
@@ -76,13 +73,31 @@ LOWRANK_LINK_SCHEMA = Record(
     required=("kind",),
 )
 
+
+@dataclass(frozen=True)
+class _Kind:
+    """A link kind: one of the update kinds defined when the manifest is checked."""
+
+    @property
+    def text(self) -> str:
+        return " or ".join(repr(k) for k in update_kinds())
+
+    def mismatch(self, value: Any, key: str) -> Mismatch | None:
+        ok = isinstance(value, str) and value in update_kinds()
+        return None if ok else Mismatch(key, self.text, shown(value))
+
+
+#: Link fields that name tensors (checked here to be strings; other tensor fields, such as
+#: VeRA's ``b`` and ``d``, are checked by the reader of their kind).
+TENSOR_FIELDS = ("B", "A", "indices", "delta", "value", "initial", "magnitude")
+
 #: A link: how one update's dW is stored (docs/checkpoint-format.md, "Link kinds"). Which
 #: tensor keys each kind needs is checked where the link is read.
 LINK_SCHEMA: Record = Record(
     "a link object",
     {
-        "kind": one_of("lowrank", "selector", "chain", "dense", "dora"),
-        **dict.fromkeys(("B", "A", "indices", "delta", "value", "initial", "magnitude"), STRING),
+        "kind": _Kind(),
+        **dict.fromkeys(TENSOR_FIELDS, STRING),
         "scale": NUMBER,
         "trained": STRINGS,
         "links": ListOf(
@@ -250,8 +265,6 @@ def load_run(
             found=repr(man.get("schema")),
         )
     check_json(man, MANIFEST_SCHEMA, mpath)
-    from genbound.adapters.registry import get_variant
-
     try:
         get_variant(man["variant"])
     except GenboundError as exc:
@@ -307,12 +320,13 @@ def load_run(
 
 
 class _LinkReader:
-    """Builds Update objects from the manifest's update specs."""
+    """Builds Update objects from the manifest's update specs (the
+    :class:`~genbound.checkpoint.updates.LinkReader` each update kind reads its link with)."""
 
     def __init__(self, tf: TensorFile, mpath: Path, base: BaseModel | None):
         self.tf, self.mpath, self.base = tf, mpath, base
 
-    def _field(self, spec: Mapping, key: str, where: str) -> Any:
+    def field(self, spec: Mapping, key: str, where: str) -> Any:
         if key not in spec:
             raise input_error(
                 self.mpath,
@@ -323,8 +337,16 @@ class _LinkReader:
             )
         return spec[key]
 
-    def _tensor(self, spec: Mapping, key: str, where: str) -> torch.Tensor:
-        return self.tf[self._field(spec, key, where)]
+    def tensor(self, spec: Mapping, key: str, where: str) -> torch.Tensor:
+        return self.tf[self._tensor_key(spec, key, where)]
+
+    def lazy(self, spec: Mapping, key: str, where: str, shape: tuple[int, ...]) -> Loader:
+        name = self._tensor_key(spec, key, where)
+        stored = tuple(self.tf.shape(name))
+        self.expect(stored == tuple(shape), where, f"{key} of shape {tuple(shape)}", f"{stored}")
+        self.tf[name]  # NaN/Inf fail at load time
+        path = self.tf.path
+        return lambda: TensorFile(path)[name]
 
     def update(self, name: str, spec: Mapping) -> Update:
         """One update; ``spec`` has been checked against :data:`UPDATE_SCHEMA`."""
@@ -336,109 +358,22 @@ class _LinkReader:
             transposed=spec.get("transposed", False),
             base=self.base,
         )
-        return self._link(spec["link"], common, f"updates.{name}.link")
+        return self.link(spec["link"], common, f"updates.{name}.link")
 
-    def _link(self, spec: Mapping, common: dict, where: str) -> Update:
-        kind = spec["kind"]
-        n_m = common["shape"]
-        trained = tuple(spec.get("trained", ()))
-        if kind == "lowrank":
-            B, A = self._tensor(spec, "B", where), self._tensor(spec, "A", where)
-            self._expect(
-                B.shape[0] == n_m[0] and A.shape[1] == n_m[-1] and B.shape[1] == A.shape[0],
-                where,
-                f"B (n x r) and A (r x m) with (n, m) = {n_m}",
-                f"B {tuple(B.shape)}, A {tuple(A.shape)}",
+    def link(self, spec: Mapping, common: dict, where: str) -> Update:
+        kinds = update_kinds()
+        kind = self.field(spec, "kind", where)
+        if kind not in kinds:
+            raise input_error(
+                self.mpath,
+                "unknown update kind",
+                key=f"{where}.kind",
+                expected=" or ".join(kinds),
+                found=repr(kind),
             )
-            return LowRankUpdate(
-                **common,
-                B=B,
-                A=A,
-                scale=float(spec.get("scale", 1.0)),
-                trained=trained or ("A", "B"),
-            )
-        if kind == "selector":
-            B, idx = (
-                self._tensor(spec, "B", where),
-                self._tensor(spec, "indices", where).to(torch.int64),
-            )
-            self._expect(
-                B.shape[0] == n_m[0] and idx.ndim == 1 and B.shape[1] == idx.numel(),
-                where,
-                f"B (n x r) and r indices with n = {n_m[0]}",
-                f"B {tuple(B.shape)}, indices {tuple(idx.shape)}",
-            )
-            self._expect(
-                bool((idx >= 0).all() and (idx < n_m[1]).all()),
-                where,
-                f"indices in [0, {n_m[1]})",
-                f"range [{int(idx.min())}, {int(idx.max())}]",
-            )
-            return SelectorUpdate(
-                **common,
-                B=B,
-                indices=idx,
-                scale=float(spec.get("scale", 1.0)),
-                trained=trained or ("B",),
-            )
-        if kind == "chain":
-            links = self._field(spec, "links", where)
-            return ChainUpdate(
-                **common,
-                links=tuple(
-                    self._link(s, common, f"{where}.links[{i}]") for i, s in enumerate(links)
-                ),
-            )
-        if kind == "dense":
-            return self._dense(spec, common, where)
-        if kind == "dora":
-            low = self._link(self._field(spec, "lowrank", where), common, f"{where}.lowrank")
-            mag = self._tensor(spec, "magnitude", where).reshape(-1)
-            self._expect(
-                mag.numel() == n_m[0],
-                where,
-                f"magnitude of length {n_m[0]}",
-                f"length {mag.numel()}",
-            )
-            return DoraUpdate(**common, lowrank=low, magnitude=mag)
-        raise input_error(
-            self.mpath,
-            "unknown update kind",
-            key=f"{where}.kind",
-            expected="lowrank, selector, chain, dense or dora",
-            found=repr(kind),
-        )
+        return kinds[kind].from_link(spec, common, self, where)
 
-    def _dense(self, spec: Mapping, common: dict, where: str) -> DenseUpdate:
-        path = self.tf.path
-        keys = [k for k in ("delta", "value", "initial") if k in spec]
-        for k in keys:
-            stored = self.tf.shape(spec[k])
-            want = tuple(reversed(common["shape"])) if common["transposed"] else common["shape"]
-            self._expect(
-                tuple(stored) == tuple(want), where, f"{k} of shape {want}", f"{tuple(stored)}"
-            )
-            self.tf[spec[k]]  # NaN/Inf fail at load time
-
-        def loader(key: str):
-            return lambda: TensorFile(path)[key]
-
-        trainable = spec.get("trainable")
-        if "delta" in spec:
-            return DenseUpdate(**common, value=loader(spec["delta"]), trainable=trainable)
-        value = loader(self._field(spec, "value", where))
-        if "initial" in spec:
-            return DenseUpdate(
-                **common,
-                value=value,
-                reference=loader(spec["initial"]),
-                new=True,
-                trainable=trainable,
-            )
-        new = bool(spec.get("new", False))
-        return DenseUpdate(**common, value=value, relative=not new, new=new, trainable=trainable)
-
-    def _expect(self, ok: bool, where: str, expected: str, found: str) -> None:
+    def expect(self, ok: bool, where: str, expected: str, found: str) -> None:
         if not ok:
             raise input_error(
                 self.mpath,
@@ -447,3 +382,15 @@ class _LinkReader:
                 expected=expected,
                 found=found,
             )
+
+    def _tensor_key(self, spec: Mapping, key: str, where: str) -> str:
+        name = self.field(spec, key, where)
+        if not isinstance(name, str):
+            raise input_error(
+                self.mpath,
+                "wrong type",
+                key=f"{where}.{key}",
+                expected="a tensor name (a string)",
+                found=shown(name),
+            )
+        return name

@@ -18,10 +18,11 @@ Conventions (all update types):
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +42,45 @@ if TYPE_CHECKING:
     from genbound.checkpoint.base import BaseModel
 
 Loader = Callable[[], torch.Tensor]
+
+#: Joins the names of nested tensors: ``"link0::B"`` is the B of a chain's first link.
+SEP = "::"
+
+_KINDS: dict[str, type[Update]] = {}
+
+
+def update_kinds() -> dict[str, type[Update]]:
+    """Every update class by its ``kind`` (the manifest's link kinds), in definition order.
+
+    A subclass of :class:`Update` that sets ``kind`` is added when it is defined."""
+    return dict(_KINDS)
+
+
+class LinkReader(Protocol):
+    """What :meth:`Update.from_link` reads a manifest link with (the run folder's reader).
+
+    Every method names ``where`` (the link's key path in the manifest) in its errors."""
+
+    def field(self, spec: Mapping, key: str, where: str) -> Any:
+        """``spec[key]``; an error naming the missing field when absent."""
+
+    def tensor(self, spec: Mapping, key: str, where: str) -> torch.Tensor:
+        """The tensor the field ``key`` names."""
+
+    def lazy(self, spec: Mapping, key: str, where: str, shape: tuple[int, ...]) -> Loader:
+        """A loader of the tensor ``key`` names, checked now to have ``shape`` and finite values."""
+
+    def link(self, spec: Mapping, common: dict, where: str) -> Update:
+        """The update of a nested link."""
+
+    def expect(self, ok: bool, where: str, expected: str, found: str) -> None:
+        """An error saying what was expected and found unless ``ok``."""
+
+
+def nested(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix + SEP``, with that prefix removed."""
+    head = prefix + SEP
+    return {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -63,6 +103,14 @@ class Update(ABC):
     shape: tuple[int, ...]
     transposed: bool = False
     base: BaseModel | None = field(default=None, repr=False)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if isinstance(kind, str):
+            if kind in _KINDS and _KINDS[kind].__qualname__ != cls.__qualname__:
+                raise ValueError(f"update kind {kind!r} is defined twice")
+            _KINDS[kind] = cls
 
     # -- structure ------------------------------------------------------------
     @property
@@ -87,6 +135,57 @@ class Update(ABC):
     @property
     def is_new(self) -> bool:
         return False
+
+    # -- what trained ---------------------------------------------------------
+    @abstractmethod
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that trained, by name (``"B"``, ``"A"``, ``"magnitude"``, ``"delta"``;
+        ``"link0::B"`` for a chain's links): with W0, the run's seed and the frozen tensors,
+        everything a decoder needs to rebuild dW."""
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        """Stored tensors that did not train (a random A, selector indices, VeRA's random
+        projections): the run's seed fixes them, so a code of the update need not hold them."""
+        return {}
+
+    @abstractmethod
+    def with_trained(self, tensors: Mapping[str, torch.Tensor]) -> Update:
+        """A copy whose trained tensors are ``tensors`` (the keys of :meth:`trained_tensors`,
+        e.g. quantized values); everything else, W0 included, as it is."""
+
+    # -- as an adapter layer --------------------------------------------------
+    @property
+    def is_dense(self) -> bool:
+        """True when dW is stored whole rather than as factors (full fine-tuning, a head)."""
+        return False
+
+    @property
+    def factor_rank(self) -> int | None:
+        """r of the variant's count formula: the inner dimension of the stored factors
+        (None for a dense update)."""
+        return None
+
+    @property
+    def last_link(self) -> Update:
+        """The part of dW an adapter layer trains: the update itself, a chain's last link."""
+        return self
+
+    @property
+    def earlier_links(self) -> tuple[Update, ...]:
+        """Links merged into the base weight before :attr:`last_link` (chains only)."""
+        return ()
+
+    # -- manifest links -------------------------------------------------------
+    @abstractmethod
+    def to_link(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """This update's manifest link (docs/checkpoint-format.md, "Link kinds"); the tensors
+        it names are added to ``tensors`` under keys that start with ``key``."""
+
+    @classmethod
+    @abstractmethod
+    def from_link(cls, spec: Mapping, common: dict, read: LinkReader, where: str) -> Update:
+        """The update a manifest link of this kind describes (``common``: name, param,
+        shape, transposed and base of the update)."""
 
     # -- values ---------------------------------------------------------------
     @abstractmethod
@@ -143,7 +242,43 @@ class Update(ABC):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class LowRankUpdate(Update):
+class FactoredUpdate(Update):
+    """An update stored as named factors (:attr:`factors`), ``trained`` of which trained;
+    the others are frozen (drawn from the run's seed, or fixed by the method)."""
+
+    trained: tuple[str, ...] = ()
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        f = self.factors
+        return {k: f[k] for k in self.trained if k in f}
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.factors.items() if k not in self.trained}
+
+    def with_trained(self, tensors: Mapping[str, torch.Tensor]) -> Update:
+        f = self.factors
+        return dataclasses.replace(
+            self, **{k: tensors[k].to(f[k].dtype) for k in self.trained if k in f}
+        )
+
+    @property
+    def factor_rank(self) -> int | None:
+        return int(self.factors["B"].shape[1])
+
+    def to_link(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        spec: dict[str, Any] = {"kind": self.kind}
+        for name, value in self.factors.items():
+            spec[name] = f"{key}.{name}"
+            tensors[spec[name]] = value
+        return spec | self._link_fields() | {"trained": list(self.trained)}
+
+    def _link_fields(self) -> dict[str, Any]:
+        """Scalar fields of the link besides ``kind``, the tensors and ``trained``."""
+        return {}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class LowRankUpdate(FactoredUpdate):
     """dW = scale * B @ A with B (n x r) and A (r x m): LoRA, LoRA+, Asym-LoRA, RAC links."""
 
     kind: ClassVar[str] = "lowrank"
@@ -151,6 +286,22 @@ class LowRankUpdate(Update):
     A: torch.Tensor
     scale: float
     trained: tuple[str, ...] = ("A", "B")
+
+    def _link_fields(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    @classmethod
+    def from_link(cls, spec: Mapping, common: dict, read: LinkReader, where: str) -> Update:
+        n_m = common["shape"]
+        B, A = read.tensor(spec, "B", where), read.tensor(spec, "A", where)
+        read.expect(
+            B.shape[0] == n_m[0] and A.shape[1] == n_m[-1] and B.shape[1] == A.shape[0],
+            where,
+            f"B (n x r) and A (r x m) with (n, m) = {n_m}",
+            f"B {tuple(B.shape)}, A {tuple(A.shape)}",
+        )
+        trained = tuple(spec.get("trained", ())) or ("A", "B")
+        return cls(**common, B=B, A=A, scale=float(spec.get("scale", 1.0)), trained=trained)
 
     @property
     def factors(self) -> dict[str, torch.Tensor]:
@@ -185,7 +336,7 @@ class LowRankUpdate(Update):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class SelectorUpdate(Update):
+class SelectorUpdate(FactoredUpdate):
     """dW[:, indices] = scale * B: cLA, random-cLA, c3LA links, PaCA columns.
 
     A = E^T is a selector (rows of the identity), never stored densely: B (n x r),
@@ -205,6 +356,29 @@ class SelectorUpdate(Update):
     @property
     def num_trainable(self) -> int:
         return self.B.numel() if "B" in self.trained else 0
+
+    def _link_fields(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    @classmethod
+    def from_link(cls, spec: Mapping, common: dict, read: LinkReader, where: str) -> Update:
+        n_m = common["shape"]
+        B = read.tensor(spec, "B", where)
+        idx = read.tensor(spec, "indices", where).to(torch.int64)
+        read.expect(
+            B.shape[0] == n_m[0] and idx.ndim == 1 and B.shape[1] == idx.numel(),
+            where,
+            f"B (n x r) and r indices with n = {n_m[0]}",
+            f"B {tuple(B.shape)}, indices {tuple(idx.shape)}",
+        )
+        read.expect(
+            bool((idx >= 0).all() and (idx < n_m[1]).all()),
+            where,
+            f"indices in [0, {n_m[1]})",
+            f"range [{int(idx.min())}, {int(idx.max())}]",
+        )
+        trained = tuple(spec.get("trained", ())) or ("B",)
+        return cls(**common, B=B, indices=idx, scale=float(spec.get("scale", 1.0)), trained=trained)
 
     @property
     def rank(self) -> int:
@@ -260,6 +434,47 @@ class ChainUpdate(Update):
     @property
     def rank(self) -> int:
         return min(sum(link.rank for link in self.links), *self.shape)
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            f"link{i}{SEP}{k}": v
+            for i, link in enumerate(self.links)
+            for k, v in link.trained_tensors().items()
+        }
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            f"link{i}{SEP}{k}": v
+            for i, link in enumerate(self.links)
+            for k, v in link.frozen_tensors().items()
+        }
+
+    def with_trained(self, tensors: Mapping[str, torch.Tensor]) -> Update:
+        links = tuple(x.with_trained(nested(tensors, f"link{i}")) for i, x in enumerate(self.links))
+        return dataclasses.replace(self, links=links)
+
+    @property
+    def factor_rank(self) -> int | None:
+        ranks = (x.factor_rank for x in self.links)
+        return next((r for r in ranks if r is not None), self.rank)
+
+    @property
+    def last_link(self) -> Update:
+        return self.links[-1]
+
+    @property
+    def earlier_links(self) -> tuple[Update, ...]:
+        return self.links[:-1]
+
+    def to_link(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        links = [x.to_link(f"{key}.link{i}", tensors) for i, x in enumerate(self.links)]
+        return {"kind": self.kind, "links": links}
+
+    @classmethod
+    def from_link(cls, spec: Mapping, common: dict, read: LinkReader, where: str) -> Update:
+        specs = read.field(spec, "links", where)
+        links = tuple(read.link(s, common, f"{where}.links[{i}]") for i, s in enumerate(specs))
+        return cls(**common, links=links)
 
     def _delta64(self) -> torch.Tensor:
         total = torch.zeros(self.shape, dtype=torch.float64)
@@ -348,6 +563,71 @@ class DenseUpdate(Update):
     def is_new(self) -> bool:
         return self.new
 
+    @property
+    def is_dense(self) -> bool:
+        return True
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """``{"delta": dW}`` (math orientation, float64; the value itself for a new tensor
+        without a stored reference)."""
+        return {"delta": self.delta(torch.float64)}
+
+    def with_trained(self, tensors: Mapping[str, torch.Tensor]) -> Update:
+        w0 = self.base_weight(torch.float64)
+        delta = tensors["delta"].to(torch.float64)
+
+        def stored(x: torch.Tensor) -> torch.Tensor:
+            return x.T.contiguous() if self.transposed else x
+
+        return DenseUpdate(
+            name=self.name,
+            param=self.param,
+            shape=self.shape,
+            transposed=self.transposed,
+            base=self.base,
+            value=lambda: stored(w0 + delta),
+            reference=lambda: stored(w0),
+            new=self.new,
+            trainable=self.num_trainable,
+        )
+
+    def to_link(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        spec: dict[str, Any] = {"kind": self.kind}
+        if self.trainable is not None:
+            spec["trainable"] = self.trainable
+        if self.reference is not None:  # value - initial (a head new to the model)
+            tensors[f"{key}.value"], tensors[f"{key}.initial"] = self.value(), self.reference()
+            spec.update(value=f"{key}.value", initial=f"{key}.initial")
+        elif self.relative or self.new:  # value - W0, or value with W0 = 0
+            tensors[f"{key}.value"] = self.value()
+            spec.update(value=f"{key}.value", new=self.new)
+        else:  # value is dW itself
+            tensors[f"{key}.delta"] = self.value()
+            spec["delta"] = f"{key}.delta"
+        return spec
+
+    @classmethod
+    def from_link(cls, spec: Mapping, common: dict, read: LinkReader, where: str) -> Update:
+        shape = tuple(common["shape"])
+        stored = tuple(reversed(shape)) if common["transposed"] else shape
+        keys = [k for k in ("delta", "value", "initial") if k in spec]
+        loaders = {k: read.lazy(spec, k, where, stored) for k in keys}
+        trainable = spec.get("trainable")
+        if "delta" in loaders:
+            return cls(**common, value=loaders["delta"], trainable=trainable)
+        if "value" not in loaders:
+            read.field(spec, "value", where)  # raises: the field is required
+        if "initial" in loaders:
+            return cls(
+                **common,
+                value=loaders["value"],
+                reference=loaders["initial"],
+                new=True,
+                trainable=trainable,
+            )
+        new = bool(spec.get("new", False))
+        return cls(**common, value=loaders["value"], relative=not new, new=new, trainable=trainable)
+
     def base_weight(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """W0: the recorded initial value when there is one (a new head), else as for any update."""
         if self.reference is not None:
@@ -386,8 +666,104 @@ class DoraUpdate(Update):
     def num_trainable(self) -> int:
         return self.lowrank.num_trainable + self.magnitude.numel()
 
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.lowrank.trained_tensors(), "magnitude": self.magnitude}
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        return self.lowrank.frozen_tensors()
+
+    def with_trained(self, tensors: Mapping[str, torch.Tensor]) -> Update:
+        return dataclasses.replace(
+            self,
+            lowrank=self.lowrank.with_trained(tensors),
+            magnitude=tensors["magnitude"].to(self.magnitude.dtype),
+        )
+
+    @property
+    def factor_rank(self) -> int | None:
+        return self.lowrank.factor_rank
+
+    def to_link(self, key: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        tensors[f"{key}.magnitude"] = self.magnitude
+        lowrank = self.lowrank.to_link(key, tensors)
+        return {"kind": self.kind, "lowrank": lowrank, "magnitude": f"{key}.magnitude"}
+
+    @classmethod
+    def from_link(cls, spec: Mapping, common: dict, read: LinkReader, where: str) -> Update:
+        low = read.link(read.field(spec, "lowrank", where), common, f"{where}.lowrank")
+        mag = read.tensor(spec, "magnitude", where).reshape(-1)
+        n = common["shape"][0]
+        read.expect(mag.numel() == n, where, f"magnitude of length {n}", f"length {mag.numel()}")
+        return cls(**common, lowrank=low, magnitude=mag)
+
     def _delta64(self) -> torch.Tensor:
         w0 = self.base_weight(torch.float64)
         v = w0 + self.lowrank._delta64()
         norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)
         return self.magnitude.to(torch.float64).reshape(-1, 1) / norms * v - w0
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class VeraUpdate(FactoredUpdate):
+    """VeRA: dW = diag(b) B diag(d) A (Kopiczko et al. 2024).
+
+    B (n x r) and A (r x m) are frozen random projections, the slices of one pair of
+    matrices that every adapted layer of a run shares (drawn from its seed); the scaling
+    vectors b (n,) and d (r,) train. PEFT's ``vera_lambda_b`` and ``vera_lambda_d``.
+    """
+
+    kind: ClassVar[str] = "vera"
+    B: torch.Tensor
+    A: torch.Tensor
+    b: torch.Tensor
+    d: torch.Tensor
+    trained: tuple[str, ...] = ("b", "d")
+
+    @property
+    def factors(self) -> dict[str, torch.Tensor]:
+        return {"B": self.B, "A": self.A, "b": self.b, "d": self.d}
+
+    @property
+    def num_trainable(self) -> int:
+        return sum(self.factors[f].numel() for f in self.trained)
+
+    @property
+    def rank(self) -> int:
+        return min(self.B.shape[1], *self.shape)
+
+    def scaled_B(self) -> torch.Tensor:
+        """diag(b) B diag(d) (n x r, float64): dW = scaled_B() @ A."""
+        b, d = self.b.to(torch.float64), self.d.to(torch.float64)
+        return b[:, None] * self.B.to(torch.float64) * d[None, :]
+
+    def _delta64(self) -> torch.Tensor:
+        return self.scaled_B() @ self.A.to(torch.float64)
+
+    def singular_values(self) -> np.ndarray:
+        return lowrank_svdvals(self.scaled_B(), self.A, 1.0)
+
+    def svd(self) -> ThinSVD:
+        return lowrank_svd(self.scaled_B(), self.A, 1.0)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scaled_B() @ (self.A.to(torch.float64) @ x.to(torch.float64))
+
+    def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
+        return self.A.to(torch.float64).T @ (self.scaled_B().T @ y.to(torch.float64))
+
+    @classmethod
+    def from_link(cls, spec: Mapping, common: dict, read: LinkReader, where: str) -> Update:
+        n, m = common["shape"]
+        t = {k: read.tensor(spec, k, where) for k in ("B", "A", "b", "d")}
+        r = t["B"].shape[1] if t["B"].ndim == 2 else -1
+        read.expect(
+            tuple(t["B"].shape) == (n, r)
+            and tuple(t["A"].shape) == (r, m)
+            and tuple(t["b"].shape) == (n,)
+            and tuple(t["d"].shape) == (r,),
+            where,
+            f"B (n x r), A (r x m), b (n,) and d (r,) with (n, m) = {(n, m)}",
+            ", ".join(f"{k} {tuple(v.shape)}" for k, v in t.items()),
+        )
+        trained = tuple(spec.get("trained", ())) or ("b", "d")
+        return cls(**common, **t, trained=trained)

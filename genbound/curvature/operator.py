@@ -27,13 +27,24 @@ import contextlib
 import fnmatch
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from genbound.adapters.tangent import AdaptedModule
+from genbound.adapters.views import adapted_modules
 from genbound.curvature.context import analysis_mode
 from genbound.errors import GenboundError
+
+__all__ = [
+    "FACTORS",
+    "MERGED",
+    "AdaptedModule",
+    "HessianOperator",
+    "MergedHessianOperator",
+    "find_adapted",
+    "select_parameters",
+]
 
 FACTORS = "factors (A, B)"
 MERGED = "merged dW"
@@ -253,224 +264,21 @@ class HessianOperator(_Base):
 # -- merged dW -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class AdaptedModule:
-    """An adapted layer as the merged operator sees it.
-
-    Attributes:
-        name: module path.
-        module: the adapted module (its output gets ``x @ E^T`` added).
-        n, m: outputs and inputs of the merged weight.
-        kind: ``"peft-lora"``, ``"lowrank"``, ``"selector"`` or ``"dora"``.
-        factor_names: parameter names of the factors (``"B"``, ``"A"``, ``"magnitude"`` as
-            present).
-        trained: which factors are in the selection (``("A", "B")``, ``("B",)``, ``("A",)``;
-            DoRA adds ``"magnitude"``).
-        qb: orthonormal basis of the column space dA reaches (n x rb): col(B), for DoRA
-            col(diag(g) B); None when A is not trained.
-        qa: orthonormal basis of row(A) as columns (m x ra), or None when B is not trained.
-        cols: for a selector, the selected input columns (the row space of A = E^T).
-        rows: DoRA only: ``(U, M)`` spanning what its magnitude adds beyond qb and qa, the
-            matrices (I - Qb Qb^T) diag(M c) U for c in R^k, orthonormal in c. U (n x m)
-            holds the unit rows of V = W0 + s B A with row(A) removed; M (n x k).
-    """
-
-    name: str
-    module: nn.Module
-    n: int
-    m: int
-    kind: str
-    factor_names: dict
-    trained: tuple[str, ...]
-    qb: torch.Tensor | None
-    qa: torch.Tensor | None
-    cols: torch.Tensor | None
-    rows: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def _off_b(self, x: torch.Tensor) -> torch.Tensor:
-        """(I - Qb Qb^T) X for X (... x n x q)."""
-        return x if self.qb is None else x - self.qb @ (self.qb.T @ x)
-
-    def row_coordinates(self, x: torch.Tensor) -> torch.Tensor:
-        """DoRA: the (p x k) coordinates of X (p x n x m) along the magnitude block."""
-        u, mat = self.rows
-        return (self._off_b(x) * u).sum(-1) @ mat
-
-    def row_directions(self, c: torch.Tensor) -> torch.Tensor:
-        """DoRA: the (p x n x m) matrices of coordinates c (p x k) in the magnitude block."""
-        u, mat = self.rows
-        return self._off_b((c @ mat.T)[..., None] * u)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """P_T X for X (p x n x m), float64."""
-        if self.cols is not None:  # selector: dW = dB E^T keeps only the selected columns
-            out = torch.zeros_like(x)
-            out[..., self.cols] = x[..., self.cols]
-            return out
-        out = torch.zeros_like(x)
-        xa = None
-        if self.qa is not None:  # X P_A
-            xa = (x @ self.qa) @ self.qa.T
-            out = out + xa
-        if self.qb is not None:  # P_B X (minus the overlap P_B X P_A)
-            out = out + self.qb @ (self.qb.T @ x)
-            if xa is not None:
-                out = out - self.qb @ (self.qb.T @ xa)
-        if self.rows is not None:  # orthogonal to the rest by construction
-            out = out + self.row_directions(self.row_coordinates(x))
-        return out
-
-    @property
-    def tangent_dimension(self) -> int:
-        if self.cols is not None:
-            return int(self.cols.numel()) * self.n
-        ra = 0 if self.qa is None else self.qa.shape[1]
-        rb = 0 if self.qb is None else self.qb.shape[1]
-        k = 0 if self.rows is None else self.rows[1].shape[1]
-        return ra * self.n + rb * self.m - ra * rb + k
-
-
-def _basis(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the column space of x (float64), by SVD with a rank cutoff."""
-    u, s, _ = torch.linalg.svd(x.detach().double(), full_matrices=False)
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        return u[:, :0]
-    keep = s > s[0] * max(x.shape) * torch.finfo(x.dtype).eps
-    return u[:, keep]
-
-
 def find_adapted(
     model: nn.Module, selected: Sequence[str]
 ) -> tuple[list[AdaptedModule], list[str]]:
     """Adapted modules with a selected factor, and notes on modules that were skipped.
 
-    Recognised by duck typing: PEFT LoRA layers (``lora_A``/``lora_B`` ModuleDicts and
-    ``scaling``, one active adapter, no DoRA), genbound low-rank layers (``B``, ``A``,
-    ``base``), selector layers (``B``, ``indices``, ``base``) and DoRA layers
-    (:class:`~genbound.adapters.dora.DoraLayer`: ``magnitude``, ``B``, ``A``, ``base``).
-
-    DoRA's W = diag(g) V, g = magnitude / ||V|| (row norms), V = W0 + s B A, moves along
-    diag(g) {s (dB A + B dA)} plus, for each output i, the row direction e_i v_i^T / ||v_i||
-    of its magnitude (the part of dV along v_i is a magnitude change too). Its tangent
-    space is {Qb Y + Z Qa^T} (Qb: basis of col(diag(g) B), Qa: of row(A)) plus the
-    magnitude directions' parts outside it, (I - Qb Qb^T) e_i u_i^T with u_i the unit row
-    v_i / ||v_i|| minus its part in row(A), orthonormalised through their (n x n) Gram
-    matrix (eigenvalues below max(n, m) eps of the largest dropped). A DoRA layer is
-    recognised only with its magnitude selected; a magnitude of exactly zero makes its
-    row's B and A directions unreachable, which this space does not model.
+    Every adapter layer says which factors it has and what its tangent space is
+    (:func:`genbound.adapters.views.adapted_modules`): genbound's low-rank, selector,
+    DoRA and VeRA layers, and PEFT LoRA layers (one active adapter, no DoRA). LoRA-like
+    layers reach {s (dB A + B dA)} = {Qb Y + Z Qa^T} (Qb: basis of col(B), Qa: of row(A);
+    a factor that does not train drops its term), selectors the columns they select;
+    DoRA (:meth:`genbound.adapters.dora.DoraLayer.tangent`) adds its magnitude's row
+    directions and is recognised only with its magnitude selected; VeRA
+    (:class:`genbound.adapters.vera.VeraTangent`) moves along its two scaling vectors.
     """
-    selected = set(selected)
-    found, notes = [], []
-    for name, mod in model.named_modules():
-        prefix = f"{name}." if name else ""
-        own = {n for n, _ in mod.named_parameters(recurse=True)}
-        if not any(prefix + n in selected for n in own):
-            continue
-        if isinstance(getattr(mod, "lora_A", None), nn.ModuleDict) and hasattr(mod, "lora_B"):
-            active = [a for a in _active(mod) if a in mod.lora_A]
-            dora = getattr(mod, "lora_magnitude_vector", None)
-            if len(active) != 1 or (dora is not None and active and active[0] in dora):
-                notes.append(
-                    f"{name}: PEFT layer with {len(active)} active adapters or DoRA, skipped"
-                )
-                continue
-            a = active[0]
-            fn = {"A": f"{prefix}lora_A.{a}.weight", "B": f"{prefix}lora_B.{a}.weight"}
-            A, B = mod.lora_A[a].weight, mod.lora_B[a].weight
-            found.append(_make(name, mod, "peft-lora", fn, A, B, None, selected))
-        elif hasattr(mod, "B") and hasattr(mod, "base") and isinstance(mod.B, torch.Tensor):
-            fn = {"B": f"{prefix}B"}
-            if isinstance(getattr(mod, "magnitude", None), torch.Tensor):
-                fn.update(A=f"{prefix}A", magnitude=f"{prefix}magnitude")
-                if fn["magnitude"] not in selected:
-                    notes.append(f"{name}: DoRA layer without its magnitude selected, skipped")
-                else:
-                    found.append(_make_dora(name, mod, fn, selected))
-            elif hasattr(mod, "indices") and not hasattr(mod, "A"):
-                found.append(_make(name, mod, "selector", fn, None, mod.B, mod.indices, selected))
-            elif isinstance(getattr(mod, "A", None), torch.Tensor):
-                if isinstance(mod.A, nn.Parameter):
-                    fn["A"] = f"{prefix}A"
-                found.append(_make(name, mod, "lowrank", fn, mod.A, mod.B, None, selected))
-            else:
-                notes.append(f"{name}: adapter layer of unknown structure, skipped")
-    return found, notes
-
-
-def _active(mod: nn.Module) -> list[str]:
-    act = getattr(mod, "active_adapters", None)
-    if act is None:
-        act = getattr(mod, "active_adapter", None)
-    if isinstance(act, str):
-        return [act]
-    return list(act or [])
-
-
-def _make(name, mod, kind, fn, A, B, cols, selected) -> AdaptedModule:
-    n = B.shape[0]
-    m = A.shape[1] if A is not None else _inputs_of(mod)
-    trained = tuple(k for k in ("A", "B") if k in fn and fn[k] in selected)
-    qb = _basis(B) if "A" in trained else None
-    qa = None
-    if "B" in trained and cols is None:
-        qa = _basis(A.T)
-    if cols is not None and "B" in trained:
-        cols = torch.unique(cols.detach().to(torch.int64))  # the set of selected columns
-    else:
-        cols = None
-    return AdaptedModule(
-        name=name,
-        module=mod,
-        n=int(n),
-        m=int(m),
-        kind=kind,
-        factor_names=fn,
-        trained=trained,
-        qb=qb,
-        qa=qa,
-        cols=cols,
-    )
-
-
-@torch.no_grad()
-def _make_dora(name, mod, fn, selected) -> AdaptedModule:
-    """The tangent space of a DoRA layer (see :func:`find_adapted`)."""
-    trained = tuple(k for k in ("A", "B", "magnitude") if fn[k] in selected)
-    v = mod.direction().detach().double()
-    norms = torch.linalg.vector_norm(v, dim=1)
-    gain = mod.magnitude.detach().double() / norms
-    qb = _basis(gain[:, None] * mod.B.detach().double()) if "A" in trained else None
-    qa = _basis(mod.A.detach().double().T) if "B" in trained else None
-    u = v / norms[:, None]
-    if qa is not None:
-        u = u - (u @ qa) @ qa.T
-    gram = u @ u.T  # Gram matrix of (I - Qb Qb^T) e_i u_i^T: (I - Qb Qb^T) times U U^T
-    if qb is not None:
-        gram = gram * (torch.eye(len(gram), dtype=torch.float64) - qb @ qb.T)
-    lam, vecs = torch.linalg.eigh(gram)
-    eps = torch.finfo(mod.B.dtype).eps
-    keep = lam > lam.max().clamp_min(0) * max(v.shape) * eps
-    mat = vecs[:, keep] / lam[keep].sqrt()
-    return AdaptedModule(
-        name=name,
-        module=mod,
-        n=int(v.shape[0]),
-        m=int(v.shape[1]),
-        kind="dora",
-        factor_names=fn,
-        trained=trained,
-        qb=qb,
-        qa=qa,
-        cols=None,
-        rows=(u, mat) if bool(keep.any()) else None,
-    )
-
-
-def _inputs_of(mod: nn.Module) -> int:
-    if hasattr(mod, "m"):
-        return int(mod.m)
-    base = getattr(mod, "base", None) or getattr(mod, "base_layer", None)
-    return int(getattr(base, "in_features", 0) or base.weight.shape[1])
+    return adapted_modules(model, selected)
 
 
 class MergedHessianOperator(_Base):
@@ -570,88 +378,29 @@ class MergedHessianOperator(_Base):
 
 
 class _TangentCoordinates:
-    """The coordinates (Y, Z) of one adapted layer's tangent space and the maps to them.
+    """The coordinates of one adapted layer's tangent space and the maps to them.
 
-    ``tensors``: the zero coordinate tensors the model is differentiated at (Y (rb x m)
-    when A trains, Z (n x ra) when B trains; a selector: Z (n x c) on its c columns; then
-    DoRA's magnitude block c (k,)).
+    ``tensors``: the zero coordinate tensors the model is differentiated at (see
+    :class:`~genbound.adapters.tangent.Tangent`; e.g. Y (rb x m) when A trains, Z (n x ra)
+    when B trains; a selector: Z (n x c) on its c columns; then DoRA's magnitude block).
     """
 
     def __init__(self, layer: AdaptedModule, dtype: torch.dtype):
         self.layer = layer
-        self.qb, self.qa, self.cols = layer.qb, layer.qa, layer.cols
-        shapes = []
-        if self.cols is not None:
-            shapes.append((layer.n, int(self.cols.numel())))
-        else:
-            if self.qb is not None:
-                shapes.append((self.qb.shape[1], layer.m))  # Y
-            if self.qa is not None:
-                shapes.append((layer.n, self.qa.shape[1]))  # Z
-        if layer.rows is not None:
-            shapes.append((layer.rows[1].shape[1],))  # c
-        self.tensors = [torch.zeros(s, dtype=dtype, requires_grad=True) for s in shapes]
-        self._qb = self.qb.to(dtype) if self.qb is not None else None
-        self._qa_t = self.qa.T.to(dtype).contiguous() if self.qa is not None else None
-        self._rows = None
-        if layer.rows is not None:
-            self._rows = tuple(t.to(dtype).contiguous() for t in layer.rows)
+        self.tangent = layer.tangent
+        self.tensors = [
+            torch.zeros(s, dtype=dtype, requires_grad=True) for s in self.tangent.shapes
+        ]
+        self._added = self.tangent.bind(dtype)
 
     def hook(self, module, args, output):
-        """Add x (Qb Y + Z Qa^T)^T (or x[..., cols] Z^T) to the layer's output."""
-        x = args[0]
-        if self.cols is not None:
-            return output + nn.functional.linear(x.index_select(-1, self.cols), self.tensors[0])
-        i = 0
-        if self._qb is not None:  # x Y^T Qb^T
-            output = output + nn.functional.linear(
-                nn.functional.linear(x, self.tensors[0]), self._qb
-            )
-            i = 1
-        if self._qa_t is not None:  # x Qa Z^T
-            output = output + nn.functional.linear(
-                nn.functional.linear(x, self._qa_t), self.tensors[i]
-            )
-        if self._rows is not None:  # ((x U^T) * (M c)) (I - Qb Qb^T)
-            u, mat = self._rows
-            t = nn.functional.linear(x, u) * (mat @ self.tensors[-1])
-            if self._qb is not None:
-                t = t - (t @ self._qb) @ self._qb.T
-            output = output + t
-        return output
+        """Add x (J u)^T to the layer's output (x: the layer's input, u: the coordinates)."""
+        return self._added(output, args[0], self.tensors)
 
     def to_coordinates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """u with J u = P_T X for X (p x n x m), float64."""
-        if self.cols is not None:
-            return [x[..., self.cols]]
-        out = []
-        if self.qb is not None:
-            out.append(self.qb.T @ x)  # Y = Qb^T X
-        if self.qa is not None:
-            rest = x - self.qb @ (self.qb.T @ x) if self.qb is not None else x
-            out.append(rest @ self.qa)  # Z = (I - Qb Qb^T) X Qa
-        if self.layer.rows is not None:
-            out.append(self.layer.row_coordinates(x))  # c
-        return out
+        return self.tangent.to_coordinates(x)
 
     def from_coordinates(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """P_T h (p x n x m) from J^T h = (Qb^T h, h Qa) (or h[..., cols])."""
-        if self.cols is not None:
-            z = parts[0]
-            out = torch.zeros(*z.shape[:-1], self.layer.m, dtype=torch.float64)
-            out[..., self.cols] = z
-            return out
-        out, i = None, 0
-        if self.qb is not None:
-            out = self.qb @ parts[0]  # Qb Qb^T h
-            i = 1
-        if self.qa is not None:
-            hqa = parts[i]
-            if self.qb is not None:
-                hqa = hqa - self.qb @ (self.qb.T @ hqa)
-            term = hqa @ self.qa.T  # (I - Qb Qb^T) h Qa Qa^T
-            out = term if out is None else out + term
-        if self.layer.rows is not None:
-            term = self.layer.row_directions(parts[-1])
-            out = term if out is None else out + term
-        return out
+        """P_T h (p x n x m) from J^T h (the coordinates' parts of the gradient product)."""
+        return self.tangent.from_coordinates(parts)

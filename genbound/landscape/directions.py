@@ -9,7 +9,9 @@ A direction is a dict ``name -> tensor`` over the parameters it moves (names as 
 * ``"full"``: every parameter of the model.
 * ``"merged"``: the base weight of every adapted layer (perturbing it by D moves the
   merged weight W0 + dW by D, whatever the factorisation), plus other trainable
-  parameters that are not adapter factors.
+  parameters that are not adapter factors. Only for additive adapter layers (those that
+  compute base(x) + update(x)); a DoRA layer, whose weight is a normalised W0 + s B A, is
+  refused.
 
 Filter normalisation (Li et al. 2018): each row of a direction (the slice along the
 output dimension) is scaled to the norm of the same row of the weight; 1-D tensors
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genbound.curvature.operator import find_adapted
+from genbound.curvature.operator import AdaptedModule, find_adapted
 from genbound.errors import GenboundError
 
 SPACES = ("adapter", "full", "merged")
@@ -73,18 +75,12 @@ def space_tensors(objective, space: str) -> tuple[dict[str, torch.Tensor], dict[
         sel = {n: params[n] for n in params if n in set(objective.trainable)}
         return sel, dict.fromkeys(sel, False)
     if space == "merged":
-        layers, _ = find_adapted(model, objective.trainable)
-        if not layers:
-            raise GenboundError(
-                "space='merged' needs adapted layers with known factors (PEFT LoRA, genbound "
-                "low-rank or selector layers) among the trainable parameters; none found."
-            )
+        layers = merged_layers(objective)
         out, transposed, factors = {}, {}, set()
         ids = {id(p): n for n, p in params.items()}
         for layer in layers:
             factors.update(layer.factor_names.values())
-            base = getattr(layer.module, "base_layer", None) or getattr(layer.module, "base", None)
-            w = base.weight
+            w = layer.base.weight
             name = ids[id(w)]
             out[name] = w
             transposed[name] = tuple(w.shape) == (layer.m, layer.n) and layer.m != layer.n
@@ -95,27 +91,33 @@ def space_tensors(objective, space: str) -> tuple[dict[str, torch.Tensor], dict[
     raise GenboundError(f"Unknown space {space!r}; expected one of {', '.join(SPACES)}.")
 
 
+def merged_layers(objective) -> list[AdaptedModule]:
+    """The adapted layers whose base weights the merged space moves (an error when there
+    are none, or when one is not additive)."""
+    layers, _ = find_adapted(objective.model, objective.trainable)
+    if not layers:
+        raise GenboundError(
+            "space='merged' needs adapted layers with known factors (PEFT LoRA, genbound "
+            "adapter layers) among the trainable parameters; none found."
+        )
+    other = [f"{x.name} ({x.kind})" for x in layers if not x.view.additive]
+    if other:
+        raise GenboundError(
+            "space='merged' moves the base weight of each adapted layer, which moves the "
+            "merged weight by the same amount only for layers computing base(x) + update(x); "
+            f"found {', '.join(other[:3])}. Use space='adapter'."
+        )
+    return layers
+
+
 def merged_reference(objective, name: str, weight: torch.Tensor) -> torch.Tensor:
     """W0 + dW (stored orientation) for the base weight ``name`` of an adapted layer."""
     layers, _ = find_adapted(objective.model, objective.trainable)
     for layer in layers:
-        base = getattr(layer.module, "base_layer", None) or getattr(layer.module, "base", None)
-        if base is not None and base.weight is weight:
-            d = _delta(layer)
+        if layer.base.weight is weight:
+            d = layer.delta()
             return weight.detach().double() + (d if d.shape == weight.shape else d.T)
     return weight.detach().double()
-
-
-def _delta(layer) -> torch.Tensor:
-    mod = layer.module
-    if layer.kind == "peft-lora":
-        a = next(
-            iter(k for k in mod.lora_A if layer.factor_names["A"].endswith(f"lora_A.{k}.weight"))
-        )
-        return float(mod.scaling[a]) * (
-            mod.lora_B[a].weight.detach().double() @ mod.lora_A[a].weight.detach().double()
-        )
-    return mod.link_delta() if hasattr(mod, "link_delta") else torch.zeros(layer.n, layer.m)
 
 
 def filter_normalize(d: torch.Tensor, w: torch.Tensor, rows_dim1: bool = False) -> torch.Tensor:
@@ -167,8 +169,9 @@ def path_direction(
     """d = theta_checkpoint - theta_base, the straight path from the base model.
 
     ``base`` gives the base values of parameters (missing names: no movement). Without it
-    the base is dW = 0: in adapter space LoRA's B (genbound layers and PEFT) is zero at the
-    base and A unchanged, so d = B on B and 0 on A; in merged space d = dW on each adapted
+    the base is dW = 0: in adapter space the factor each layer starts from zero (its
+    ``origin``: LoRA's B, genbound layers and PEFT; VeRA's b) is zero at the base and the
+    others unchanged, so d = B on B and 0 on A; in merged space d = dW on each adapted
     layer's base weight. Parameters that are not factors (a head) do not move by default.
     """
     tensors, _ = space_tensors(objective, space)
@@ -184,16 +187,13 @@ def path_direction(
         params = dict(objective.model.named_parameters())
         for layer in layers:
             if space == "merged":
-                base_mod = getattr(layer.module, "base_layer", None) or getattr(
-                    layer.module, "base", None
-                )
-                name = next(n for n, p in params.items() if p is base_mod.weight)
-                delta = _delta(layer)
+                name = next(n for n, p in params.items() if p is layer.base.weight)
+                delta = layer.delta()
                 d[name] = (delta if delta.shape == d[name].shape else delta.T).to(d[name].dtype)
             else:
-                bname = layer.factor_names["B"]
-                if bname in d:
-                    d[bname] = params[bname].detach().clone()
+                origin = layer.factor_names.get(layer.view.origin)
+                if origin in d:
+                    d[origin] = params[origin].detach().clone()
         notes.append("base is dW = 0 (B = 0, A unchanged); other parameters fixed")
     if all(float(v.abs().max()) == 0 for v in d.values()):
         raise GenboundError(

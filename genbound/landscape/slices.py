@@ -9,7 +9,6 @@ the first adapted layer are reused as they are: only what the objective evaluate
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 from genbound.curvature.context import analysis_mode
 from genbound.curvature.operator import find_adapted
 from genbound.errors import GenboundError
+from genbound.jsonio import dumps_json
 from genbound.landscape.directions import (
     Direction,
     Directions,
@@ -112,7 +112,8 @@ class Landscape:
     metadata: dict = field(default_factory=dict)
 
     def save_npz(self, path: str | Path) -> Path:
-        """Save the grid, the numbers and the metadata (as JSON) to ``path`` (.npz)."""
+        """Save the grid, the numbers and the metadata (as JSON, non-finite numbers as the
+        strings ``"inf"``, ``"-inf"``, ``"nan"``) to ``path`` (.npz)."""
         path = Path(path)
         meta = {
             "centre_loss": self.centre_loss,
@@ -125,7 +126,7 @@ class Landscape:
             "space": self.space,
             **self.metadata,
         }
-        arrays = {"xs": self.xs, "losses": self.losses, "metadata": np.array(json.dumps(meta))}
+        arrays = {"xs": self.xs, "losses": self.losses, "metadata": np.array(dumps_json(meta))}
         if self.ys is not None:
             arrays["ys"] = self.ys
         if self.path is not None:

@@ -10,18 +10,10 @@ import logging
 import torch
 from torch import nn
 
-from genbound.adapters.asym import AsymLayer
-from genbound.adapters.dora import DoraLayer
-from genbound.adapters.layers import SelectorLayer, is_conv1d, is_linear
-from genbound.adapters.lora import LoraLayer
+from genbound.adapters.layers import is_conv1d, is_linear
+from genbound.adapters.registry import layer_for
 from genbound.checkpoint.model import Checkpoint
-from genbound.checkpoint.updates import (
-    ChainUpdate,
-    DoraUpdate,
-    LowRankUpdate,
-    SelectorUpdate,
-    Update,
-)
+from genbound.checkpoint.updates import Update
 from genbound.errors import GenboundError
 from genbound.tasks.objective import Objective
 
@@ -82,10 +74,11 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
     """The objective on a copy of its model in which every factored update is an adapter.
 
     ``objective`` evaluates the merged model (each updated parameter W0 + dW, as tasks
-    build it). In the copy, the module of each low-rank, selector, chained or DoRA update
-    is wrapped in genbound's adapter layer with the checkpoint's factors: the base weight
-    is W0 plus the finished links of a chain, and the trained factors of the last link
-    (B and A, or B alone; DoRA: its magnitude, B and A) are parameters. Dense updates (full
+    build it). In the copy, the module of each update stored as factors is wrapped in the
+    adapter layer that rebuilds its kind (:func:`genbound.adapters.registry.layer_for`;
+    the layer's ``from_update``) with the checkpoint's factors: the base weight is W0 plus
+    the earlier links of a chain, and the trained factors of the last link (B and A, or B
+    alone; DoRA: its magnitude, B and A; VeRA: b and d) are parameters. Dense updates (full
     fine-tuning, a head, biases) stay as they are, in their own coordinates. The copy
     computes the same function up to float rounding, and ``trainable`` names the adapter's
     coordinates: Hessians and landscapes on it are in the space that was trained. The
@@ -101,32 +94,24 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
     kept: dict[str, list[str]] = {}
     for u in checkpoint.updates.values():
         target = resolve_parameter(set(params), u.param)
-        if target is None or target not in trainable:
-            continue
-        link = u.links[-1] if isinstance(u, ChainUpdate) else u
+        if target is None or target not in trainable or u.is_dense:
+            continue  # dense updates stay, silently
         owner, _, leaf = target.rpartition(".")
         module = modules.get(owner)
-        # a DoRA layer rebuilds a whole DoRA update; a chain keeps its finished links in W0
-        adaptable = isinstance(link, LowRankUpdate | SelectorUpdate) or isinstance(u, DoraUpdate)
-        if not adaptable or leaf != "weight":
-            if isinstance(u, DoraUpdate | ChainUpdate):  # dense updates stay, silently
-                why = f"{u.kind} update(s) kept merged (no adapter layer for them)"
-                kept.setdefault(why, []).append(u.name)
-            continue
-        if module is None or not (is_linear(module) or is_conv1d(module)):
+        layer_cls = layer_for(u.last_link.kind)
+        why = None
+        if layer_cls is None:
+            why = f"{u.kind} update(s) kept merged (no adapter layer for them)"
+        elif leaf != "weight" or module is None or not (is_linear(module) or is_conv1d(module)):
             why = "update(s) of a module that is not a Linear/Conv1D kept merged"
+        if why is not None:
             kept.setdefault(why, []).append(u.name)
             continue
-        if isinstance(u, DoraUpdate):
-            layer = _dora_layer(module, u)
-            names = (*link.lowrank.trained, "magnitude")
-        else:
-            layer = _adapter_layer(module, u, link)
-            names = tuple(f for f in ("A", "B") if f in link.trained)
+        layer = _rebuilt(layer_cls, module, u)
         parent, _, child = owner.rpartition(".")
         setattr(modules[parent] if parent else model, child, layer)
         trainable.remove(target)
-        trainable += [f"{owner}.{f}" for f in names]
+        trainable += [f"{owner}.{f}" for f in layer.trained]
     rebuilt = dataclasses.replace(
         objective,
         model=model,
@@ -141,31 +126,12 @@ def adapter_objective(objective: Objective, checkpoint: Checkpoint) -> tuple[Obj
 
 
 @torch.no_grad()
-def _dora_layer(module: nn.Module, update: DoraUpdate) -> nn.Module:
-    """``module`` (holding W0 + dW) with W0 restored, wrapped as a DoRA layer."""
+def _rebuilt(layer_cls: type, module: nn.Module, update: Update) -> nn.Module:
+    """``module`` (holding W0 + dW) set back to W0 plus the update's earlier links, wrapped
+    by ``layer_cls`` with the factors of its last link."""
     w = module.weight
     base_w = update.base_weight(torch.float64)
+    for earlier in update.earlier_links:
+        base_w = base_w + earlier.delta(torch.float64)
     module.weight.copy_((base_w.T if update.transposed else base_w).to(w.dtype))
-    low = update.lowrank
-    layer = DoraLayer(module, B=low.B, A=low.A, magnitude=update.magnitude, scale=low.scale)
-    return layer.to(w.device)
-
-
-@torch.no_grad()
-def _adapter_layer(module: nn.Module, update: Update, link: Update) -> nn.Module:
-    """``module`` (holding W0 + dW) wrapped as an adapter layer with ``link``'s factors."""
-    w = module.weight
-    base_w = update.base_weight(torch.float64)
-    if isinstance(update, ChainUpdate):
-        for finished in update.links[:-1]:
-            base_w = base_w + finished.delta(torch.float64)
-    module.weight.copy_((base_w.T if update.transposed else base_w).to(w.dtype))
-    gen = torch.Generator().manual_seed(0)
-    if isinstance(link, SelectorUpdate):
-        layer = SelectorLayer(module, rank=link.B.shape[1], scale=link.scale, plan=[link.indices])
-    else:
-        cls = LoraLayer if "A" in link.trained else AsymLayer
-        layer = cls(module, rank=link.B.shape[1], scale=link.scale, generator=gen)
-        layer.A.copy_(link.A.to(w.dtype))
-    layer.B.copy_(link.B.to(w.dtype))
-    return layer.to(w.device)
+    return layer_cls.from_update(module, update.last_link)
