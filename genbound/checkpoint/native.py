@@ -22,7 +22,7 @@ import torch
 from genbound.adapters.registry import get_variant
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.model import Checkpoint, Hyperparams
-from genbound.checkpoint.peft import check_against_base
+from genbound.checkpoint.peft_tensors import check_against_base
 from genbound.checkpoint.schema import (
     ANY_LIST,
     BOOL,

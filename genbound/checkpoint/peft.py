@@ -1,4 +1,5 @@
-"""Read Hugging Face PEFT LoRA adapter folders (including DoRA, rsLoRA, Trainer checkpoints).
+"""Read Hugging Face PEFT LoRA adapter folders (including DoRA, rsLoRA, Trainer checkpoints),
+and PEFT VeRA adapters (:mod:`genbound.checkpoint.peft_vera`).
 
 A folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` (or
 ``adapter_model.bin``); a Trainer's ``checkpoint-N/`` adds ``trainer_state.json``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,15 @@ import torch
 
 from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.model import Checkpoint, Hyperparams
+from genbound.checkpoint.peft_tensors import (
+    finished,
+    group_keys,
+    saved_updates,
+)
+from genbound.checkpoint.peft_vera import read_vera, vera_hparams
 from genbound.checkpoint.schema import (
     BOOL,
+    INT,
     NONNEGATIVE_INT,
     NUMBER,
     POSITIVE_INT,
@@ -49,7 +58,6 @@ from genbound.errors import input_error
 
 CONFIG = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-PREFIX = "base_model.model."
 
 #: PEFT initialisations that rewrite the base weight: the adapter alone is not a dW of it.
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "eva", "lora_ga")
@@ -93,10 +101,13 @@ class PatternMap:
 #: The fields of ``adapter_config.json`` that genbound reads, and what each must hold; fields
 #: it does not read are not checked. Absent fields take PEFT's defaults.
 CONFIG_SCHEMA = Record(
-    "an object (PEFT's LoraConfig)",
+    "an object (PEFT's LoraConfig or VeraConfig)",
     {
         "peft_type": STRING,
         "r": POSITIVE_INT,
+        "projection_prng_key": INT,
+        "save_projection": BOOL,
+        "d_initial": NUMBER,
         "lora_alpha": NUMBER,
         "use_rslora": BOOL,
         "use_dora": BOOL,
@@ -158,12 +169,12 @@ def load_peft(
     config = read_json(config_path)
     check_json(config, CONFIG_SCHEMA, config_path)
     peft_type = config.get("peft_type", "").upper()
-    if peft_type != "LORA":
+    if peft_type not in _READERS:
         raise input_error(
             config_path,
             "unsupported PEFT type",
             key="peft_type",
-            expected="LORA (including DoRA and rsLoRA)",
+            expected="LORA (including DoRA and rsLoRA) or VERA",
             found=repr(config.get("peft_type")),
         )
     init = config.get("init_lora_weights")
@@ -188,34 +199,20 @@ def load_peft(
             path, "adapter weights missing", expected=" or ".join(WEIGHT_FILES), found="neither"
         )
 
+    read = _READERS[peft_type]
     with TensorFile(weight_file) as tf:
-        updates, dtype, notes = _read_updates(tf, config, config_path, base)
+        updates, dtype, notes = read.updates(tf, config, config_path, base)
 
     others = {}
     for sub in sorted(p for p in path.iterdir() if is_peft_dir(p)):
         others[sub.name] = load_peft(sub, base=base, base_arg=True, adapter_name=sub.name)
 
-    r = config.get("r", 8)
-    alpha = float(config.get("lora_alpha", 8))
-    rslora = config.get("use_rslora", False)
-    targets = config.get("target_modules") or ()
-    hp = Hyperparams(
-        rank=r,
-        alpha=alpha,
-        scale=alpha / math.sqrt(r) if rslora else alpha / r,
-        rslora=rslora,
-        targets=(targets,) if isinstance(targets, str) else tuple(targets),
-        extra={
-            k: config[k]
-            for k in ("rank_pattern", "alpha_pattern", "fan_in_fan_out", "modules_to_save", "bias")
-            if config.get(k)
-        },
-    )
+    hp, variant = read.hparams(config), read.variant(config)
     state = _trainer_state(path)
     return Checkpoint(
         path=path,
         format="peft",
-        variant="dora" if config.get("use_dora") else "lora",
+        variant=variant,
         hparams=hp,
         updates=updates,
         dtype=dtype,
@@ -228,17 +225,27 @@ def load_peft(
     )
 
 
+def _lora_hparams(config: dict) -> Hyperparams:
+    r = config.get("r", 8)
+    alpha = float(config.get("lora_alpha", 8))
+    rslora = config.get("use_rslora", False)
+    targets = config.get("target_modules") or ()
+    return Hyperparams(
+        rank=r,
+        alpha=alpha,
+        scale=alpha / math.sqrt(r) if rslora else alpha / r,
+        rslora=rslora,
+        targets=(targets,) if isinstance(targets, str) else tuple(targets),
+        extra={
+            k: config[k]
+            for k in ("rank_pattern", "alpha_pattern", "fan_in_fan_out", "modules_to_save", "bias")
+            if config.get(k)
+        },
+    )
+
+
 def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseModel | None):
-    groups: dict[str, dict[str, str]] = {}
-    saved: dict[str, str] = {}
-    for key in tf.keys():
-        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
-        for suffix, role in _LORA_SUFFIXES.items():
-            if name.endswith(suffix):
-                groups.setdefault(name[: -len(suffix)], {})[role] = key
-                break
-        else:
-            saved[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = key
+    groups, saved = group_keys(tf, _LORA_SUFFIXES)
 
     fan_in_fan_out = config.get("fan_in_fan_out", False)
     rslora = config.get("use_rslora", False)
@@ -338,64 +345,26 @@ def _read_updates(tf: TensorFile, config: dict, config_path: Path, base: BaseMod
                 trainable=bias.numel(),
             )
 
-    for name, key in saved.items():
-        shape = tf.shape(key)
-        tf[key]  # read once now so that NaN/Inf fail at load time, not mid-analysis
-        in_base = base is not None and base.resolve(name) is not None
-        mod = name[: -len(".weight")] if name.endswith(".weight") else name
-        updates[mod] = DenseUpdate(
-            name=mod,
-            param=name,
-            shape=shape,
-            base=base,
-            value=lambda k=key, f=tf.path: TensorFile(f)[k],
-            relative=True,
-            new=base is not None and not in_base,
-        )
-        dtypes.add(tf.dtype(key))
-        if base is None:
-            notes.append(
-                f"{name}: saved whole (modules_to_save or bias); its update needs the base model"
-            )
-
-    if not updates:
-        raise input_error(
-            tf.path, "no adapter tensors", expected="lora_A/lora_B tensors", found="none"
-        )
-    if base is not None:
-        for u in updates.values():
-            check_against_base(u, base)
-    dtype = max(dtypes, key=lambda d: torch.finfo(d).bits if d.is_floating_point else 0)
+    updates.update(saved_updates(tf, saved, base, dtypes, notes))
+    updates, dtype = finished(tf, updates, dtypes, base)
     return updates, dtype, notes
 
 
-def check_against_base(u: Update, base: BaseModel) -> None:
-    """Raise when an update's shape does not fit the base tensor it modifies."""
-    if u.is_new:
-        return
-    if base.resolve(u.param) is None:
-        raise input_error(
-            base.path,
-            f"the adapter modifies {u.param!r}, which the base model lacks",
-            key=u.param,
-            expected="a base model with that tensor",
-            found="no such tensor",
-            hint="Check that --base points to the model the adapter was trained on",
-        )
-    stored = base.shape(u.param)
-    want = tuple(reversed(u.shape)) if u.transposed else tuple(u.shape)
-    if tuple(stored) != want:
-        hint = None
-        if tuple(stored) == tuple(reversed(want)):
-            hint = "The weight is stored transposed: for Conv1D layers set fan_in_fan_out=true"
-        raise input_error(
-            base.path,
-            "base tensor shape does not match the adapter",
-            key=u.param,
-            expected=f"shape {want} (update {u.shape}{', stored transposed' if u.transposed else ''})",
-            found=f"shape {tuple(stored)}",
-            hint=hint,
-        )
+@dataclass(frozen=True)
+class _Reader:
+    """How one PEFT type is read: its updates, hyper-parameters and registry variant."""
+
+    updates: Callable[..., tuple[dict[str, Update], torch.dtype, list[str]]]
+    hparams: Callable[[dict], Hyperparams]
+    variant: Callable[[dict], str]
+
+
+_READERS = {
+    "LORA": _Reader(
+        _read_updates, _lora_hparams, lambda c: "dora" if c.get("use_dora") else "lora"
+    ),
+    "VERA": _Reader(read_vera, vera_hparams, lambda c: "vera"),
+}
 
 
 def _trainer_state(path: Path) -> dict:
