@@ -35,7 +35,6 @@ from genbound.checkpoint.peft_tensors import (
 from genbound.checkpoint.peft_vera import read_vera, vera_hparams
 from genbound.checkpoint.schema import (
     BOOL,
-    INT,
     NONNEGATIVE_INT,
     NUMBER,
     POSITIVE_INT,
@@ -105,9 +104,6 @@ CONFIG_SCHEMA = Record(
     {
         "peft_type": STRING,
         "r": POSITIVE_INT,
-        "projection_prng_key": INT,
-        "save_projection": BOOL,
-        "d_initial": NUMBER,
         "lora_alpha": NUMBER,
         "use_rslora": BOOL,
         "use_dora": BOOL,
