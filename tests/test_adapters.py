@@ -14,20 +14,8 @@ import genbound.adapters as ga
 from genbound import GenboundError, load_checkpoint
 from genbound.checkpoint import ChainUpdate
 
-TRAINABLE = [
-    "fft",
-    "head",
-    "lora",
-    "lora_plus",
-    "asym",
-    "cola",
-    "rac",
-    "cla",
-    "random_cla",
-    "c3la",
-    "random_c3la",
-    "paca",
-]
+#: The variants apply trains, as the registry says.
+TRAINABLE = [name for name, v in ga.variants().items() if v.trainable]
 CHAINED = {"cola", "rac", "c3la", "random_c3la"}
 R, K = 2, 3
 

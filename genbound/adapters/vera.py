@@ -29,7 +29,8 @@ D_INITIAL = 0.1
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """U(-sqrt(6 / shape[1]), sqrt(6 / shape[1])) draws (float32), as PEFT's VeRA draws
     its projections."""
-    bound = math.sqrt(3.0) * math.sqrt(2.0) / math.sqrt(shape[1])
+    std = math.sqrt(2.0) / math.sqrt(shape[1])  # gain sqrt(2) over sqrt(fan_in)
+    bound = math.sqrt(3.0) * std
     return torch.empty(shape).uniform_(-bound, bound, generator=generator)
 
 
@@ -146,20 +147,17 @@ class VeraTangent(Tangent):
         self.a = a
         self.rows = bmat * dv[None, :] @ a  # M = B diag(d) A: b_i moves row i along M_i
         self.bb = bv[:, None] * bmat  # Bb = diag(b) B: d_j moves along Bb_j A_j^T
-        blocks = []
-        if self.moves[0]:
-            blocks.append(torch.cat([torch.diag(self.rows.square().sum(1)), self._xy()], 1))
-        if self.moves[1]:
-            yy = (self.bb.T @ self.bb) * (a @ a.T)
-            blocks.append(torch.cat([self._xy().T, yy], 1) if self.moves[0] else yy)
-        gram = torch.cat(blocks, 0) if blocks else torch.zeros(0, 0, dtype=torch.float64)
+        xx = torch.diag(self.rows.square().sum(1))  # <e_i M_i^T, e_k M_k^T>
+        yy = (self.bb.T @ self.bb) * (a @ a.T)  # <Bb_j A_j^T, Bb_l A_l^T>
+        xy = (self.rows @ a.T) * self.bb  # <e_i M_i^T, Bb_j A_j^T>
+        if all(self.moves):
+            gram = torch.cat([torch.cat([xx, xy], 1), torch.cat([xy.T, yy], 1)], 0)
+        else:
+            gram = xx if self.moves[0] else yy
         lam, vecs = torch.linalg.eigh(gram)
         eps = torch.finfo(B.dtype).eps
-        keep = lam > lam.max().clamp_min(0) * max(self.n, self.m) * eps if lam.numel() else lam > 0
+        keep = lam > lam.max().clamp_min(0) * max(self.n, self.m) * eps
         self.mat = vecs[:, keep] / lam[keep].sqrt()  # (K x k)
-
-    def _xy(self) -> torch.Tensor:
-        return (self.rows @ self.a.T) * self.bb  # <e_i M_i^T, Bb_j A_j^T>, (n x r)
 
     @property
     def dimension(self) -> int:
