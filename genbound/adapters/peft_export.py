@@ -1,4 +1,5 @@
-"""Export LoRA-family runs (lora, lora_plus, asym) as a PEFT adapter folder.
+"""Export LoRA-family runs (lora, lora_plus, asym: one link of low-rank layers) as a PEFT
+adapter folder.
 
 The folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` with keys
 ``base_model.model.<module path>.lora_A.weight`` (r x m) and ``.lora_B.weight`` (n x r);
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from genbound.adapters.layers import LowRankLayer
+from genbound.adapters.registry import Variant, variants
 from genbound.errors import GenboundError
 from genbound.io import save_tensors
 from genbound.jsonio import dumps_json
@@ -21,18 +24,29 @@ if TYPE_CHECKING:
     from genbound.adapters.handle import AdapterHandle
 
 
+def exportable(variant: Variant) -> bool:
+    """True for a variant whose runs are PEFT LoRA adapters: one link of low-rank layers."""
+    return (
+        variant.layer is not None
+        and issubclass(variant.layer, LowRankLayer)
+        and not variant.chained
+    )
+
+
 def export_peft(
     handle: AdapterHandle, out_dir: str | Path, *, base_model_name_or_path: str | None = None
 ) -> Path:
     """Write a PEFT LoRA adapter folder that ``PeftModel.from_pretrained`` loads.
 
-    Only for ``lora``, ``lora_plus`` and ``asym`` (dW = s B A, one link). Heads are
-    saved as ``modules_to_save``. Asym's frozen A is stored as an ordinary ``lora_A``.
+    Only for unchained variants whose layers are low-rank (dW = s B A, one link:
+    ``lora``, ``lora_plus`` and ``asym``). Heads are saved as ``modules_to_save``. Asym's
+    frozen A is stored as an ordinary ``lora_A``.
     """
-    if handle.variant.name not in ("lora", "lora_plus", "asym"):
+    if not exportable(handle.variant):
+        names = ", ".join(n for n, v in variants().items() if exportable(v))
         raise GenboundError(
-            f"export_peft: expected a lora, lora_plus or asym run, found "
-            f"{handle.variant.name!r}; other variants are not PEFT LoRA adapters."
+            f"export_peft: expected a run of {names}, found {handle.variant.name!r}; other "
+            "variants are not PEFT LoRA adapters."
         )
     transposed = {layer.transposed for layer in handle.layers.values()}
     if len(transposed) > 1:
