@@ -24,8 +24,7 @@ from genbound.adapters.tangent import FactorTangent
 from genbound.bounds.compression import compression_bound, trainable_tensors
 from genbound.bounds.compression import with_trainable_tensors as with_tensors
 from genbound.callbacks.live import checkpoint_updates
-from genbound.checkpoint import DoraUpdate, LowRankUpdate, write_run
-from genbound.checkpoint import updates as updates_module
+from genbound.checkpoint import DoraUpdate, LowRankUpdate, update_base, write_run
 from genbound.checkpoint.updates import FactoredUpdate, update_kinds
 from genbound.curvature import MergedHessianOperator
 from genbound.tasks import Batch, Objective, cross_entropy_loss
@@ -177,7 +176,7 @@ class RowScaledUpdate(FactoredUpdate):
         return cls(**common, **{k: read.tensor(spec, k, where) for k in ("B", "A", "g")})
 
 
-updates_module._KINDS.pop("rowscaled")  # registered only while a test uses the fixture
+update_base._KINDS.pop("rowscaled")  # registered only while a test uses the fixture
 
 
 class RowScaledLayer(AdaptedLayer):
@@ -217,7 +216,7 @@ class RowScaledLayer(AdaptedLayer):
 
 @pytest.fixture
 def rowscaled(monkeypatch):
-    monkeypatch.setitem(updates_module._KINDS, "rowscaled", RowScaledUpdate)
+    monkeypatch.setitem(update_base._KINDS, "rowscaled", RowScaledUpdate)
     monkeypatch.setitem(registry._LAYERS, "rowscaled", RowScaledLayer)
     variant = Variant("rowscaled", "row-scaled", "lowrank", ("g",), lambda n, m, r, k: n)
     monkeypatch.setitem(registry._REGISTRY, "rowscaled", variant)
