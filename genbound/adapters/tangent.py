@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -248,6 +249,34 @@ def factor_tangent(
     return FactorTangent(n, m, qb, qa)
 
 
+class AdapterView(Protocol):
+    """What curvature and landscapes ask an adapted layer (genbound's
+    :class:`~genbound.adapters.layers.AdapterLayer`, or a view of a PEFT layer).
+
+    Attributes:
+        kind: the layer's kind (``"lowrank"``, ``"selector"``, ``"dora"``, ``"vera"``,
+            ``"peft-lora"``).
+        base: the wrapped layer holding the base weight.
+        origin: the trained factor that is zero when dW = 0.
+        additive: True when the layer computes base(x) + update(x).
+    """
+
+    kind: str
+    base: nn.Module
+    origin: str
+    additive: bool
+
+    def factor_names(self) -> dict[str, str]:
+        """Factors that are parameters: name -> parameter name relative to the layer."""
+
+    def tangent(self, trained: tuple[str, ...]) -> Tangent:
+        """The tangent space when the factors ``trained`` train (:class:`NoTangent` when
+        unknown)."""
+
+    def link_delta(self) -> torch.Tensor:
+        """dW the layer adds to its base weight, (n x m) float64."""
+
+
 @dataclass(frozen=True, eq=False)
 class AdaptedModule:
     """An adapted layer as the merged curvature operator and the landscapes see it.
@@ -268,7 +297,7 @@ class AdaptedModule:
 
     name: str
     module: nn.Module
-    view: object
+    view: AdapterView
     kind: str
     factor_names: dict[str, str]
     trained: tuple[str, ...]

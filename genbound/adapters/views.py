@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from genbound.adapters.layers import AdapterLayer
-from genbound.adapters.tangent import AdaptedModule, NoTangent, Tangent, factor_tangent
+from genbound.adapters.tangent import (
+    AdaptedModule,
+    AdapterView,
+    NoTangent,
+    Tangent,
+    factor_tangent,
+)
 
 
 class PeftLoraView:
@@ -73,7 +79,7 @@ def _is_peft_lora(module: nn.Module) -> bool:
     return isinstance(getattr(module, "lora_A", None), nn.ModuleDict) and hasattr(module, "lora_B")
 
 
-def adapter_view(module: nn.Module) -> AdapterLayer | PeftLoraView | None:
+def adapter_view(module: nn.Module) -> AdapterView | None:
     """The module as an adapter layer, or None when it is not one."""
     if isinstance(module, AdapterLayer):
         return module

@@ -325,7 +325,7 @@ class MergedHessianOperator(_Base):
         if not self.layers:
             raise GenboundError(
                 "Merged-dW curvature needs adapted layers with known factors (PEFT LoRA, "
-                "genbound low-rank or selector layers) among the selected parameters; none "
+                "genbound adapter layers) among the selected parameters; none "
                 "was found" + (f" ({'; '.join(self.skipped)})" if self.skipped else "") + "."
             )
 
