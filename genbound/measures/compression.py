@@ -75,7 +75,7 @@ def _error_format(c: CompressionBoundResult):
     rounded onto 0 or 1), else as numbers."""
     from genbound.numbers import format_number, format_probability
 
-    return format_probability if c.error_range == 1.0 else format_number
+    return format_probability if getattr(c, "error_range", 1.0) == 1.0 else format_number
 
 
 class Compression(Measure):
@@ -119,7 +119,7 @@ class Compression(Measure):
             "## Compression bound (PAC-Bayes, Lotfi et al. 2022)",
             "",
             f"With probability >= {1 - c.delta:g} over the {c.n_train:,} training examples, "
-            f"the test {c.error_name} of the quantized model is at most **{prob(c.bound)}** "
+            f"the test {getattr(c, 'error_name', '0-1 error')} of the quantized model is at most **{prob(c.bound)}** "
             f"({verdict}: chance level is {prob(c.vacuous_at)}). Chosen: b = {c.chosen_bits} "
             f"bits per index ({2**c.chosen_bits:,} levels), K = {c.code_bits:,} bits, "
             f"quantized train error {prob(c.train_error)}, kl bound rhs = "
