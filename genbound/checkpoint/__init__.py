@@ -11,6 +11,7 @@ from genbound.checkpoint.updates import (
     LowRankUpdate,
     SelectorUpdate,
     Update,
+    VeraUpdate,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LowRankUpdate",
     "SelectorUpdate",
     "Update",
+    "VeraUpdate",
     "load_checkpoint",
     "save_run",
     "write_run",

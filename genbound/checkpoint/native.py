@@ -89,7 +89,7 @@ class _Kind:
 
 #: Link fields that name tensors (checked here to be strings; other tensor fields, such as
 #: VeRA's ``b`` and ``d``, are checked by the reader of their kind).
-TENSOR_FIELDS = ("B", "A", "indices", "delta", "value", "initial", "magnitude")
+TENSOR_FIELDS = ("B", "A", "indices", "delta", "value", "initial", "magnitude", "b", "d")
 
 #: A link: how one update's dW is stored (docs/checkpoint-format.md, "Link kinds"). Which
 #: tensor keys each kind needs is checked where the link is read.

@@ -35,6 +35,7 @@ from genbound.checkpoint.peft_tensors import (
 from genbound.checkpoint.peft_vera import read_vera, vera_hparams
 from genbound.checkpoint.schema import (
     BOOL,
+    INT,
     NONNEGATIVE_INT,
     NUMBER,
     POSITIVE_INT,
@@ -119,6 +120,9 @@ CONFIG_SCHEMA = Record(
         "base_model_name_or_path": Nullable(STRING),
         "init_lora_weights": AnyOf("true, false or a string", (BOOL, STRING)),
         "bias": STRING,
+        "projection_prng_key": INT,
+        "d_initial": NUMBER,
+        "save_projection": BOOL,
     },
 )
 
