@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from genbound.errors import GenboundError
 from genbound.options import ReportOptions
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class MeasureContext:
         results: results computed so far, by measure name (what ``after`` declares).
         warnings: things a reader must know, in the order found.
         seconds: wall time per stage.
+        task_failure: the error of a task that could not run the checkpoint (a head of
+            another size, a missing base): it fails the report, not one measure.
     """
 
     checkpoint: Checkpoint
@@ -55,6 +58,7 @@ class MeasureContext:
     results: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    task_failure: GenboundError | None = None
     _objectives: tuple[Objective, Objective] | None = None
     _sample: tuple[Objective, Sample] | None = None
     _adapted: Objective | None = None
@@ -75,7 +79,11 @@ class MeasureContext:
         if self._objectives is None:
             assert self.task is not None, "objectives() needs a task"
             with self.timed("model"):
-                train, test = self.task.objectives(self.checkpoint)
+                try:
+                    train, test = self.task.objectives(self.checkpoint)
+                except GenboundError as exc:  # the task and the checkpoint disagree
+                    self.task_failure = exc
+                    raise
             n = self.n_train
             if n is not None and train.num_examples != n:
                 self.warnings.append(

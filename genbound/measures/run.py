@@ -141,7 +141,9 @@ def measure_checkpoint(
             ``options`` (e.g. ``parts=("spectra",)``, ``n_train=1000``).
 
     A measure that cannot be computed (a GenboundError: no N, no base, no data) is
-    recorded in ``skipped`` with the reason; so is a user measure that raises anything.
+    recorded in ``skipped`` with the reason; so is a user measure that raises anything. A
+    task that cannot run the checkpoint, or a checkpoint whose tensors cannot be read, fails
+    the whole report (the GenboundError propagates).
     """
     options = options or ReportOptions()
     if option_fields:
@@ -163,7 +165,9 @@ def measure_checkpoint(
                 if result is not None:
                     ctx.results[m.name] = result
             except GenboundError as exc:
-                if m.name == "spectra":  # the checkpoint's own tensors: its error, not a skip
+                # the checkpoint's own tensors, or a task that cannot run the checkpoint:
+                # an error of the input, not a measure to skip
+                if m.name == "spectra" or exc is ctx.task_failure:
                     raise
                 skipped[m.name] = str(exc)
             except Exception as exc:
