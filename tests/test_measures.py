@@ -137,7 +137,9 @@ def test_docs_example_lands_in_report_json_and_md(setup, tmp_path, monkeypatch):
     assert doc["settings"]["measures"] == list(opts.measures)
     md = (out / "report.md").read_text()
     assert "## Your measures" in md and "`update_shape.largest`" in md
-    assert "sum over updates of ||dW||_F" in md  # the docstring describes it
+    assert "sum over updates of \\|\\|dW\\|\\|_F" in md  # the docstring, its pipes escaped
+    page = (out / "report.html").read_text()  # one cell, not split at the pipes
+    assert "<td>sum over updates of ||dW||_F</td>" in page
 
 
 def test_raising_and_malformed_measures_are_skipped_the_rest_is_kept(setup, tmp_path, monkeypatch):
@@ -225,6 +227,11 @@ def test_user_measures_in_sweep_rows_and_correlations(tmp_path):
     assert {"shape.largest", "count"} <= {c["measure"] for c in sweep["correlations"]}
     md = (out / "sweep.md").read_text()
     assert "## Your measures" in md and "| shape.largest |" in md
+    # every row of the ranking has its six cells, whatever pipes a description holds
+    from genbound.report.html import _cells
+
+    table = md[md.index("| rank | measure") :].split("\n\n")[0].splitlines()
+    assert len(table) > 2 and all(len(_cells(line)) == 6 for line in table)
 
 
 def test_tracker_logs_user_measures(tmp_path):

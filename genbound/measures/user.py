@@ -95,13 +95,15 @@ class FunctionMeasure(Measure):
 
     def markdown(self, result: UserValue, measures) -> list[str]:
         from genbound.numbers import format_number
+        from genbound.report.html import table_cell
 
+        what = table_cell(self.description)
         if isinstance(result, dict):
             return [
-                f"| `{self.name}.{k}` | {format_number(v)} | {self.description} |"
+                f"| `{table_cell(f'{self.name}.{k}')}` | {format_number(v)} | {what} |"
                 for k, v in result.items()
             ]
-        return [f"| `{self.name}` | {format_number(result)} | {self.description} |"]
+        return [f"| `{self.name}` | {format_number(result)} | {what} |"]
 
     def log_values(self, result: UserValue, *, per_layer: bool, intruder_eps: float) -> dict:
         return flat_values(self.name, result)

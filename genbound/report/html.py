@@ -50,8 +50,16 @@ def _image(alt: str, path: Path) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def table_cell(text: str) -> str:
+    """``text`` for one cell of a Markdown table: a ``|`` in it (``||dW||_F``) escaped as
+    ``\\|``, so it does not end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """The cells of one table row; ``\\|`` is a ``|`` inside a cell."""
+    inner = line.strip().removeprefix("|").removesuffix("|")
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
 
 
 def markdown_to_html(markdown: str, folder: str | Path, title: str = "genbound report") -> str:

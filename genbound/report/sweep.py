@@ -11,6 +11,7 @@ from pathlib import Path
 from genbound.compare import Correlation, measure_description, rank_correlations, sweep_rows
 from genbound.io import atomic_directory
 from genbound.numbers import format_number, format_probability
+from genbound.report.html import table_cell
 from genbound.report.serialize import dumps_json
 
 SWEEP_SCHEMA = "genbound.sweep/1"
@@ -93,7 +94,8 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
         for c in ranked:
             g = _tau(c.granulated) if c.granulated is not None else "n/a"
             lines.append(
-                f"| {c.rank} | {measure_description(c.measure)} | {c.n} | {_tau(c.tau)} | "
+                f"| {c.rank} | {table_cell(measure_description(c.measure))} | {c.n} | "
+                f"{_tau(c.tau)} | "
                 f"[{_tau(c.low)}, {_tau(c.high)}] | {g} |"
             )
         if any(c.granulated is None for c in ranked):
