@@ -66,6 +66,8 @@ class AdapterHandle:
         chain: k, the planned number of links (1 for unchained methods).
         lr_ratio: LoRA+ ratio lr_B / lr (None for other methods).
         heads: module paths of the head modules (train in full).
+        subspace: a subspace run's :class:`~genbound.adapters.subspace.Subspace` (its
+            ``z`` is then the only trained parameter), else None.
     """
 
     model: nn.Module
@@ -80,10 +82,15 @@ class AdapterHandle:
     generator: torch.Generator = field(default_factory=torch.Generator, repr=False)
     snapshots: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list, repr=False)
     merged: bool = False
+    #: the live expansion of a subspace run (:mod:`genbound.adapters.subspace`), else None.
+    subspace: Any = field(default=None, repr=False)
 
     # -- parameters ---------------------------------------------------------------
     def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """Every parameter that trains now, by its name in the model."""
+        """Every parameter that trains now, by its name in the model (``{"subspace.z": z}``
+        for a subspace run)."""
+        if self.subspace is not None:
+            return {"subspace.z": self.subspace.z}
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -95,7 +102,10 @@ class AdapterHandle:
         return sum(p.numel() for p in self.trainable_parameters())
 
     def num_trainable_by_formula(self) -> int:
-        """D over the whole run: the registry formula per adapted layer plus dense tensors."""
+        """D over the whole run: the registry formula per adapted layer plus dense tensors
+        (d for a subspace run)."""
+        if self.subspace is not None:
+            return self.subspace.d
         total = sum(d.parameter.numel() for d in self.dense)
         for layer in self.layers.values():
             k = self.chain if self.variant.chained else 1
@@ -152,8 +162,12 @@ class AdapterHandle:
                 f"{self.chain - 1} chain steps, found one more."
             )
         reset: list[nn.Parameter] = []
+        if self.subspace is not None:
+            self.subspace.refresh()
         for layer in self.layers.values():
             reset += layer.merge_link(self.generator)
+        if self.subspace is not None:
+            reset = self.subspace.restart(self.links_done)
         log.debug("chain step: link %d of %d started", self.links_done + 1, self.chain)
         return reset
 
@@ -167,18 +181,34 @@ class AdapterHandle:
 
         Nothing is modified (new tensors are returned).
         """
+        self._refresh()
         out = {f"{n}.weight": layer.merged_weight() for n, layer in self.layers.items()}
         for d in self.dense:
-            out[d.param] = d.parameter.detach().clone()
+            out[d.param] = self._dense_value(d).detach().clone()
         return out
+
+    def _refresh(self) -> None:
+        """A subspace run: write the current theta_0 + P z into the model's tensors."""
+        if self.subspace is not None:
+            self.subspace.refresh()
+
+    def _dense_value(self, d: DenseTensor) -> torch.Tensor:
+        """The current value of a dense tensor (a buffer of its module in a subspace run)."""
+        if self.subspace is None:
+            return d.parameter
+        path, _, attr = d.param.rpartition(".")
+        return getattr(self.model.get_submodule(path) if path else self.model, attr)
 
     @torch.no_grad()
     def merge(self) -> nn.Module:
         """Fold every adapter into its base weight and unwrap it, in place; returns the model.
 
         Afterwards the model is a plain model (state-dict names as before ``apply``) and
-        the handle can no longer save.
+        the handle can no longer save. A subspace run's tensors become frozen
+        parameters again.
         """
+        if self.subspace is not None:
+            self.subspace.release()
         for name, layer in self.layers.items():
             layer.base.weight.copy_(layer.merged_weight())
             parent_name, _, child = name.rpartition(".")
@@ -226,11 +256,18 @@ class AdapterHandle:
                 "save: the adapters were merged into the model; expected a handle before "
                 "merge(), found a merged one. Save first, then merge."
             )
+        self._refresh()
         updates, tensors = self._updates()
         hparams = dict(self.hparams)
         if self.chained:
             hparams["chain"] = self.links_done + 1
             hparams["chain_planned"] = self.chain
+        subspace, dtype = None, None
+        if self.subspace is not None:
+            from genbound.adapters.subspace import save_fields
+
+            dtype = self.subspace.slots[0].dtype
+            subspace = save_fields(self, tensors)
         path = save_run(
             run_dir,
             variant=self.variant.name,
@@ -244,6 +281,8 @@ class AdapterHandle:
             metrics=metrics,
             snapshots=self.snapshots,
             overwrite=overwrite,
+            subspace=subspace,
+            dtype=dtype,
         )
         log.info("run written to %s", path)
         return path
@@ -263,7 +302,7 @@ class AdapterHandle:
                 "link": link,
             }
         for d in self.dense:
-            value = d.parameter.detach().clone()
+            value = self._dense_value(d).detach().clone()
             if d.head:
                 link = {"kind": "dense", "value": f"{d.name}.value", "initial": f"{d.name}.initial"}
                 tensors[link["value"]] = value

@@ -18,6 +18,7 @@ from torch import nn
 from genbound.adapters.handle import AdapterHandle, DenseTensor
 from genbound.adapters.layers import AdapterLayer, is_conv1d, is_linear, linear_shape
 from genbound.adapters.registry import Variant, get_variant, variants
+from genbound.adapters.subspace import attach, check_dimension, check_subspace
 from genbound.errors import GenboundError
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,11 @@ def apply(
     alpha: float | None = None,
     targets: Sequence[str] | None = None,
     chain: int = 1,
-    seed: int = 0,
+    seed: int | None = None,
     head: Sequence[str] | None = None,
     rslora: bool = False,
     lr_ratio: float | None = None,
+    subspace: int | None = None,
 ) -> AdapterHandle:
     """Wrap the matching layers of ``model`` IN PLACE with adapter ``method``.
 
@@ -103,13 +105,18 @@ def apply(
         chain: k, the number of links of a chained method (cola, rac, c3la, random_c3la);
             must be 1 for the others.
         seed: the run's seed: A's initialisation, random selectors and window orders come
-            from ``torch.Generator().manual_seed(seed)``, in module order.
+            from ``torch.Generator().manual_seed(seed)``, in module order (None: 0; a
+            subspace run needs it given).
         head: patterns of the head modules, which train in full in every method; default:
             a module called ``classifier``, ``score`` or ``head`` if there is one; ``()``
             for none.
         rslora: s = alpha / sqrt(r).
         lr_ratio: LoRA+ ratio lr_B / lr (default: the variant's, 16); only for a variant
             with an ``lr_ratio`` (``lora_plus``).
+        subspace: d: train the run's tensors (adapter factors and head, D scalars) as
+            theta_0 + P z with z (d,) the only trained parameter and P a seeded structured
+            projection (:mod:`genbound.adapters.subspace`); 1 <= d <= D. Not for ``fft``
+            and ``lora_plus``.
 
     Returns:
         An :class:`~genbound.adapters.handle.AdapterHandle`.
@@ -121,6 +128,8 @@ def apply(
             f"expected one of {', '.join(trainable_variants())}."
         )
     _check_scalars(variant, rank, chain, lr_ratio, alpha)
+    check_subspace(variant, subspace, seed, lr_ratio)
+    seed = 0 if seed is None else seed
     wrapped = [n for n, mod in model.named_modules() if isinstance(mod, AdapterLayer)]
     if wrapped:
         raise GenboundError(
@@ -156,6 +165,9 @@ def apply(
         for name in layer_names:
             n, m, _ = linear_shape(model.get_submodule(name))
             variant.layer.check_target(variant, name, n, m, rank, chain)
+
+    if subspace is not None:
+        check_dimension(subspace, _run_size(model, variant, layer_names, heads, rank))
 
     # -- arguments are valid: change the model ------------------------------------------
     alpha = float(rank if alpha is None else alpha) if rank else alpha
@@ -200,7 +212,7 @@ def apply(
         lr_ratio = variant.lr_ratio if lr_ratio is None else float(lr_ratio)
         hparams["lr_ratio"] = lr_ratio
     log.info("%s: %d layers adapted, head %s", variant.name, len(layers), heads)
-    return AdapterHandle(
+    handle = AdapterHandle(
         model=model,
         variant=variant,
         layers=layers,
@@ -212,6 +224,9 @@ def apply(
         heads=heads,
         generator=gen,
     )
+    if subspace is not None:
+        attach(handle, subspace)
+    return handle
 
 
 # -- checks ---------------------------------------------------------------------------
@@ -238,6 +253,15 @@ def _check_scalars(variant: Variant, rank, chain, lr_ratio, alpha) -> None:
         )
     if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
         raise GenboundError(f"apply: expected alpha, a positive number; found {alpha!r}.")
+
+
+def _run_size(model: nn.Module, variant: Variant, layers: list[str], heads: list[str], rank):
+    """D of one link of the run: the registry formula per target plus the head's scalars."""
+    total = sum(p.numel() for h in heads for p in model.get_submodule(h).parameters())
+    for name in layers:
+        n, m, _ = linear_shape(model.get_submodule(name))
+        total += variant.trainable_per_layer(n, m, rank, 1)
+    return total
 
 
 def _top_level(model: nn.Module) -> str:

@@ -89,6 +89,7 @@ def save_run(
     metrics: Mapping[str, Any] | None = None,
     snapshots: Sequence[Snapshot] = (),
     overwrite: bool = False,
+    subspace: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a genbound run folder from its parts (docs/checkpoint-format.md).
 
@@ -109,6 +110,8 @@ def save_run(
         metrics: recorded as the run's ``metrics`` (non-finite floats as strings).
         snapshots: trajectory snapshots (step, name -> tensor), stored in
             ``trajectory.safetensors`` as ``"<i>/<name>"`` and listed under ``trajectory``.
+        subspace: a subspace run's ``subspace`` field (its z and initial tensors are in
+            ``tensors``; see :func:`genbound.adapters.subspace.save_fields`).
     """
     if isinstance(base_model, str | os.PathLike):
         base_model = {"path": str(Path(base_model).resolve())}
@@ -123,6 +126,8 @@ def save_run(
         "metrics": dict(metrics or {}),
         "updates": dict(updates),
     }
+    if subspace is not None:
+        manifest["subspace"] = dict(subspace)
     extra = {}
     if snapshots:
         manifest["trajectory"] = {

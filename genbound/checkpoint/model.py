@@ -95,6 +95,9 @@ class Checkpoint:
     adapter_name: str = "default"
     others: Mapping[str, Checkpoint] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: a subspace run's ``{"kind", "d", "D", "seed", "z"}`` (its factors are rebuilt from
+    #: z), else None.
+    subspace: Mapping[str, Any] | None = None
 
     @property
     def spec(self) -> Variant:
@@ -108,7 +111,10 @@ class Checkpoint:
 
     @property
     def num_trainable(self) -> int:
-        """D counted from the stored trainable tensors (heads and saved modules included)."""
+        """D counted from the stored trainable tensors (heads and saved modules included);
+        d for a subspace run (only z trained)."""
+        if self.subspace is not None:
+            return int(self.subspace["d"])
         return sum(u.num_trainable for u in self.updates.values())
 
     def formula_count(self, update: Update) -> tuple[int, bool]:
@@ -129,7 +135,10 @@ class Checkpoint:
         return spec.trainable_per_layer(n, m, r, k), True
 
     def num_trainable_by_formula(self) -> int:
-        """D from the variant's registry formula, summed over updates (see :meth:`formula_count`)."""
+        """D from the variant's registry formula, summed over updates (see :meth:`formula_count`);
+        d for a subspace run."""
+        if self.subspace is not None:
+            return int(self.subspace["d"])
         return sum(self.formula_count(u)[0] for u in self.updates.values())
 
     def requires_base(self) -> BaseModel:

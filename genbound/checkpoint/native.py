@@ -45,6 +45,7 @@ from genbound.checkpoint.schema import (
     one_of,
     shown,
 )
+from genbound.checkpoint.subspace import SUBSPACE_SCHEMA, expand
 from genbound.checkpoint.tensors import TensorFile, read_json
 from genbound.checkpoint.updates import Loader, Update, update_kinds
 from genbound.errors import GenboundError, input_error
@@ -135,6 +136,7 @@ HPARAMS_SCHEMA = Record(
         "layers": STRINGS,
         "head": STRINGS,
         "lr_ratio": NUMBER,
+        "subspace": POSITIVE_INT,
     },
 )
 
@@ -190,6 +192,7 @@ MANIFEST_SCHEMA = Record(
             )
         ),
         "tensor_file": FILE_NAME,
+        "subspace": Nullable(SUBSPACE_SCHEMA),
     },
     required=("schema", "variant", "updates"),
 )
@@ -285,8 +288,10 @@ def load_run(
 
     tfile = path / man.get("tensor_file", TENSORS)
     updates: dict[str, Update] = {}
+    subspace = man.get("subspace")
     with TensorFile(tfile) as tf:
-        reader = _LinkReader(tf, mpath, base)
+        expanded = expand(subspace, tf, mpath) if subspace else {}
+        reader = _LinkReader(tf, mpath, base, expanded)
         for name, spec in man["updates"].items():
             updates[name] = reader.update(name, spec)
     if base is not None:
@@ -316,15 +321,31 @@ def load_run(
         data=man.get("data"),
         trajectory=man.get("trajectory"),
         notes=tuple(notes),
+        subspace=_subspace_info(subspace),
     )
+
+
+def _subspace_info(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a Checkpoint keeps of the manifest's ``subspace`` field (no tensors)."""
+    if not spec:
+        return None
+    return {k: spec[k] for k in ("kind", "d", "D", "seed", "z")}
 
 
 class _LinkReader:
     """Builds Update objects from the manifest's update specs (the
     :class:`~genbound.checkpoint.updates.LinkReader` each update kind reads its link with)."""
 
-    def __init__(self, tf: TensorFile, mpath: Path, base: BaseModel | None):
+    def __init__(
+        self,
+        tf: TensorFile,
+        mpath: Path,
+        base: BaseModel | None,
+        expanded: Mapping[str, torch.Tensor] | None = None,
+    ):
         self.tf, self.mpath, self.base = tf, mpath, base
+        #: a subspace run's trained tensors (theta_0 + P z), by key: read before ``tf``.
+        self.expanded = dict(expanded or {})
 
     def field(self, spec: Mapping, key: str, where: str) -> Any:
         if key not in spec:
@@ -338,10 +359,16 @@ class _LinkReader:
         return spec[key]
 
     def tensor(self, spec: Mapping, key: str, where: str) -> torch.Tensor:
-        return self.tf[self._tensor_key(spec, key, where)]
+        name = self._tensor_key(spec, key, where)
+        return self.expanded[name] if name in self.expanded else self.tf[name]
 
     def lazy(self, spec: Mapping, key: str, where: str, shape: tuple[int, ...]) -> Loader:
         name = self._tensor_key(spec, key, where)
+        if name in self.expanded:
+            value = self.expanded[name]
+            found = f"{tuple(value.shape)}"
+            self.expect(tuple(value.shape) == tuple(shape), where, f"{key} of shape {shape}", found)
+            return lambda: value
         stored = tuple(self.tf.shape(name))
         self.expect(stored == tuple(shape), where, f"{key} of shape {tuple(shape)}", f"{stored}")
         self.tf[name]  # NaN/Inf fail at load time

@@ -1,0 +1,160 @@
+"""Subspace runs: theta = theta_0 + P z with z the only trained parameter, saved as z and
+rebuilt bit-exactly; bad arguments fail clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_adapters import MLP, save_base
+
+import genbound.adapters as ga
+from genbound import GenboundError, load_checkpoint
+from genbound.adapters.projection import KronProjection
+from genbound.adapters.subspace import projection_seed
+
+#: every variant subspace training supports (all trainable ones but fft and lora_plus).
+METHODS = [n for n, v in ga.variants().items() if v.trainable and n != "fft" and v.lr_ratio is None]
+D_SUB = 20
+
+
+def run(method: str, *, d: int = D_SUB, seed: int = 3, steps: int = 3):
+    model = MLP()
+    handle = ga.apply(model, method, rank=2, targets=["fc1", "fc2"], seed=seed, subspace=d)
+    x = torch.randn(7, 32, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(handle.param_groups(lr=1e-2))
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+    return model, handle, x
+
+
+def plain(method: str, seed: int = 3):
+    """The same run without a subspace: its trainable tensors by name."""
+    model = MLP()
+    h = ga.apply(model, method, rank=2, targets=["fc1", "fc2"], seed=seed)
+    return model, h
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_only_z_trains_and_theta_is_theta0_plus_Pz(method):
+    model, handle, _ = run(method)
+    _, ref = plain(method)
+    names = list(ref.named_trainable_parameters())
+    theta0 = torch.cat([p.detach().double().reshape(-1) for p in ref.trainable_parameters()])
+    D = theta0.numel()
+    assert handle.num_trainable == D_SUB and handle.num_trainable_by_formula() == D_SUB
+    assert list(handle.named_trainable_parameters()) == ["subspace.z"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == []
+    # the state dict keeps every name
+    assert set(names) <= set(model.state_dict())
+    z = handle.subspace.z.detach()
+    assert z.abs().sum() > 0
+    P = KronProjection(D, D_SUB, projection_seed(3)).dense()
+    theta = theta0 + P @ z
+    handle.subspace.refresh()
+    got = torch.cat([model.get_buffer(n).double().reshape(-1) for n in names])
+    dtype_eps = 1e-6  # float32 tensors: theta is cast from float64
+    assert torch.allclose(got, theta, rtol=0, atol=dtype_eps)
+
+
+@pytest.mark.parametrize("method", ["lora", "cla", "head"])
+def test_gradient_of_z_is_P_transpose_of_the_tensors_gradient(method):
+    model, handle, x = run(method, steps=0)
+    _, ref = plain(method)
+    with torch.no_grad():  # move off theta_0 (B = 0 gives A no gradient)
+        handle.subspace.z.copy_(torch.linspace(-0.5, 0.5, D_SUB, dtype=torch.float64))
+    model(x).square().sum().backward()
+    gz = handle.subspace.z.grad.clone()
+    # reference: the plain run at the same tensors, its gradient projected by P^T
+    handle.subspace.refresh()
+    with torch.no_grad():
+        for n, p in ref.named_trainable_parameters().items():
+            p.copy_(model.get_buffer(n))
+    ref.model(x).square().sum().backward()
+    g = torch.cat([p.grad.double().reshape(-1) for p in ref.trainable_parameters()])
+    P = KronProjection(g.numel(), D_SUB, projection_seed(3))
+    assert torch.allclose(gz, P.rmatvec(g), rtol=1e-4, atol=1e-6)
+
+
+def _link(update):
+    """The one link of an update (a chain of one link for chained variants)."""
+    return update.links[-1] if hasattr(update, "links") else update
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_saved_run_stores_z_and_rebuilds_bit_exact_factors(tmp_path, method):
+    model, handle, _ = run(method)
+    path = handle.save(tmp_path / "run", base_model=save_base(MLP(), tmp_path))
+    man = json.loads((path / "genbound.json").read_text())
+    sub = man["subspace"]
+    assert sub["d"] == D_SUB and sub["kind"] == "kron" and sub["seed"] == projection_seed(3)
+    assert [e["key"] for e in sub["tensors"]] == _run_keys(handle)
+    assert "subspace.z" in sub["z"]
+    ckpt = load_checkpoint(path)
+    assert ckpt.num_trainable == D_SUB and ckpt.num_trainable_by_formula() == D_SUB
+    assert ckpt.subspace["d"] == D_SUB
+    handle.subspace.refresh()
+    compared = 0
+    for path_, layer in handle.layers.items():
+        link = _link(ckpt.updates[path_])
+        for name in layer.trained:
+            assert torch.equal(getattr(link, name), getattr(layer, name)), (path_, name)
+            compared += 1
+    for d in handle.dense:
+        value = ckpt.updates[d.name].value()
+        assert torch.equal(value, model.get_buffer(d.param)), d.name
+        compared += 1
+    assert compared == len(handle.subspace.slots)
+
+
+def _run_keys(handle):
+    from genbound.adapters.subspace import run_keys
+
+    keys = run_keys(handle)
+    return [keys[s.name] for s in handle.subspace.slots]
+
+
+@pytest.mark.parametrize("method", ["lora", "c3la", "head", "vera"])
+def test_reloaded_model_outputs_equal_the_live_handle(tmp_path, method):
+    model, handle, x = run(method)
+    base_model = MLP()
+    base = save_base(base_model, tmp_path)
+    ckpt = load_checkpoint(handle.save(tmp_path / "run", base_model=base))
+    with torch.no_grad():
+        live = model(x)
+        w = handle.merged_weights()
+        rebuilt = MLP()
+        sd = rebuilt.state_dict()
+        for u in ckpt.updates.values():
+            delta = u.delta().to(torch.float32)
+            sd[u.param] = sd[u.param] + (delta.T if u.transposed else delta).reshape(
+                sd[u.param].shape
+            )
+        rebuilt.load_state_dict(sd)
+        for k, v in w.items():  # W0 + dW in float32: within rounding of the add
+            assert torch.allclose(rebuilt.state_dict()[k], v, rtol=0, atol=1e-6), k
+        assert torch.allclose(rebuilt(x), live, rtol=0, atol=1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(GenboundError, match="d = 10000 is larger than the run's D = 243"):
+        ga.apply(MLP(), "lora", rank=2, targets=["fc1", "fc2"], seed=0, subspace=10000)
+    with pytest.raises(GenboundError, match="positive integer"):
+        ga.apply(MLP(), "lora", rank=2, targets=["fc1"], seed=0, subspace=0)
+    with pytest.raises(GenboundError, match="found 'fft'"):
+        ga.apply(MLP(), "fft", targets=["fc1"], seed=0, subspace=5)
+    with pytest.raises(GenboundError, match="needs seed=s"):
+        ga.apply(MLP(), "lora", rank=2, targets=["fc1"], subspace=5)
+    with pytest.raises(GenboundError, match="learning-rate ratio"):
+        ga.apply(MLP(), "lora_plus", rank=2, targets=["fc1"], seed=0, subspace=5)
+    with pytest.raises(GenboundError, match="can be analysed but not trained"):
+        ga.apply(MLP(), "dora", rank=2, targets=["fc1"], seed=0, subspace=5)
+    model = MLP()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(GenboundError):
+        ga.apply(model, "lora", rank=2, targets=["fc1"], seed=0, subspace=10**6)
+    assert all(p.requires_grad for p in model.parameters())  # model untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
