@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 #: Cross-entropy loss and 0-1 error of class logits (the default loss and the accuracy).
 CLASSES = classification()
 
+#: A default AdamW learning rate for a subspace run's z (``apply(..., subspace=d)``).
+#: P's columns have unit norm, so a step of lr on every coordinate of z moves the D
+#: trained scalars by about lr sqrt(d / D) each: z needs about sqrt(D / d) times the
+#: factors' own learning rate (0.1 was best of 1e-3 .. 0.3 for LoRA, cLA and c3LA in
+#: tests/test_subspace.py's small runs; with D / d near 1000, 0.03 to 0.1).
+SUBSPACE_LR = 0.1
+
 
 @dataclass
 class FitResult:
@@ -217,7 +224,8 @@ def fit(
 
     Args:
         model_or_handle: an :class:`AdapterHandle` (its parameter groups, LoRA+ ratio and
-            chain schedule are used) or a model (its ``requires_grad`` parameters train).
+            chain schedule are used; a subspace run trains its z, see :data:`SUBSPACE_LR`)
+            or a model (its ``requires_grad`` parameters train).
         train_data, test_data: see the module docstring; ``test_data`` may be None.
         epochs, lr, batch_size, weight_decay: the usual; ``warmup`` is a fraction of steps.
         loss_fn: ``loss_fn(outputs, labels) -> per-example losses``

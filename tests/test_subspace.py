@@ -7,12 +7,15 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from test_adapters import MLP, save_base
 
 import genbound.adapters as ga
 from genbound import GenboundError, load_checkpoint
 from genbound.adapters.projection import KronProjection
 from genbound.adapters.subspace import projection_seed
+from genbound.callbacks import live_checkpoint
+from genbound.train import SUBSPACE_LR, fit
 
 #: every variant subspace training supports (all trainable ones but fft and lora_plus).
 METHODS = [n for n, v in ga.variants().items() if v.trainable and n != "fft" and v.lr_ratio is None]
@@ -91,8 +94,12 @@ def test_saved_run_stores_z_and_rebuilds_bit_exact_factors(tmp_path, method):
     man = json.loads((path / "genbound.json").read_text())
     sub = man["subspace"]
     assert sub["d"] == D_SUB and sub["kind"] == "kron" and sub["seed"] == projection_seed(3)
-    assert [e["key"] for e in sub["tensors"]] == _run_keys(handle)
-    assert "subspace.z" in sub["z"]
+    (link,) = sub["links"]
+    slots = handle.subspace.slots
+    assert [t["name"] for t in sub["tensors"]] == [s.name for s in slots]
+    stored = safe_open(path / "updates.safetensors", "pt").keys()
+    assert not set(link["keys"]) & set(stored)  # the expanded tensors are not stored
+    assert set(link["initial"]) | {link["z"]} <= set(stored)
     ckpt = load_checkpoint(path)
     assert ckpt.num_trainable == D_SUB and ckpt.num_trainable_by_formula() == D_SUB
     assert ckpt.subspace["d"] == D_SUB
@@ -108,13 +115,6 @@ def test_saved_run_stores_z_and_rebuilds_bit_exact_factors(tmp_path, method):
         assert torch.equal(value, model.get_buffer(d.param)), d.name
         compared += 1
     assert compared == len(handle.subspace.slots)
-
-
-def _run_keys(handle):
-    from genbound.adapters.subspace import run_keys
-
-    keys = run_keys(handle)
-    return [keys[s.name] for s in handle.subspace.slots]
 
 
 @pytest.mark.parametrize("method", ["lora", "c3la", "head", "vera"])
@@ -158,3 +158,81 @@ def test_bad_arguments():
         ga.apply(model, "lora", rank=2, targets=["fc1"], seed=0, subspace=10**6)
     assert all(p.requires_grad for p in model.parameters())  # model untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def toy_task(n: int = 256):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 32, generator=gen)
+    y = (x @ torch.randn(32, 3, generator=gen)).argmax(1)
+    return x, y
+
+
+@pytest.mark.parametrize("method,chain", [("lora", 1), ("c3la", 2), ("head", 1)])
+def test_fit_trains_z_at_the_default_learning_rate(method, chain):
+    x, y = toy_task()
+    model = MLP()
+    before = (model(x).argmax(1) == y).float().mean().item()
+    kw = {"chain": chain} if chain > 1 else {}
+    h = ga.apply(model, method, rank=4, targets=["fc1", "fc2"], seed=1, subspace=30, **kw)
+    result = fit(h, (x, y), epochs=6, lr=SUBSPACE_LR, batch_size=32)
+    assert len(result.chain_steps) == chain - 1
+    assert result.train_acc > before + 0.1
+    assert h.num_trainable == 30
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == []
+
+
+def test_chain_step_starts_a_new_link_subspace():
+    model = MLP()
+    h = ga.apply(model, "c3la", rank=2, targets=["fc1", "fc2"], seed=1, subspace=10, chain=2)
+    x, _ = toy_task(16)
+    with torch.no_grad():
+        h.subspace.z.fill_(0.3)
+        before = model(x)
+    reset = h.chain_step()
+    assert reset == [h.subspace.z] and h.subspace.z.abs().sum() == 0
+    assert h.subspace.link == 1 and len(h.subspace.history) == 1
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, rtol=0, atol=1e-5)  # the merge keeps f
+
+
+def test_live_checkpoint_of_a_subspace_handle(tmp_path):
+    model, handle, x = run("lora")
+    base = save_base(MLP(), tmp_path)
+    with torch.no_grad():
+        live = model(x)
+    with live_checkpoint(handle, base=base, n_train=7) as ckpt:
+        assert ckpt.num_trainable == D_SUB and ckpt.subspace["d"] == D_SUB
+        for name, layer in handle.layers.items():
+            assert torch.equal(ckpt.updates[name].B, layer.B)
+    with torch.no_grad():
+        assert torch.equal(model(x), live)
+
+
+@pytest.mark.parametrize("method", ["cola", "rac", "c3la", "random_c3la"])
+def test_chained_run_saves_one_z_per_link_and_rebuilds_every_link(tmp_path, method):
+    x, y = toy_task(64)
+    model = MLP()
+    h = ga.apply(model, method, rank=2, targets=["fc1", "fc2"], seed=2, subspace=12, chain=3)
+    fit(h, (x, y), epochs=3, lr=SUBSPACE_LR, batch_size=16, eval_train=False)
+    assert h.links_done == 2
+    path = h.save(tmp_path / "run", base_model=save_base(MLP(), tmp_path))
+    man = json.loads((path / "genbound.json").read_text())
+    links = man["subspace"]["links"]
+    assert len(links) == 3
+    heads = [i for i, s in enumerate(h.subspace.slots) if s.name.startswith("classifier")]
+    for i, link in enumerate(links):  # the head is stored once: its final value
+        assert all((link["keys"][j] is None) == (i < 2) for j in heads)
+        assert all((link["initial"][j] is None) == (i > 0) for j in heads)
+    ckpt = load_checkpoint(path)
+    assert ckpt.num_trainable == 12 and ckpt.subspace["links"] == 3
+    h.subspace.refresh()
+    for name, layer in h.layers.items():
+        saved = ckpt.updates[name].links
+        assert len(saved) == 3
+        for tensors, link in zip([*layer.finished, layer.link_tensors()], saved, strict=True):
+            for factor in layer.trained:
+                assert torch.equal(getattr(link, factor), tensors[factor]), (name, factor)
+        # dW: the checkpoint sums links in its dtype, the layer in float64
+        assert torch.allclose(ckpt.updates[name].delta().double(), layer.delta(), atol=1e-6)
+    for d in h.dense:
+        assert torch.equal(ckpt.updates[d.name].value(), model.get_buffer(d.param))

@@ -167,7 +167,7 @@ class AdapterHandle:
         for layer in self.layers.values():
             reset += layer.merge_link(self.generator)
         if self.subspace is not None:
-            reset = self.subspace.restart(self.links_done)
+            reset = self.subspace.restart()
         log.debug("chain step: link %d of %d started", self.links_done + 1, self.chain)
         return reset
 

@@ -86,6 +86,10 @@ class Subspace:
 
     def __init__(self, model: nn.Module, names: list[str], d: int, seed: int, kind: str):
         self.model, self.kind, self.seed, self.d = model, kind, int(seed), int(d)
+        #: the link being trained (chained runs); its P is seeded ``seed + link``.
+        self.link = 0
+        #: finished links: ``{"z": z, "theta0": theta_0}`` (detached copies), oldest first.
+        self.history: list[dict[str, torch.Tensor]] = []
         self.slots: list[Slot] = []
         offset = 0
         params = dict(model.named_parameters())
@@ -142,13 +146,17 @@ class Subspace:
             setattr(slot.module, slot.attr, getattr(slot.module, slot.attr).detach())
 
     @torch.no_grad()
-    def restart(self, link: int) -> list[nn.Parameter]:
-        """Start a chain's next link: theta_0 := the current tensors, z := 0, a new P
-        seeded ``seed + link``. Returns ``[z]`` (its optimizer state must be rebuilt)."""
+    def restart(self) -> list[nn.Parameter]:
+        """Start a chain's next link, after the layers started theirs: theta_0 := the
+        tensors now (new factors, the head as trained so far), z := 0, a new P seeded
+        ``seed + link``. Returns ``[z]`` (its optimizer state must be rebuilt)."""
+        self.history.append({"z": self.z.detach().clone(), "theta0": self.theta0})
+        self.link += 1
         self.theta0 = torch.cat(
             [getattr(s.module, s.attr).detach().double().reshape(-1) for s in self.slots]
         )
-        self.P = make_projection(self.kind, self.D, self.d, self.seed + link).to(self.z.device)
+        seed = self.seed + self.link
+        self.P = make_projection(self.kind, self.D, self.d, seed).to(self.z.device)
         self.z.zero_()
         return [self.z]
 
@@ -219,44 +227,46 @@ def attach(handle, d: int, *, kind: str = "kron") -> Subspace:
     return sub
 
 
-def run_keys(handle) -> dict[str, str]:
-    """State-dict name of each trained tensor -> its key in the saved run's tensors."""
-    keys = {}
-    for path, layer in handle.layers.items():
-        prefix = f"{path}.link{layer.link}" if handle.chained else path
-        for local in layer.link_tensors():
-            keys[f"{path}.{local}"] = f"{prefix}.{local}"
-    for dense in handle.dense:
-        keys[dense.param] = f"{dense.name}.value"
-    return keys
-
-
 def save_fields(handle, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The manifest's ``subspace`` field; in ``tensors`` the expanded trained tensors are
-    replaced by z and the initial tensors (theta_0). Chained runs: see :func:`attach`."""
+    """The manifest's ``subspace`` field (docs/checkpoint-format.md, "Subspace runs").
+
+    In ``tensors`` (the run's tensors as a plain run saves them) every expanded trained
+    tensor is removed, and each link's z and initial tensors are added: link i stores
+    z as ``subspace.link<i>.z`` and theta_0's pieces as ``subspace.link<i>.initial.<key>``,
+    except, for i > 0, the head's (its initial value is its value at the end of link i-1).
+    """
     sub: Subspace = handle.subspace
-    keys = run_keys(handle)
-    if handle.chained and handle.links_done:
-        raise GenboundError(
-            "save: a chained subspace run can be saved before its first chain step only; "
-            f"found {handle.links_done} links merged."
-        )
-    entries = []
-    initial = sub.pieces(sub.theta0)
-    for slot in sub.slots:
-        key = keys[slot.name]
-        if key not in tensors:  # pragma: no cover - internal consistency
-            raise GenboundError(f"save: trained tensor {slot.name!r} has no run key {key!r}.")
-        del tensors[key]
-        init_key = f"subspace.initial.{key}"
-        tensors[init_key] = initial[slot.name].contiguous()
-        entries.append({"key": key, "initial": init_key, "shape": list(slot.shape)})
-    tensors["subspace.z"] = sub.z.detach().cpu().clone()
+    dense = {d.param: d for d in handle.dense}
+    last = sub.link
+    thetas = [h["theta0"] for h in sub.history] + [sub.theta0]
+    zs = [h["z"] for h in sub.history] + [sub.z.detach().clone()]
+    links = []
+    for i, (theta0, z) in enumerate(zip(thetas, zs, strict=True)):
+        initial = sub.pieces(theta0)
+        keys, inits = [], []
+        for slot in sub.slots:
+            if slot.name in dense:
+                key = f"{dense[slot.name].name}.value" if i == last else None
+                init = None if i > 0 else f"subspace.link{i}.initial.{slot.name}"
+            else:
+                path, _, local = slot.name.rpartition(".")
+                key = f"{path}.link{i}.{local}" if handle.chained else slot.name
+                init = f"subspace.link{i}.initial.{slot.name}"
+            if key is not None:
+                if key not in tensors:  # pragma: no cover - internal consistency
+                    raise GenboundError(f"save: no run tensor {key!r} for {slot.name!r}.")
+                del tensors[key]
+            if init is not None:
+                tensors[init] = initial[slot.name].contiguous()
+            keys.append(key)
+            inits.append(init)
+        tensors[f"subspace.link{i}.z"] = z.cpu()
+        links.append({"z": f"subspace.link{i}.z", "keys": keys, "initial": inits})
     return {
         "kind": sub.kind,
         "d": sub.d,
         "D": sub.D,
         "seed": sub.seed,
-        "z": "subspace.z",
-        "tensors": entries,
+        "tensors": [{"name": s.name, "shape": list(s.shape)} for s in sub.slots],
+        "links": links,
     }

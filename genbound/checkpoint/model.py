@@ -95,8 +95,8 @@ class Checkpoint:
     adapter_name: str = "default"
     others: Mapping[str, Checkpoint] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    #: a subspace run's ``{"kind", "d", "D", "seed", "z"}`` (its factors are rebuilt from
-    #: z), else None.
+    #: a subspace run's ``{"kind", "d", "D", "seed", "links"}`` (its factors were rebuilt
+    #: from z; ``links``: how many z), else None.
     subspace: Mapping[str, Any] | None = None
 
     @property

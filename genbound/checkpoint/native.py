@@ -329,7 +329,7 @@ def _subspace_info(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """What a Checkpoint keeps of the manifest's ``subspace`` field (no tensors)."""
     if not spec:
         return None
-    return {k: spec[k] for k in ("kind", "d", "D", "seed", "z")}
+    return {k: spec[k] for k in ("kind", "d", "D", "seed")} | {"links": len(spec["links"])}
 
 
 class _LinkReader:

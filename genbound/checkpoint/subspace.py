@@ -10,6 +10,7 @@ the factors the run had when it was saved (on the same build of torch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,17 @@ from genbound.checkpoint.schema import (
     POSITIVE_INT,
     STRING,
     ListOf,
+    Nullable,
     Record,
     one_of,
 )
 from genbound.checkpoint.tensors import TensorFile
 from genbound.errors import input_error
+
+
+def _strings_or_null(what: str) -> ListOf:
+    return ListOf(f"a list of {what} (strings or null)", Nullable(STRING))
+
 
 #: The manifest's ``subspace`` field.
 SUBSPACE_SCHEMA = Record(
@@ -35,28 +42,41 @@ SUBSPACE_SCHEMA = Record(
         "d": POSITIVE_INT,
         "D": POSITIVE_INT,
         "seed": INT,
-        "z": STRING,
         "tensors": ListOf(
             "a non-empty list of trained tensors",
             Record(
-                'an object {"key": ..., "initial": ..., "shape": [...]}',
+                'an object {"name": ..., "shape": [...]}',
+                {"name": STRING, "shape": ListOf("a list of positive integers", POSITIVE_INT)},
+                required=("name", "shape"),
+            ),
+            1,
+        ),
+        "links": ListOf(
+            "a non-empty list of links",
+            Record(
+                'an object {"z": ..., "keys": [...], "initial": [...]}',
                 {
-                    "key": STRING,
-                    "initial": STRING,
-                    "shape": ListOf("a list of positive integers", POSITIVE_INT),
+                    "z": STRING,
+                    "keys": _strings_or_null("tensor keys"),
+                    "initial": _strings_or_null("tensor keys"),
                 },
-                required=("key", "initial", "shape"),
+                required=("z", "keys", "initial"),
             ),
             1,
         ),
     },
-    required=("kind", "d", "D", "seed", "z", "tensors"),
+    required=("kind", "d", "D", "seed", "tensors", "links"),
 )
 
 
 def expand(spec: Mapping[str, Any], tf: TensorFile, mpath: Path) -> dict[str, torch.Tensor]:
     """The trained tensors of a subspace run by their run key (``spec``: the manifest's
-    ``subspace`` field, already checked against :data:`SUBSPACE_SCHEMA`)."""
+    ``subspace`` field, already checked against :data:`SUBSPACE_SCHEMA`).
+
+    Link i: theta_0 = its ``initial`` tensors (a null: the tensor's value at the end of
+    link i-1), theta = theta_0 + P_i z_i with P_i seeded ``seed + i``; the pieces whose
+    ``keys`` entry is not null are returned under that key.
+    """
     from genbound.adapters.projection import make_projection
 
     def fail(key: str, expected: str, found: str):
@@ -69,28 +89,41 @@ def expand(spec: Mapping[str, Any], tf: TensorFile, mpath: Path) -> dict[str, to
         )
 
     d, D = int(spec["d"]), int(spec["D"])
-    z = tf[spec["z"]]
-    if tuple(z.shape) != (d,):
-        raise fail("z", f"tensor {spec['z']!r} of shape ({d},)", str(tuple(z.shape)))
-    initial = []
-    for i, entry in enumerate(spec["tensors"]):
-        t = tf[entry["initial"]]
-        if list(t.shape) != list(entry["shape"]):
-            raise fail(
-                f"tensors[{i}].shape",
-                f"tensor {entry['initial']!r} of shape {entry['shape']}",
-                str(list(t.shape)),
-            )
-        initial.append(t)
-    total = sum(t.numel() for t in initial)
-    if total != D or d > D:
-        raise fail("D", f"D = {D} = the initial tensors' size, >= d = {d}", f"size {total}")
-    theta0 = torch.cat([t.double().reshape(-1) for t in initial])
-    with torch.no_grad():
-        theta = theta0 + make_projection(spec["kind"], D, d, int(spec["seed"])).matvec(z.double())
-    out, offset = {}, 0
-    for entry, t in zip(spec["tensors"], initial, strict=True):
-        n = t.numel()
-        out[entry["key"]] = theta[offset : offset + n].view(t.shape).to(t.dtype).clone()
-        offset += n
+    shapes = [tuple(t["shape"]) for t in spec["tensors"]]
+    sizes = [math.prod(s) for s in shapes]
+    if sum(sizes) != D or d > D:
+        raise fail("D", f"D = the tensors' total size {sum(sizes)}, >= d = {d}", f"D = {D}")
+    out: dict[str, torch.Tensor] = {}
+    previous: list[torch.Tensor] | None = None
+    for i, link in enumerate(spec["links"]):
+        where = f"links[{i}]"
+        if len(link["keys"]) != len(shapes) or len(link["initial"]) != len(shapes):
+            raise fail(where, f"keys and initial of {len(shapes)} entries", "other lengths")
+        z = tf[link["z"]]
+        if tuple(z.shape) != (d,):
+            raise fail(f"{where}.z", f"tensor {link['z']!r} of shape ({d},)", str(tuple(z.shape)))
+        initial = []
+        for j, (key, shape) in enumerate(zip(link["initial"], shapes, strict=True)):
+            if key is None:
+                if previous is None:
+                    raise fail(f"{where}.initial[{j}]", "a tensor key in the first link", "null")
+                initial.append(previous[j])
+                continue
+            t = tf[key]
+            if tuple(t.shape) != shape:
+                raise fail(
+                    f"{where}.initial[{j}]", f"tensor {key!r} of shape {shape}", str(t.shape)
+                )
+            initial.append(t)
+        theta0 = torch.cat([t.double().reshape(-1) for t in initial])
+        P = make_projection(spec["kind"], D, d, int(spec["seed"]) + i)
+        with torch.no_grad():
+            theta = theta0 + P.matvec(z.double())
+        previous, offset = [], 0
+        for t, n in zip(initial, sizes, strict=True):
+            previous.append(theta[offset : offset + n].view(t.shape).to(t.dtype).clone())
+            offset += n
+        for key, value in zip(link["keys"], previous, strict=True):
+            if key is not None:
+                out[key] = value
     return out
