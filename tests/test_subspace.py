@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_bert
 from safetensors import safe_open
 from test_adapters import MLP, save_base
 
@@ -236,3 +237,58 @@ def test_chained_run_saves_one_z_per_link_and_rebuilds_every_link(tmp_path, meth
         assert torch.allclose(ckpt.updates[name].delta().double(), layer.delta(), atol=1e-6)
     for d in h.dense:
         assert torch.equal(ckpt.updates[d.name].value(), model.get_buffer(d.param))
+
+
+def test_merge_folds_the_expansion_and_unwraps(tmp_path):
+    model, handle, x = run("lora")
+    with torch.no_grad():
+        live = model(x)
+    expected = handle.merged_weights()
+    merged = handle.merge()
+    assert type(merged.fc1) is torch.nn.Linear
+    for name, value in expected.items():
+        assert torch.equal(merged.state_dict()[name], value), name
+    assert isinstance(merged.classifier.weight, torch.nn.Parameter)
+    with torch.no_grad():
+        assert torch.allclose(merged(x), live, rtol=0, atol=1e-5)
+
+
+def test_trajectory_snapshots_record_z(tmp_path):
+    x, y = toy_task(64)
+    model = MLP()
+    h = ga.apply(model, "lora", rank=2, targets=["fc1"], seed=1, subspace=8)
+    fit(h, (x, y), epochs=1, lr=SUBSPACE_LR, batch_size=16, trajectory_every=2, eval_train=False)
+    path = h.save(tmp_path / "run")
+    man = json.loads((path / "genbound.json").read_text())
+    assert man["trajectory"]["params"] == ["subspace.z"]
+    with safe_open(path / "trajectory.safetensors", "pt") as f:
+        last = f.get_tensor(f"{len(man['trajectory']['steps']) - 1}/subspace.z")
+    assert torch.equal(last, h.subspace.z.detach())
+
+
+def test_a_run_folder_with_a_wrong_z_fails_clearly(tmp_path):
+    _, handle, _ = run("lora")
+    path = handle.save(tmp_path / "run")
+    man = json.loads((path / "genbound.json").read_text())
+    man["subspace"]["d"] = D_SUB + 1
+    (path / "genbound.json").write_text(json.dumps(man))
+    with pytest.raises(GenboundError, match=r"subspace\.links\[0\]\.z"):
+        load_checkpoint(path)
+
+
+def test_hugging_face_model_subspace_run_reloads(tmp_path):
+    model = tiny_bert()
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    h = ga.apply(model, "c3la", rank=2, targets=["query", "value"], seed=5, subspace=40, chain=2)
+    ids = torch.randint(1, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(h.param_groups(lr=SUBSPACE_LR))
+    for _ in range(2):
+        opt.zero_grad()
+        model(input_ids=ids).logits.square().sum().backward()
+        opt.step()
+    ckpt = load_checkpoint(h.save(tmp_path / "run", base_model=base))
+    assert ckpt.num_trainable == 40
+    h.subspace.refresh()
+    for name, layer in h.layers.items():
+        assert torch.equal(ckpt.updates[name].links[-1].B, layer.B)
