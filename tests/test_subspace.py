@@ -54,7 +54,7 @@ def test_only_z_trains_and_theta_is_theta0_plus_Pz(method):
     assert [n for n, p in model.named_parameters() if p.requires_grad] == []
     # the state dict keeps every name
     assert set(names) <= set(model.state_dict())
-    z = handle.subspace.z.detach()
+    z = handle.subspace.z.detach().double()
     assert z.abs().sum() > 0
     P = KronProjection(D, D_SUB, projection_seed(3)).dense()
     theta = theta0 + P @ z
@@ -69,9 +69,9 @@ def test_gradient_of_z_is_P_transpose_of_the_tensors_gradient(method):
     model, handle, x = run(method, steps=0)
     _, ref = plain(method)
     with torch.no_grad():  # move off theta_0 (B = 0 gives A no gradient)
-        handle.subspace.z.copy_(torch.linspace(-0.5, 0.5, D_SUB, dtype=torch.float64))
+        handle.subspace.z.copy_(torch.linspace(-0.5, 0.5, D_SUB))
     model(x).square().sum().backward()
-    gz = handle.subspace.z.grad.clone()
+    gz = handle.subspace.z.grad.double()
     # reference: the plain run at the same tensors, its gradient projected by P^T
     handle.subspace.refresh()
     with torch.no_grad():

@@ -15,7 +15,9 @@ run (``genbound.adapters.apply(..., subspace=d)`` calls it):
   writes theta_0 + P z into them (as views of one float64 expansion cast to the tensor's
   dtype, differentiable in z), and a forward hook replaces them by detached copies once
   the forward has built its graph (so the model can be copied and saved between steps);
-* z (d,) float64, zero at the start, is the only trained parameter (``handle.subspace.z``).
+* z (d,), zero at the start, in the trained tensors' dtype (the first one's; so a saved
+  run stores q bits per coded scalar, q of the manifest's ``dtype``), is the only trained
+  parameter (``handle.subspace.z``); the expansion runs in float64.
 
 Learning rate: ||P z|| = ||z|| (unit-norm, nearly orthogonal columns), so an AdamW step
 of lr on every coordinate of z moves theta by about lr sqrt(d) in norm, spread over D
@@ -103,7 +105,8 @@ class Subspace:
         device = params[names[0]].device
         self.theta0 = torch.cat([params[n].detach().double().reshape(-1) for n in names])
         self.P = make_projection(kind, self.D, self.d, self.seed).to(device)
-        self.z = nn.Parameter(torch.zeros(self.d, dtype=torch.float64, device=device))
+        dtype = self.slots[0].dtype
+        self.z = nn.Parameter(torch.zeros(self.d, dtype=dtype, device=device))
         for slot in self.slots:
             value = getattr(slot.module, slot.attr).detach().clone()
             del slot.module._parameters[slot.attr]
