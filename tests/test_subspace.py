@@ -3,6 +3,7 @@ rebuilt bit-exactly; bad arguments fail clearly."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -292,3 +293,12 @@ def test_hugging_face_model_subspace_run_reloads(tmp_path):
     h.subspace.refresh()
     for name, layer in h.layers.items():
         assert torch.equal(ckpt.updates[name].links[-1].B, layer.B)
+
+
+def test_a_copied_model_is_an_independent_subspace_model():
+    model, handle, x = run("lora")
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(copied(x), model(x))
+        handle.subspace.z.add_(1.0)
+        assert not torch.equal(copied(x), model(x))
