@@ -50,7 +50,11 @@ class ReportOptions:
         trace_products: Hessian-vector products of the Hutch++ trace.
         density_probes, density_steps: probes and Lanczos steps of the SLQ density.
         landscape_steps: points of each 1-D landscape (4 k + 1).
-        seed: seeds the example sample, Lanczos, Hutch++, SLQ and the random direction.
+        pacbayes_samples: m, models drawn for the Gaussian PAC-Bayes certificate's Monte
+            Carlo estimate (each evaluated on about N / m training examples: about one pass
+            over the training set in all, plus a pilot on 256 examples).
+        seed: seeds the example sample, Lanczos, Hutch++, SLQ, the random direction and the
+            Gaussian certificate's draws.
         n_train: N, overriding the checkpoint's record (None: the checkpoint's, else the
             task's).
         device: where the model runs on data (``cpu``, ``cuda``, ``cuda:N``, ``mps``).
@@ -68,6 +72,7 @@ class ReportOptions:
     density_probes: int = 2
     density_steps: int = 20
     landscape_steps: int = 21
+    pacbayes_samples: int = 100
     seed: int = 0
     n_train: int | None = None
     device: str = "cpu"
@@ -144,7 +149,13 @@ def _check(o: ReportOptions) -> None:
     need(
         o.curvature_space in CURVATURE_SPACES, "curvature_space", f"one of {list(CURVATURE_SPACES)}"
     )
-    for key in ("curvature_examples", "trace_products", "density_probes", "density_steps"):
+    for key in (
+        "curvature_examples",
+        "trace_products",
+        "density_probes",
+        "density_steps",
+        "pacbayes_samples",
+    ):
         count(key, 1)
     count("landscape_steps", 5)
     need((o.landscape_steps - 1) % 4 == 0, "landscape_steps", "4 k + 1 points (5, 9, ..., 21)")

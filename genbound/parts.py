@@ -12,7 +12,7 @@ from genbound.errors import GenboundError
 #: Parts computed from the checkpoint alone.
 DATA_FREE_PARTS = ("spectra", "mi", "theorem1")
 #: Parts that run the model on a task's data.
-DATA_PARTS = ("gap", "compression", "curvature", "landscape")
+DATA_PARTS = ("gap", "compression", "pacbayes", "curvature", "landscape")
 PARTS = DATA_FREE_PARTS + DATA_PARTS
 
 

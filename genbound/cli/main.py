@@ -156,6 +156,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="points of each 1-D landscape slice, 4 k + 1 (default: 21)",
     )
     c.add_argument(
+        "--pacbayes-samples",
+        type=_positive_int,
+        default=100,
+        metavar="M",
+        help="models drawn for the Gaussian PAC-Bayes certificate, each evaluated on about "
+        "N / M training examples (default: 100)",
+    )
+    c.add_argument(
         "--seed",
         type=_nonnegative_int,
         default=0,
@@ -449,6 +457,7 @@ def _report_options(args: argparse.Namespace):
         density_probes=args.density_probes,
         density_steps=args.density_steps,
         landscape_steps=args.landscape_steps,
+        pacbayes_samples=args.pacbayes_samples,
         seed=args.seed,
         n_train=args.n_train,
         device=args.device,

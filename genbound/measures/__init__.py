@@ -7,6 +7,7 @@ sweeps and the values it gives training callbacks. genbound's own, in registry o
 * ``size`` (:mod:`~genbound.measures.checkpoint_size`): D, the trained scalars;
 * ``mi`` (:mod:`~genbound.measures.mi`): MI and Occam bounds (needs N);
 * ``compression`` (:mod:`~genbound.measures.compression`): the compression PAC-Bayes bound;
+* ``pacbayes`` (:mod:`~genbound.measures.gaussian`): the Gaussian PAC-Bayes certificate;
 * ``theorem1`` (:mod:`~genbound.measures.theorem1`): the corrected Theorem 1 terms;
 * ``spectra`` (:mod:`~genbound.measures.spectra`): spectra of dW and intruder dimensions;
 * ``curvature`` (:mod:`~genbound.measures.curvature`): Hessian top eigenvalue, trace, density;
@@ -24,6 +25,7 @@ from __future__ import annotations
 from genbound.measures import checkpoint_size  # noqa: F401
 from genbound.measures import mi  # noqa: F401
 from genbound.measures import compression  # noqa: F401
+from genbound.measures import gaussian  # noqa: F401
 from genbound.measures import theorem1  # noqa: F401
 from genbound.measures import spectra  # noqa: F401
 from genbound.measures import curvature  # noqa: F401
