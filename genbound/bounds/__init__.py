@@ -8,6 +8,9 @@
   from a checkpoint.
 * :func:`compression_bound`: the compression PAC-Bayes bound of Lotfi et al. (2022)
   with a Lloyd codebook and an arithmetic-coding length; :func:`kl_inverse`.
+* :func:`gaussian_bound`: the Gaussian PAC-Bayes-kl certificate of a randomised predictor
+  around the trained tensors (Dziugaite & Roy 2017); :func:`gaussian_bound_on` measures it
+  on a training objective.
 
 Every result is a frozen dataclass carrying its inputs, the assumptions it rests on,
 a ``vacuous`` flag where a bound can exceed its range, and warnings.
@@ -27,6 +30,13 @@ from genbound.bounds.compression import (
     pac_bayes_kl_bound,
     quantize,
     trainable_tensors,
+)
+from genbound.bounds.gaussian import (
+    GaussianBoundResult,
+    GaussianChoice,
+    gaussian_bound,
+    gaussian_bound_on,
+    gaussian_kl,
 )
 from genbound.bounds.kl import binary_kl, kl_inverse
 from genbound.bounds.mi import (
@@ -68,6 +78,8 @@ __all__ = [
     "CodeLength",
     "CompressionBoundResult",
     "CompressionCandidate",
+    "GaussianBoundResult",
+    "GaussianChoice",
     "LayerCount",
     "LossSpec",
     "MIBoundResult",
@@ -79,6 +91,9 @@ __all__ = [
     "bound_table",
     "code_length",
     "compression_bound",
+    "gaussian_bound",
+    "gaussian_bound_on",
+    "gaussian_kl",
     "kl_inverse",
     "kt_code_length_bits",
     "layer_counts",
