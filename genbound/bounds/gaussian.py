@@ -267,8 +267,10 @@ def _flat(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _centre(tensors, prior_centre) -> dict[str, torch.Tensor]:
-    centre = {k: torch.zeros_like(v) for k, v in tensors.items()}
+def _displacement(tensors, prior_centre) -> dict[str, torch.Tensor]:
+    """theta_hat - theta_0 per tensor (theta_0 = 0 where ``prior_centre`` names nothing: the
+    tensor itself, not a copy)."""
+    disp = dict(tensors)
     for name, c in (prior_centre or {}).items():
         if name not in tensors:
             raise GenboundError(
@@ -281,8 +283,8 @@ def _centre(tensors, prior_centre) -> dict[str, torch.Tensor]:
                 f"Gaussian PAC-Bayes bound: prior_centre[{name!r}] has shape {tuple(c.shape)}; "
                 f"expected {tuple(tensors[name].shape)}."
             )
-        centre[name] = c
-    return centre
+        disp[name] = tensors[name] - c
+    return disp
 
 
 def _mean_error(evaluate, models, units_of, r: float, what: str) -> float:
@@ -372,8 +374,7 @@ def gaussian_bound(
     vac_at, chance_level, vac_note = _vacuity(num_classes, chance, r, error_name)
 
     theta = _flat(tensors)
-    centre = _centre(theta, prior_centre)
-    disp_t = {name: theta[name] - centre[name] for name in theta}
+    disp_t = _displacement(theta, prior_centre)
     disp = torch.cat([d.reshape(-1) for d in disp_t.values()]).numpy()
     num_choices = sum(len(grid) if c == "isotropic" else len(grid) ** 2 for c in cands)
     confidence = math.log(2.0 * math.sqrt(n) / delta) + math.log(num_choices)
