@@ -74,7 +74,17 @@ def _update_norms(merged, base) -> list[float]:
 
 def test_registry_order_scalars_and_dependencies():
     names = [m.name for m in registered()]
-    own = ["size", "mi", "compression", "theorem1", "spectra", "curvature", "landscape", "gap"]
+    own = [
+        "size",
+        "mi",
+        "compression",
+        "pacbayes",
+        "theorem1",
+        "spectra",
+        "curvature",
+        "landscape",
+        "gap",
+    ]
     assert names == own
     assert list(compare.MEASURES) == [n for n, _ in sweep_scalars()]
     order = [m.name for m in compute_order(list(registered()))]
@@ -113,7 +123,13 @@ def test_every_scalar_reads_what_its_measure_writes(setup, tmp_path):
     assert got["sum_dW_frobenius"] == pytest.approx(sum(fro), rel=1e-12)
     assert got["hessian_top_eigenvalue"] == float(m.curvature.top.eigenvalues[0])
     assert got["path_curvature"] == m.landscapes["path"].curvature[0]
-    assert doc["measures"] == {} and set(doc["bounds"]) == {"mi", "theorem1", "compression"}
+    assert got["pacbayes_bound"] == m.results["pacbayes"].bound
+    assert doc["measures"] == {} and set(doc["bounds"]) == {
+        "mi",
+        "theorem1",
+        "compression",
+        "pacbayes",
+    }
 
 
 # -- user measures -------------------------------------------------------------------------
