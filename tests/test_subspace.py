@@ -104,7 +104,7 @@ def test_saved_run_stores_z_and_rebuilds_bit_exact_factors(tmp_path, method):
     assert set(link["initial"]) | {link["z"]} <= set(stored)
     ckpt = load_checkpoint(path)
     assert ckpt.num_trainable == D_SUB and ckpt.num_trainable_by_formula() == D_SUB
-    assert ckpt.subspace["d"] == D_SUB
+    assert ckpt.subspace.d == D_SUB
     handle.subspace.refresh()
     compared = 0
     for path_, layer in handle.layers.items():
@@ -203,7 +203,7 @@ def test_live_checkpoint_of_a_subspace_handle(tmp_path):
     with torch.no_grad():
         live = model(x)
     with live_checkpoint(handle, base=base, n_train=7) as ckpt:
-        assert ckpt.num_trainable == D_SUB and ckpt.subspace["d"] == D_SUB
+        assert ckpt.num_trainable == D_SUB and ckpt.subspace.d == D_SUB
         for name, layer in handle.layers.items():
             assert torch.equal(ckpt.updates[name].B, layer.B)
     with torch.no_grad():
@@ -226,7 +226,8 @@ def test_chained_run_saves_one_z_per_link_and_rebuilds_every_link(tmp_path, meth
         assert all((link["keys"][j] is None) == (i < 2) for j in heads)
         assert all((link["initial"][j] is None) == (i > 0) for j in heads)
     ckpt = load_checkpoint(path)
-    assert ckpt.num_trainable == 12 and ckpt.subspace["links"] == 3
+    # a checkpoint codes every link's z: d per link
+    assert ckpt.num_trainable == 3 * 12 and ckpt.subspace.links == 3 and ckpt.subspace.d == 12
     h.subspace.refresh()
     for name, layer in h.layers.items():
         saved = ckpt.updates[name].links
@@ -289,7 +290,7 @@ def test_hugging_face_model_subspace_run_reloads(tmp_path):
         model(input_ids=ids).logits.square().sum().backward()
         opt.step()
     ckpt = load_checkpoint(h.save(tmp_path / "run", base_model=base))
-    assert ckpt.num_trainable == 40
+    assert ckpt.num_trainable == 40 and ckpt.subspace.links == 1 and h.num_trainable == 40
     h.subspace.refresh()
     for name, layer in h.layers.items():
         assert torch.equal(ckpt.updates[name].links[-1].B, layer.B)

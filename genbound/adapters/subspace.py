@@ -27,6 +27,7 @@ coordinates. See docs/checkpoint-format.md ("Subspace runs") for the default.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,9 @@ class Subspace:
         self.P = make_projection(kind, self.D, self.d, self.seed).to(device)
         dtype = self.slots[0].dtype
         self.z = nn.Parameter(torch.zeros(self.d, dtype=dtype, device=device))
+        #: z -> the z the expansion uses (quantization-aware training, :mod:`genbound.qat`:
+        #: a straight-through quantizer); None: z itself.
+        self.quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
         for slot in self.slots:
             value = getattr(slot.module, slot.attr).detach().clone()
             del slot.module._parameters[slot.attr]
@@ -118,8 +122,10 @@ class Subspace:
 
     # -- expansion -----------------------------------------------------------------
     def theta(self) -> torch.Tensor:
-        """theta_0 + P z, (D,) float64 (differentiable in z when grad is enabled)."""
-        return self.theta0 + self.P.matvec(self.z)
+        """theta_0 + P z, (D,) float64 (differentiable in z when grad is enabled); z as
+        the :attr:`quantizer` maps it when one is set."""
+        z = self.z if self.quantizer is None else self.quantizer(self.z)
+        return self.theta0 + self.P.matvec(z)
 
     def pieces(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """theta cut into the trained tensors (their shapes and dtypes), by state-dict name."""

@@ -64,9 +64,11 @@ __all__ = [
     "CompressionBoundResult",
     "CompressionCandidate",
     "PartCode",
+    "Preamble",
     "Quantization",
     "code_length",
     "compression_bound",
+    "elias_gamma_bits",
     "kt_code_length_bits",
     "lloyd_codebook",
     "pac_bayes_kl_bound",
@@ -95,7 +97,13 @@ def trainable_tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     orientation, float64; the value itself for a new tensor without a stored reference).
     Frozen tensors (a random A, selector indices, VeRA's projections) are not included:
     the seed determines them.
+
+    A subspace run (:class:`~genbound.checkpoint.subspace.SubspaceCode`) codes only its z:
+    ``subspace::link<i>::z`` (d,) per link; its factors are theta_0 + P z, with theta_0
+    and P fixed by the seed.
     """
+    if checkpoint.subspace is not None:
+        return checkpoint.subspace.tensors()
     out: dict[str, torch.Tensor] = {}
     for name, u in checkpoint.updates.items():
         out.update({f"{name}{SEP}{k}": v for k, v in u.trained_tensors().items()})
@@ -106,7 +114,10 @@ def with_trainable_tensors(
     checkpoint: Checkpoint, tensors: Mapping[str, torch.Tensor]
 ) -> Checkpoint:
     """A copy of ``checkpoint`` whose trained tensors are replaced by ``tensors`` (same keys as
-    :func:`trainable_tensors`, e.g. their quantized values). W0 stays what it was."""
+    :func:`trainable_tensors`, e.g. their quantized values). W0 stays what it was; a
+    subspace run's updates are rebuilt from the given z."""
+    if checkpoint.subspace is not None:
+        return dataclasses.replace(checkpoint, updates=checkpoint.subspace.updates_with(tensors))
     updates = {
         name: u.with_trained(nested(tensors, name)) for name, u in checkpoint.updates.items()
     }
@@ -307,16 +318,40 @@ class PartCode:
         return self.codebook_bits + self.index_bits
 
 
+def elias_gamma_bits(n: int) -> int:
+    """Length of the Elias gamma code of a positive integer n: 2 floor(log2 n) + 1 bits
+    (a prefix code of the positive integers, so n itself can be chosen after seeing data)."""
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise GenboundError(f"elias_gamma_bits: expected a positive integer; found {n!r}.")
+    return 2 * (int(n).bit_length() - 1) + 1
+
+
+@dataclass(frozen=True)
+class Preamble:
+    """Bits a code states before its codebooks and indices.
+
+    Attributes:
+        bits: the preamble's length.
+        description: what it states and how (e.g. a subspace run's d, Elias gamma code).
+    """
+
+    bits: int
+    description: str
+
+
 @dataclass(frozen=True)
 class CodeLength:
-    """Code length K in bits of a :class:`Quantization` (sum over parts)."""
+    """Code length K in bits of a :class:`Quantization` (sum over parts, plus the
+    preamble's bits when there is one)."""
 
     parts: tuple[PartCode, ...]
     description: str
+    preamble: Preamble | None = None
 
     @property
     def total_bits(self) -> int:
-        return sum(p.total_bits for p in self.parts)
+        head = self.preamble.bits if self.preamble is not None else 0
+        return head + sum(p.total_bits for p in self.parts)
 
 
 def _index_bits(kt_bits: float) -> int:
@@ -342,8 +377,9 @@ def _part(name: str, idx: np.ndarray, num_levels: int, precision: int) -> PartCo
     )
 
 
-def code_length(q: Quantization) -> CodeLength:
-    """Bits of the prefix code of ``q``: codebooks plus KT arithmetic-coded indices."""
+def code_length(q: Quantization, preamble: Preamble | None = None) -> CodeLength:
+    """Bits of the prefix code of ``q``: the preamble (if any), then codebooks plus KT
+    arithmetic-coded indices."""
     k = 2**q.bits
     if q.mode == "shared":
         parts = (_part("shared", np.concatenate(q.indices), k, q.codebook_bits),)
@@ -357,7 +393,9 @@ def code_length(q: Quantization) -> CodeLength:
         "coded by adaptive arithmetic coding with the KT estimator, ceil(-log2 P_KT) + 1 "
         "bits per message"
     )
-    return CodeLength(parts, desc)
+    if preamble is not None:
+        desc = f"{preamble.description}; then {desc}"
+    return CodeLength(parts, desc, preamble)
 
 
 # -- the bound --------------------------------------------------------------------------------
@@ -513,6 +551,8 @@ def compression_bound(
     error_range: float = 1.0,
     chance: float | None = None,
     error_name: str = "0-1 error",
+    preamble: Preamble | None = None,
+    assumptions: Sequence[str] = (),
 ) -> CompressionBoundResult:
     """Compression PAC-Bayes bound on the test error (0-1 unless said), b chosen by the bound.
 
@@ -537,6 +577,9 @@ def compression_bound(
         chance: without ``num_classes``, the bound is vacuous at or above this error level
             (the trivial predictor's error); with neither, at or above R.
         error_name: the error in words, for the result (``"0-1 error"``).
+        preamble: bits every candidate's code states first (e.g. a subspace run's d),
+            counted in K.
+        assumptions: further assumptions of the code, added to the result's.
     """
     n = int(n_train)
     if n <= 0:
@@ -560,7 +603,7 @@ def compression_bound(
     coded = []
     for b in cands:
         q = quantize(tensors, b, codebook=codebook, codebook_bits=codebook_bits, max_iter=max_iter)
-        code = code_length(q)
+        code = code_length(q, preamble)
         rhs, floor = pac_bayes_kl_bound(0.0, code.total_bits, n, delta, len(cands))
         coded.append((b, q, code, rhs, r * floor))
     by_b: dict[int, CompressionCandidate] = {}
@@ -586,6 +629,7 @@ def compression_bound(
     if best.bound >= vac_at:
         warns.append(f"bound {best.bound:.4g} >= {vac_at:.4g}: vacuous (reported as is)")
     assumptions = (
+        *assumptions,
         "training examples are i.i.d.; the bound holds with probability >= 1 - delta over the sample",
         f"the error is the {error_name} of the quantized model (the decoded code) on the same N "
         "training examples",

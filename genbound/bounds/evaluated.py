@@ -8,7 +8,9 @@ import torch
 
 from genbound.bounds.compression import (
     CompressionBoundResult,
+    Preamble,
     compression_bound,
+    elias_gamma_bits,
     trainable_tensors,
     with_trainable_tensors,
 )
@@ -33,6 +35,27 @@ def train_error_with(
     return float(errors.mean())
 
 
+def subspace_code_terms(checkpoint: Checkpoint) -> tuple[Preamble | None, tuple[str, ...]]:
+    """What the code of a subspace run adds: a preamble stating d (Elias gamma code, so d
+    may be chosen after seeing the data), and the assumptions it rests on. ``(None, ())``
+    for any other checkpoint."""
+    sub = checkpoint.subspace
+    if sub is None:
+        return None, ()
+    bits = elias_gamma_bits(sub.d)
+    preamble = Preamble(bits, f"d = {sub.d:,} stated in {bits} bits (Elias gamma code)")
+    assumptions = (
+        f"subspace run: the code is z (d = {sub.d:,} per link, {sub.links} link(s)), the "
+        f"trained tensors being theta_0 + P z over D = {sub.D:,} scalars; theta_0 (the "
+        f"initial factors and head) and P ({sub.kind}, seed {sub.seed}) follow from the "
+        "seed and cost 0 bits",
+        "the variant, rank, targets, chain length, projection kind and seed were fixed before "
+        "training (choosing among M configurations after seeing the data costs ln M nats: "
+        "see the sweep comparison's union-bounded column)",
+    )
+    return preamble, assumptions
+
+
 def compression_bound_on(
     checkpoint: Checkpoint,
     train: Objective,
@@ -52,6 +75,7 @@ def compression_bound_on(
     """
     n = n_train if n_train is not None else train.num_examples
     metric = train.metric
+    preamble, assumptions = subspace_code_terms(checkpoint)
     return compression_bound(
         trainable_tensors(checkpoint),
         lambda q: train_error_with(train, checkpoint, q),
@@ -63,4 +87,6 @@ def compression_bound_on(
         error_range=metric.error_range,
         chance=metric.chance,
         error_name=metric.error_name,
+        preamble=preamble,
+        assumptions=assumptions,
     )

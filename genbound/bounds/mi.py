@@ -172,7 +172,8 @@ class LayerCount:
 
     Attributes:
         name: the update's name.
-        kind: the update type (``lowrank``, ``selector``, ``chain``, ``dora``, ``dense``).
+        kind: the update type (``lowrank``, ``selector``, ``chain``, ``dora``, ``dense``;
+            ``subspace`` for the z of a subspace run).
         shape: (n, m) outputs x inputs, or (n,).
         d_actual: scalars counted from the stored trainable tensors.
         d_formula: scalars from the registry formula (adapted matrices), else d_actual.
@@ -188,7 +189,14 @@ class LayerCount:
 
 
 def layer_counts(checkpoint: Checkpoint) -> tuple[LayerCount, ...]:
-    """Per-update counts of D, actual and by formula, in the checkpoint's order."""
+    """Per-update counts of D, actual and by formula, in the checkpoint's order.
+
+    A subspace run counts what it trained and codes, z: one entry ``subspace z`` of
+    shape (links, d) and d per link (its expanded factors are fixed by z and the seed)."""
+    sub = checkpoint.subspace
+    if sub is not None:
+        n = sub.num_coded
+        return (LayerCount("subspace z", "subspace", (sub.links, sub.d), n, n, False),)
     out = []
     for name, u in checkpoint.updates.items():
         d_formula, by_formula = checkpoint.formula_count(u)

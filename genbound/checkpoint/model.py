@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from genbound.checkpoint.base import BaseModel
 from genbound.checkpoint.tensors import bits_of
 from genbound.checkpoint.updates import Update
 from genbound.errors import GenboundError
+
+if TYPE_CHECKING:
+    from genbound.checkpoint.subspace import SubspaceCode
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,8 @@ class Checkpoint:
     adapter_name: str = "default"
     others: Mapping[str, Checkpoint] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    #: a subspace run's ``{"kind", "d", "D", "seed", "links"}`` (its factors were rebuilt
-    #: from z; ``links``: how many z), else None.
-    subspace: Mapping[str, Any] | None = None
+    #: a subspace run's coded z and how its factors are rebuilt from z, else None.
+    subspace: SubspaceCode | None = None
 
     @property
     def spec(self) -> Variant:
@@ -112,9 +114,9 @@ class Checkpoint:
     @property
     def num_trainable(self) -> int:
         """D counted from the stored trainable tensors (heads and saved modules included);
-        d for a subspace run (only z trained)."""
+        for a subspace run, d per link (only z trained: d, or d k for a chain of k links)."""
         if self.subspace is not None:
-            return int(self.subspace["d"])
+            return self.subspace.num_coded
         return sum(u.num_trainable for u in self.updates.values())
 
     def formula_count(self, update: Update) -> tuple[int, bool]:
@@ -136,9 +138,9 @@ class Checkpoint:
 
     def num_trainable_by_formula(self) -> int:
         """D from the variant's registry formula, summed over updates (see :meth:`formula_count`);
-        d for a subspace run."""
+        d per link for a subspace run."""
         if self.subspace is not None:
-            return int(self.subspace["d"])
+            return self.subspace.num_coded
         return sum(self.formula_count(u)[0] for u in self.updates.values())
 
     def requires_base(self) -> BaseModel:

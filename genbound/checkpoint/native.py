@@ -9,9 +9,10 @@ floats.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -45,7 +46,7 @@ from genbound.checkpoint.schema import (
     one_of,
     shown,
 )
-from genbound.checkpoint.subspace import SUBSPACE_SCHEMA, expand
+from genbound.checkpoint.subspace import SUBSPACE_SCHEMA, SubspaceCode, expand, stored_z
 from genbound.checkpoint.tensors import TensorFile, read_json
 from genbound.checkpoint.updates import Loader, Update, update_kinds
 from genbound.errors import GenboundError, input_error
@@ -137,6 +138,7 @@ HPARAMS_SCHEMA = Record(
         "head": STRINGS,
         "lr_ratio": NUMBER,
         "subspace": POSITIVE_INT,
+        "qat_bits": POSITIVE_INT,
     },
 )
 
@@ -287,13 +289,19 @@ def load_run(
     dtype_name = man.get("dtype", "float32")
 
     tfile = path / man.get("tensor_file", TENSORS)
-    updates: dict[str, Update] = {}
-    subspace = man.get("subspace")
-    with TensorFile(tfile) as tf:
-        expanded = expand(subspace, tf, mpath) if subspace else {}
-        reader = _LinkReader(tf, mpath, base, expanded)
-        for name, spec in man["updates"].items():
-            updates[name] = reader.update(name, spec)
+    subspace, code = man.get("subspace"), None
+    updates = _read_updates(man, tfile, mpath, base)
+    if subspace:
+        with TensorFile(tfile) as tf:
+            zs = stored_z(subspace, tf)
+        code = SubspaceCode(
+            kind=subspace["kind"],
+            d=int(subspace["d"]),
+            D=int(subspace["D"]),
+            seed=int(subspace["seed"]),
+            z=zs,
+            rebuild=functools.partial(_read_updates, man, tfile, mpath, base),
+        )
     if base is not None:
         for u in updates.values():
             check_against_base(u, base)
@@ -321,15 +329,24 @@ def load_run(
         data=man.get("data"),
         trajectory=man.get("trajectory"),
         notes=tuple(notes),
-        subspace=_subspace_info(subspace),
+        subspace=code,
     )
 
 
-def _subspace_info(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """What a Checkpoint keeps of the manifest's ``subspace`` field (no tensors)."""
-    if not spec:
-        return None
-    return {k: spec[k] for k in ("kind", "d", "D", "seed")} | {"links": len(spec["links"])}
+def _read_updates(
+    man: Mapping[str, Any],
+    tfile: Path,
+    mpath: Path,
+    base: BaseModel | None,
+    zs: Sequence[torch.Tensor] | None = None,
+) -> dict[str, Update]:
+    """The manifest's updates (already checked against the schema) read from ``tfile``; a
+    subspace run's trained tensors are expanded from its stored z, or from ``zs``."""
+    subspace = man.get("subspace")
+    with TensorFile(tfile) as tf:
+        expanded = expand(subspace, tf, mpath, zs) if subspace else {}
+        reader = _LinkReader(tf, mpath, base, expanded)
+        return {name: reader.update(name, spec) for name, spec in man["updates"].items()}
 
 
 class _LinkReader:

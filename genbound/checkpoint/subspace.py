@@ -11,9 +11,10 @@ the factors the run had when it was saved (on the same build of torch).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,7 +28,13 @@ from genbound.checkpoint.schema import (
     one_of,
 )
 from genbound.checkpoint.tensors import TensorFile
-from genbound.errors import input_error
+from genbound.errors import GenboundError, input_error
+
+if TYPE_CHECKING:
+    from genbound.checkpoint.updates import Update
+
+#: Separator of coded-tensor names (as in :func:`genbound.bounds.compression.trainable_tensors`).
+_SEP = "::"
 
 
 def _strings_or_null(what: str) -> ListOf:
@@ -69,13 +76,92 @@ SUBSPACE_SCHEMA = Record(
 )
 
 
-def expand(spec: Mapping[str, Any], tf: TensorFile, mpath: Path) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class SubspaceCode:
+    """What a subspace run codes: one z (d,) per link. Everything else (W0, theta_0, P)
+    is fixed by the base model and the seed before the data is seen.
+
+    Attributes:
+        kind: the projection kind (``"kron"``).
+        d: z's size (per link).
+        D: the number of expanded trained scalars (theta's size).
+        seed: P's seed for link 0 (link i uses ``seed + i``).
+        z: the stored z of every link, (d,) each, in the run's dtype.
+        rebuild: z of every link -> the checkpoint's updates rebuilt from them (as
+            :func:`genbound.load_checkpoint` builds them from the stored z).
+    """
+
+    kind: str
+    d: int
+    D: int
+    seed: int
+    z: tuple[torch.Tensor, ...]
+    rebuild: Callable[[Sequence[torch.Tensor]], Mapping[str, Update]] = field(
+        repr=False, compare=False
+    )
+
+    @property
+    def links(self) -> int:
+        return len(self.z)
+
+    @property
+    def num_coded(self) -> int:
+        """Scalars the run trained and a code must state: d per link."""
+        return self.d * self.links
+
+    def key(self, link: int) -> str:
+        """The coded-tensor name of link ``link``'s z: ``subspace::link<i>::z``."""
+        return f"subspace{_SEP}link{link}{_SEP}z"
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The coded tensors: every link's z by :meth:`key`."""
+        return {self.key(i): z for i, z in enumerate(self.z)}
+
+    def updates_with(self, tensors: Mapping[str, torch.Tensor]) -> Mapping[str, Update]:
+        """The updates rebuilt from other values of z (keys of :meth:`tensors`, shapes (d,)),
+        e.g. the quantized z of the compression bound."""
+        zs = []
+        for i in range(self.links):
+            key = self.key(i)
+            if key not in tensors or tuple(tensors[key].shape) != (self.d,):
+                found = tuple(tensors[key].shape) if key in tensors else "no such key"
+                raise GenboundError(
+                    f"subspace run: expected z of link {i} as {key!r} of shape ({self.d},); "
+                    f"found {found}."
+                )
+            zs.append(tensors[key])
+        return self.rebuild(zs)
+
+    def summary(self) -> dict[str, Any]:
+        """The subspace's description for a report (no tensors)."""
+        return {
+            "kind": self.kind,
+            "d": self.d,
+            "D": self.D,
+            "seed": self.seed,
+            "links": self.links,
+            "num_coded": self.num_coded,
+        }
+
+
+def stored_z(spec: Mapping[str, Any], tf: TensorFile) -> tuple[torch.Tensor, ...]:
+    """Every link's stored z (shapes are checked by :func:`expand`)."""
+    return tuple(tf[link["z"]] for link in spec["links"])
+
+
+def expand(
+    spec: Mapping[str, Any],
+    tf: TensorFile,
+    mpath: Path,
+    zs: Sequence[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """The trained tensors of a subspace run by their run key (``spec``: the manifest's
     ``subspace`` field, already checked against :data:`SUBSPACE_SCHEMA`).
 
     Link i: theta_0 = its ``initial`` tensors (a null: the tensor's value at the end of
-    link i-1), theta = theta_0 + P_i z_i with P_i seeded ``seed + i``; the pieces whose
-    ``keys`` entry is not null are returned under that key.
+    link i-1), theta = theta_0 + P_i z_i with P_i seeded ``seed + i`` and z_i the stored
+    one, or ``zs[i]`` when given; the pieces whose ``keys`` entry is not null are returned
+    under that key.
     """
     from genbound.adapters.projection import make_projection
 
@@ -99,7 +185,7 @@ def expand(spec: Mapping[str, Any], tf: TensorFile, mpath: Path) -> dict[str, to
         where = f"links[{i}]"
         if len(link["keys"]) != len(shapes) or len(link["initial"]) != len(shapes):
             raise fail(where, f"keys and initial of {len(shapes)} entries", "other lengths")
-        z = tf[link["z"]]
+        z = tf[link["z"]] if zs is None else zs[i]
         if tuple(z.shape) != (d,):
             raise fail(f"{where}.z", f"tensor {link['z']!r} of shape ({d},)", str(tuple(z.shape)))
         initial = []

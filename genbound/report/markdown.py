@@ -69,6 +69,17 @@ _SECTION_MARKDOWN = {
 assert tuple(_SECTION_MARKDOWN) == SECTIONS
 
 
+def _subspace_lines(sub: dict | None) -> list[str]:
+    if not sub:
+        return []
+    links = f", one z per link ({sub['links']} links)" if sub["links"] > 1 else ""
+    return [
+        f"- subspace run: only z (d = {sub['d']:,}{links}) trained; the adapter's "
+        f"{sub['D']:,} scalars are theta_0 + P z ({sub['kind']} projection, seed "
+        f"{sub['seed']}), so bounds count and code z"
+    ]
+
+
 def render_markdown(info: dict, measures: Measures) -> str:
     """The whole ``report.md`` of one checkpoint (``info`` from ``checkpoint_info``)."""
     n = measures.n_train
@@ -79,6 +90,7 @@ def render_markdown(info: dict, measures: Measures) -> str:
         f"- base model: `{info['base_model']}`",
         f"- trainable parameters: {info['num_trainable']:,} from the tensors, "
         f"{info['num_trainable_by_formula']:,} from the {info['variant']} formula",
+        *_subspace_lines(info.get("subspace")),
         f"- stored dtype: {info['dtype']} ({info['bits_per_param']} bits per parameter)",
         f"- training examples: {f'{n:,} ({measures.n_train_source})' if n is not None else 'unknown'}",
         f"- data: {measures.task or 'none (data-free report)'}",

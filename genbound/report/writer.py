@@ -36,6 +36,7 @@ def checkpoint_info(ckpt: Checkpoint) -> dict:
         "base_model": str(ckpt.base.path) if ckpt.base is not None else None,
         "num_trainable": ckpt.num_trainable,
         "num_trainable_by_formula": ckpt.num_trainable_by_formula(),
+        "subspace": ckpt.subspace.summary() if ckpt.subspace is not None else None,
         "metrics": jsonable({k: v for k, v in ckpt.metrics.items() if not k.endswith("_history")}),
         "notes": list(ckpt.notes),
     }
