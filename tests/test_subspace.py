@@ -303,3 +303,27 @@ def test_a_copied_model_is_an_independent_subspace_model():
         assert torch.equal(copied(x), model(x))
         handle.subspace.z.add_(1.0)
         assert not torch.equal(copied(x), model(x))
+
+
+def test_a_forward_that_enters_below_the_model_expands_once_and_trains_z():
+    """A pass through the layers themselves (as a cached-prefix suffix does) gets the same
+    gradient as model(x); repeated passes without a step each backpropagate."""
+    model, handle, x = run("lora", steps=1)
+
+    def by_layers(inp):
+        return model.classifier(torch.tanh(model.fc2(torch.tanh(model.fc1(inp)))))
+
+    grads = []
+    for f in (model, by_layers, by_layers):
+        handle.subspace.z.grad = None
+        f(x).square().sum().backward()
+        grads.append(handle.subspace.z.grad.clone())
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[1], grads[0], rtol=1e-6, atol=0) and torch.equal(grads[1], grads[2])
+    with torch.no_grad():
+        handle.subspace.z.add_(0.5)  # a step: the next pass sees the new z
+        moved = by_layers(x)
+    handle.subspace.refresh()
+    with torch.no_grad():
+        assert torch.equal(moved, model(x))
+    copy.deepcopy(model)  # nothing left attached to a graph

@@ -21,11 +21,13 @@ import genbound.adapters as ga
 from genbound import GenboundError, load_checkpoint
 from genbound.adapters.projection import KronProjection
 from genbound.bounds.compression import (
+    _fingerprint,
+    compression_bound,
     elias_gamma_bits,
     trainable_tensors,
     with_trainable_tensors,
 )
-from genbound.bounds.evaluated import compression_bound_on
+from genbound.bounds.evaluated import compression_bound_on, train_error_with
 from genbound.bounds.mi import mi_bound
 from genbound.measures import measure_checkpoint
 from genbound.options import ReportOptions
@@ -231,3 +233,31 @@ def test_qat_needs_a_subspace_run_at_its_last_link():
     sub = ga.apply(MLP(), "lora", rank=2, targets=["fc1"], seed=0, subspace=8)
     with pytest.raises(GenboundError, match=r"bits must be in 1\.\.16"):
         quantization_aware_fit(sub, (x, y), bits=0)
+
+
+def test_candidates_that_decode_the_same_model_are_evaluated_once(qat_run):
+    ckpt, _, (x, y), _, _ = qat_run
+    calls = []
+    obj = objective(ckpt, x, y)
+
+    def counted(tensors):
+        calls.append(_fingerprint(tensors))
+        return train_error_with(obj, ckpt, tensors)
+
+    res = compression_bound(trainable_tensors(ckpt), counted, N, num_classes=3, prune=False)
+    # z holds <= 4 values: every b >= 2 decodes the saved z exactly, one model
+    assert len(calls) == len(set(calls)) == 2
+    errors = {c.bits: c.train_error for c in res.candidates}
+    assert all(errors[b] == errors[2] for b in range(2, 9))
+    assert errors[2] == train_error_with(obj, ckpt, trainable_tensors(ckpt))
+    # the checkpoint's own error, measured already (the gap's), serves b >= 2
+    calls.clear()
+    own = train_error_with(obj, ckpt, trainable_tensors(ckpt))
+    again = compression_bound(
+        trainable_tensors(ckpt), counted, N, num_classes=3, prune=False,
+        measured=(trainable_tensors(ckpt), own),
+    )  # fmt: skip
+    assert len(calls) == 1
+    assert [(c.bits, c.train_error, c.bound) for c in again.candidates] == [
+        (c.bits, c.train_error, c.bound) for c in res.candidates
+    ]

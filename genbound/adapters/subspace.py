@@ -11,10 +11,12 @@ run (``genbound.adapters.apply(..., subspace=d)`` calls it):
   initial weights); P (D x d) is a :class:`~genbound.adapters.projection.KronProjection`
   with unit-norm columns drawn from ``projection_seed(seed)``;
 * each of these tensors stops being an ``nn.Parameter`` and becomes a buffer of its
-  module (same name, so the state dict is unchanged); a forward pre-hook on the model
-  writes theta_0 + P z into them (as views of one float64 expansion cast to the tensor's
-  dtype, differentiable in z), and a forward hook replaces them by detached copies once
-  the forward has built its graph (so the model can be copied and saved between steps);
+  module (same name, so the state dict is unchanged); a forward pre-hook on each module
+  that holds one writes theta_0 + P z into all of them, once per forward pass (as views
+  of one float64 expansion cast to the tensor's dtype, differentiable in z), so a pass
+  that enters below the model (a suffix of its layers) expands too; a forward hook
+  replaces the module's tensors by detached copies once it has run (so the model can be
+  copied and saved between steps);
 * z (d,), zero at the start, in the trained tensors' dtype (the first one's; so a saved
   run stores q bits per coded scalar, q of the manifest's ``dtype``), is the only trained
   parameter (``handle.subspace.z``); the expansion runs in float64.
@@ -115,10 +117,16 @@ class Subspace:
             value = getattr(slot.module, slot.attr).detach().clone()
             del slot.module._parameters[slot.attr]
             slot.module.register_buffer(slot.attr, value)
-        self._hooks = [
-            model.register_forward_pre_hook(self._before),
-            model.register_forward_hook(self._after),
-        ]
+        #: the modules that consumed the current expansion, and the z version and grad
+        #: mode it was computed at (see :meth:`_before`).
+        self._used: set[int] = set()
+        self._made_at: tuple[int, bool, int] | None = None
+        self._hooks = []
+        for module in {id(s.module): s.module for s in self.slots}.values():
+            self._hooks += [
+                module.register_forward_pre_hook(self._before),
+                module.register_forward_hook(self._after),
+            ]
 
     # -- expansion -----------------------------------------------------------------
     def theta(self) -> torch.Tensor:
@@ -141,6 +149,8 @@ class Subspace:
         for slot in self.slots:
             v = values[slot.name]
             setattr(slot.module, slot.attr, v if grad else v.detach())
+        if not grad:  # the next forward expands again, with grad if enabled
+            self._made_at = None
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -148,11 +158,22 @@ class Subspace:
         self.write(grad=False)
 
     def _before(self, module, args):
-        self.write(grad=True)
+        """Before a module that holds trained tensors runs: expand theta_0 + P z (with
+        grad) unless the current expansion is fresh: made for this z (version) and grad
+        mode, and not yet consumed by this module. So one forward pass expands once,
+        whichever entry point it uses (the model, or a suffix of its layers)."""
+        made_at = (self.z._version, torch.is_grad_enabled(), id(self.quantizer))
+        if id(module) in self._used or self._made_at != made_at:
+            self.write(grad=True)
+            self._used, self._made_at = set(), made_at
+        self._used.add(id(module))
 
     def _after(self, module, args, output):
+        """After the module ran, its tensors become detached copies (the graph keeps what
+        it needs), so the model can be copied and saved between steps."""
         for slot in self.slots:
-            setattr(slot.module, slot.attr, getattr(slot.module, slot.attr).detach())
+            if slot.module is module:
+                setattr(module, slot.attr, getattr(module, slot.attr).detach())
 
     @torch.no_grad()
     def restart(self) -> list[nn.Parameter]:

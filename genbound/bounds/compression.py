@@ -42,6 +42,7 @@ The code, exactly:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -536,6 +537,16 @@ def _vacuity(num_classes: int | None, chance: float | None, r: float, name: str)
     )
 
 
+def _fingerprint(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """A digest of named tensors' names, shapes, dtypes and bytes (equal digests: the same
+    decoded model)."""
+    h = hashlib.sha256()
+    for name, t in tensors.items():
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()
+
+
 def compression_bound(
     tensors: Mapping[str, torch.Tensor],
     evaluate_error: Callable[[Mapping[str, torch.Tensor]], float] | Mapping[int, float],
@@ -553,6 +564,7 @@ def compression_bound(
     error_name: str = "0-1 error",
     preamble: Preamble | None = None,
     assumptions: Sequence[str] = (),
+    measured: tuple[Mapping[str, torch.Tensor], float] | None = None,
 ) -> CompressionBoundResult:
     """Compression PAC-Bayes bound on the test error (0-1 unless said), b chosen by the bound.
 
@@ -563,7 +575,9 @@ def compression_bound(
             each candidate, returns the error on the N training examples; or a
             mapping b -> precomputed error for every candidate. Candidates are tried in
             order of code length; one whose zero-error bound cannot beat the best so far
-            is not evaluated (``prune``), which leaves the result unchanged.
+            is not evaluated (``prune``), which leaves the result unchanged; a candidate
+            whose quantized tensors equal an evaluated one's (e.g. every b at or above
+            the number of distinct values) reuses its error.
         n_train: N, the number of training examples the error is measured on.
         bits: candidate b (2^b levels); ln(len(bits)) nats are paid for choosing.
         delta: confidence; the bound holds with probability >= 1 - delta.
@@ -580,6 +594,9 @@ def compression_bound(
         preamble: bits every candidate's code states first (e.g. a subspace run's d),
             counted in K.
         assumptions: further assumptions of the code, added to the result's.
+        measured: ``(tensors, error)``, an error already measured on the same N examples
+            for the model these tensors decode to (e.g. the trained tensors themselves): a
+            candidate whose quantized tensors equal them uses it instead of evaluating.
     """
     n = int(n_train)
     if n <= 0:
@@ -607,6 +624,14 @@ def compression_bound(
         rhs, floor = pac_bayes_kl_bound(0.0, code.total_bits, n, delta, len(cands))
         coded.append((b, q, code, rhs, r * floor))
     by_b: dict[int, CompressionCandidate] = {}
+    seen: dict[bytes, float] = {}
+    if measured is not None:
+        known, known_error = measured
+        known = {k: torch.as_tensor(v).detach() for k, v in known.items()}
+        as_decoded = {k: v.to(torch.float32) for k, v in known.items()}
+        # decoded tensors are float32: only a model float32 holds exactly can match one
+        if all(torch.equal(as_decoded[k].to(v.dtype), v) for k, v in known.items()):
+            seen[_fingerprint(as_decoded)] = _check_error(0, known_error, error_name, r)
     best = (math.inf, math.inf)  # (bound, bits): ties go to the smaller b
     for b, q, code, rhs, floor in sorted(coded, key=lambda x: (x[2].total_bits, x[0])):
         if prune and (floor, b) > best:  # its bound >= floor cannot win
@@ -616,7 +641,11 @@ def compression_bound(
         if isinstance(evaluate_error, Mapping):
             err = _check_error(b, evaluate_error[b], error_name, r)
         else:
-            err = _check_error(b, evaluate_error(q.tensors()), error_name, r)
+            decoded = q.tensors()
+            key = _fingerprint(decoded)
+            if key not in seen:  # b's that decode the same model share one evaluation
+                seen[key] = _check_error(b, evaluate_error(decoded), error_name, r)
+            err = seen[key]
         bound = r * kl_inverse(err / r, rhs)
         log.debug(
             "compression bound: b=%d K=%d bits err=%.4g bound=%.4g", b, code.total_bits, err, bound

@@ -65,19 +65,23 @@ def compression_bound_on(
     delta: float = 0.05,
     num_classes: int | None = None,
     prune: bool = True,
+    measured_error: float | None = None,
 ) -> CompressionBoundResult:
     """The compression bound of ``checkpoint``, its quantized train error measured on ``train``.
 
     ``train`` must be the objective over the whole training set of N units (N from
     ``n_train``, else the objective's size). The error, its range and its chance level come
     from ``train.metric``; ``num_classes`` (a 0-1 error only) overrides the chance level
-    with 1 - 1/num_classes.
+    with 1 - 1/num_classes. ``measured_error``: the checkpoint's own error on ``train``,
+    already measured (the gap's): a candidate that decodes the checkpoint exactly (a
+    quantization-aware subspace run's z at its b) uses it instead of evaluating again.
     """
     n = n_train if n_train is not None else train.num_examples
     metric = train.metric
     preamble, assumptions = subspace_code_terms(checkpoint)
+    coded = trainable_tensors(checkpoint)
     return compression_bound(
-        trainable_tensors(checkpoint),
+        coded,
         lambda q: train_error_with(train, checkpoint, q),
         n,
         bits=bits,
@@ -89,4 +93,5 @@ def compression_bound_on(
         error_name=metric.error_name,
         preamble=preamble,
         assumptions=assumptions,
+        measured=None if measured_error is None else (coded, measured_error),
     )

@@ -279,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--fast", action="store_true", help="a tiny sweep (seconds; for tests)")
     size.add_argument("--all", action="store_true", help="every trainable variant")
     p.add_argument("--force", action="store_true", help="retrain and re-report everything")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="reports computed N at a time, each on one thread (default: one per CPU core)",
+    )
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -650,18 +657,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import os
     import time
 
     from genbound.cli.progress import make_stage, report_stage_names
     from genbound.demo import ALL, DEFAULT, FAST
     from genbound.demo.run import run_demo
     from genbound.report.writer import check_output_folder
+    from genbound.sweep import LocalExecutor
 
     config = FAST if args.fast else ALL if args.all else DEFAULT
     check_output_folder(args.out, what="demo folder", replaced=False)
+    jobs = args.jobs if args.jobs is not None else len(os.sched_getaffinity(0))
+    if jobs < 1:
+        raise GenboundError(
+            f"--jobs: expected a positive number of reports at a time; found {jobs}."
+        )
     start = time.perf_counter()
     stage = make_stage(report_stage_names(config.report_options()))
-    result = run_demo(args.out, config, force=args.force, stage=stage)
+    result = run_demo(
+        args.out, config, force=args.force, stage=stage, executor=LocalExecutor(workers=jobs)
+    )
     first = next(iter(result.reports))
     print(
         f"{len(result.runs)} runs ({len(result.trained)} trained now) in {args.out}/runs, "

@@ -19,6 +19,7 @@ from genbound.adapters import apply
 from genbound.datasets import minilm_path
 from genbound.demo.data import task_reference, tweets_task
 from genbound.options import ReportOptions
+from genbound.qat import quantization_aware_fit
 from genbound.tasks.hf_text import EncoderSuffix
 from genbound.train import fit
 
@@ -39,6 +40,10 @@ class VariantSpec:
         chain: k for chained methods.
         lr: peak AdamW learning rate.
         epochs: passes over the training set (None: the config's).
+        subspace: d of a subspace run (``apply(..., subspace=d)``: only z trains), or None.
+        qat_bits: b of a quantization-aware fine-tuning of z after training
+            (:func:`genbound.qat.quantization_aware_fit`), or None.
+        qat_epochs: its passes over the training set.
     """
 
     name: str
@@ -47,6 +52,9 @@ class VariantSpec:
     chain: int = 1
     lr: float = 4e-3
     epochs: int | None = None
+    subspace: int | None = None
+    qat_bits: int | None = None
+    qat_epochs: int = 1
 
 
 @dataclass(frozen=True)
@@ -175,19 +183,24 @@ def train_variant(job: TrainJob) -> Path:
         chain=spec.chain,
         seed=cfg.seed,
         head=["classifier"],
+        subspace=spec.subspace,
     )
     suffix = EncoderSuffix(model, start)
+    common = {
+        "forward": lambda _model, batch: suffix(**batch.inputs),
+        "seed": cfg.seed,
+        "eval_train": False,
+    }
     result = fit(
-        handle,
-        train_batches,
-        None,
-        epochs=spec.epochs or cfg.epochs,
-        lr=spec.lr,
-        forward=lambda _model, batch: suffix(**batch.inputs),
-        seed=cfg.seed,
-        eval_train=False,
+        handle, train_batches, None, epochs=spec.epochs or cfg.epochs, lr=spec.lr, **common
     )
-    metrics = result.metrics() | {"train_seconds": time.perf_counter() - start_time}
+    metrics = result.metrics()
+    if spec.qat_bits is not None:
+        qat = quantization_aware_fit(
+            handle, train_batches, bits=spec.qat_bits, epochs=spec.qat_epochs, **common
+        )
+        metrics |= {"qat_steps": qat.steps, "qat_history": qat.history}
+    metrics["train_seconds"] = time.perf_counter() - start_time
     path = handle.save(
         job.run_dir,
         base_model={"path": str(base), "python": BASE_MODEL_PYTHON},

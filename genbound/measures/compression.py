@@ -84,6 +84,7 @@ class Compression(Measure):
     name = "compression"
     description = "the compression PAC-Bayes bound on the test error"
     needs_task = True
+    after = ("gap",)  # its train error serves a candidate that decodes the checkpoint as is
     section = "compression"
     scalars: ClassVar[dict[str, Scalar]] = {
         "compression_bound": Scalar(
@@ -103,8 +104,12 @@ class Compression(Measure):
         from genbound.bounds.evaluated import compression_bound_on
 
         train, _ = ctx.objectives()
+        gap = ctx.results.get("gap")
         return compression_bound_on(
-            ctx.checkpoint, train, num_classes=getattr(ctx.task, "num_labels", None)
+            ctx.checkpoint,
+            train,
+            num_classes=getattr(ctx.task, "num_labels", None),
+            measured_error=gap.train.error if gap is not None else None,
         )
 
     def json(self, result, ckpt) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 from genbound.compare import Correlation, measure_description, rank_correlations, sweep_rows
 from genbound.io import atomic_directory
 from genbound.numbers import format_number, format_probability
+from genbound.report.certificates import certificate_markdown, certificate_rows
 from genbound.report.html import table_cell
 from genbound.report.serialize import dumps_json
 
@@ -113,7 +114,9 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
     return lines
 
 
-def sweep_markdown(rows: list[dict], corr: list[Correlation]) -> str:
+def sweep_markdown(
+    rows: list[dict], corr: list[Correlation], certificates: Sequence[Mapping] = ()
+) -> str:
     lines = [
         "# genbound sweep comparison",
         "",
@@ -122,6 +125,7 @@ def sweep_markdown(rows: list[dict], corr: list[Correlation]) -> str:
         "(chance for the compression bound, the loss range for the MI bound).",
         "",
         *_table(rows, TABLE_COLUMNS),
+        *certificate_markdown(certificates),
     ]
     if any(r.get(k) is not None for r in rows for k, _ in CURVATURE_COLUMNS[1:]):
         lines += [
@@ -190,11 +194,12 @@ def write_sweep(out_dir: str | Path, docs: Mapping[str, Mapping], *, seed: int =
     ``figures/measures_vs_gap.png`` atomically."""
     rows = sweep_rows(docs)
     corr = rank_correlations(rows, target=TARGET, seed=seed) if len(rows) >= 2 else []
+    certs = certificate_rows(docs)
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
-        doc = {"schema": SWEEP_SCHEMA, "rows": rows, "correlations": corr}
+        doc = {"schema": SWEEP_SCHEMA, "rows": rows, "correlations": corr, "certificates": certs}
         (tmp / "sweep.json").write_text(dumps_json(doc))
-        (tmp / "sweep.md").write_text(sweep_markdown(rows, corr))
+        (tmp / "sweep.md").write_text(sweep_markdown(rows, corr, certs))
         (tmp / "figures").mkdir()
         plot_measures(rows, corr, tmp / FIGURE)
     return out
