@@ -4,7 +4,8 @@ Runs (or reuses) ``genbound demo`` in ``--demo DIR`` and writes to ``--out`` (de
 ``figures/``):
 
 * ``sweep_measures_vs_gap.png``: every measure against the measured gap, one point per run;
-* ``bounds_vs_test_error.png``: each run's compression bound next to its test error;
+* ``bounds_vs_test_error.png``: each run's compression and Gaussian PAC-Bayes bounds next
+  to its test error;
 * ``lora_spectra.png``, ``lora_intruders.png``: the LoRA run's update spectra and intruders;
 * ``lora_landscape_path.png``: the LoRA run's loss along the path from the base model.
 """
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 
 def plot_bounds_vs_error(rows: list[dict], path: Path) -> None:
-    """Each run's measured test error next to its compression bound (bars), chance dashed."""
+    """Each run's measured test error next to its compression bound and Gaussian PAC-Bayes
+    bound (bars; ``rows``: sweep.json's ``certificates``), chance dashed. A subspace run's
+    label gives its d."""
     import numpy as np
 
     from genbound.plotting import new_figure, save_figure
@@ -28,19 +32,28 @@ def plot_bounds_vs_error(rows: list[dict], path: Path) -> None:
     x = np.arange(len(rows))
     fig = new_figure(max(5.0, 1.0 + 0.9 * len(rows)), 3.8)
     ax = fig.add_subplot()
-    ax.bar(x - 0.2, [r["test_error"] for r in rows], 0.4, label="measured test error")
-    ax.bar(x + 0.2, [r["compression_bound"] for r in rows], 0.4, label="compression bound (95%)")
+    bars = (
+        ("test_error", "measured test error"),
+        ("compression_bound", "compression bound (95%)"),
+        ("pacbayes_bound", "Gaussian PAC-Bayes bound"),
+    )
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        values = [r.get(key) if r.get(key) is not None else np.nan for r in rows]
+        ax.bar(x + (i - 1) * width, values, width, label=label)
     ax.axhline(2 / 3, color="gray", ls="--", lw=0.8, label="chance (3 classes)")
-    ax.set_xticks(x, [r["run"] for r in rows], rotation=30 if len(rows) > 6 else 0)
+    names = [r["run"] + (f"\nd = {r['subspace_d']:,}" if r.get("subspace_d") else "") for r in rows]
+    ax.set_xticks(x, names, rotation=30 if len(rows) > 6 else 0, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("0-1 error")
-    fig.legend(loc="outside upper center", ncol=3, fontsize=8)
+    fig.legend(loc="outside upper center", ncol=4, fontsize=8)
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     from genbound.demo import DEFAULT, FAST
     from genbound.demo.run import run_demo
+    from genbound.sweep import LocalExecutor
 
     p = argparse.ArgumentParser(
         prog="python -m genbound.figures", description=__doc__.split("\n")[0]
@@ -49,15 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("figures"), help="where the figures go")
     p.add_argument("--fast", action="store_true", help="use the fast demo")
     args = p.parse_args(argv)
-    result = run_demo(args.demo, FAST if args.fast else DEFAULT)
+    workers = len(os.sched_getaffinity(0))
+    result = run_demo(args.demo, FAST if args.fast else DEFAULT, executor=LocalExecutor(workers))
     args.out.mkdir(parents=True, exist_ok=True)
     if (result.sweep / "figures" / "measures_vs_gap.png").exists():  # none when nothing ranks
         shutil.copy(
             result.sweep / "figures" / "measures_vs_gap.png",
             args.out / "sweep_measures_vs_gap.png",
         )
-    rows = json.loads((result.sweep / "sweep.json").read_text())["rows"]
-    plot_bounds_vs_error(rows, args.out / "bounds_vs_test_error.png")
+    certificates = json.loads((result.sweep / "sweep.json").read_text())["certificates"]
+    plot_bounds_vs_error(certificates, args.out / "bounds_vs_test_error.png")
     lora = result.reports["lora"] / "figures"
     for src, dst in (
         ("spectra.png", "lora_spectra.png"),

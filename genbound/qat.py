@@ -14,8 +14,11 @@ precision. At the end z is replaced by Q(z): it holds at most 2^b distinct value
 exactly representable at that precision, so the bound's b-bit candidate decodes exactly
 the model that was fine-tuned (zero quantization error at that b).
 
-A chained run fine-tunes the z of its last link (earlier links' z are quantized by the
-bound without fine-tuning); call it after the chain's last link has started.
+A chained run cannot fine-tune a finished link (its factors are merged into the base
+weight), so a chain is trained quantization-aware throughout: call it on the fresh handle
+with the chain's epochs (``fit`` runs the chain steps; each link's z is stored quantized
+when the link ends, as its factors were merged). Called after the chain's last link has
+started, it fine-tunes that link only.
 """
 
 from __future__ import annotations
@@ -97,10 +100,11 @@ def quantization_aware_fit(
             "quantization-aware fit: expected a subspace run (apply(..., subspace=d)); found a "
             f"{handle.variant.name!r} run that trains its factors directly."
         )
-    if handle.chained and handle.links_done + 1 < handle.chain:
+    if handle.chained and 0 < handle.links_done < handle.chain - 1:
         raise GenboundError(
             f"quantization-aware fit: the chain has started {handle.links_done + 1} of its "
-            f"{handle.chain} links; expected the last link (finish training first)."
+            f"{handle.chain} links; expected a fresh chain (trained quantization-aware "
+            "throughout) or its last link (fine-tuned)."
         )
     ste = LloydSTE(bits, codebook_bits)
     sub.quantizer = ste

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from genbound.checkpoint import load_checkpoint
 from genbound.cli.main import main
 from genbound.demo import FAST
@@ -16,9 +18,10 @@ def test_fast_demo_trains_reports_compares_and_reuses(fast_demo, capsys):
     # trained and reported by this session (or by another xdist worker, then reused)
     assert list(result.runs) == names and list(result.reports) == names
     assert list(result.trained) in (names, []) and list(result.reported) in (names, [])
-    for name in names:
+    for spec in FAST.variants:
+        name = spec.name
         ckpt = load_checkpoint(out / "runs" / name)
-        assert ckpt.n_train == FAST.n_train and ckpt.variant == name
+        assert ckpt.n_train == FAST.n_train and ckpt.variant == spec.method
         task = load_task(TaskReference.from_json(ckpt.data))
         assert task.n_train == FAST.n_train and task.num_labels == 3
         rep = out / "reports" / name
@@ -30,6 +33,9 @@ def test_fast_demo_trains_reports_compares_and_reuses(fast_demo, capsys):
         assert doc["curvature"]["examples"] == FAST.curvature_examples
         assert set(doc["landscapes"]) == {"random-filter", "path"}
         assert (rep / "report.html").stat().st_size > 10_000  # figures embedded
+        if spec.subspace is not None:  # only z trained, coded on the codebook it was tuned on
+            assert doc["checkpoint"]["subspace"]["d"] == spec.subspace == ckpt.num_trainable
+            assert comp["preamble"]["bits"] > 0 and len(torch.unique(ckpt.subspace.z[0])) <= 4
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [r["run"] for r in sweep["rows"]] == names
     assert {c["measure"] for c in sweep["correlations"]} >= {"mi_bound", "compression_bound"}

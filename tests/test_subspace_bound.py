@@ -227,8 +227,9 @@ def test_qat_needs_a_subspace_run_at_its_last_link():
     plain = ga.apply(MLP(), "lora", rank=2, targets=["fc1"], seed=0)
     with pytest.raises(GenboundError, match="expected a subspace run"):
         quantization_aware_fit(plain, (x, y), bits=2)
-    chained = ga.apply(MLP(), "c3la", rank=2, targets=["fc1"], seed=0, subspace=8, chain=2)
-    with pytest.raises(GenboundError, match="last link"):
+    chained = ga.apply(MLP(), "c3la", rank=2, targets=["fc1"], seed=0, subspace=8, chain=3)
+    chained.chain_step()
+    with pytest.raises(GenboundError, match=r"a fresh chain .* or its last link"):
         quantization_aware_fit(chained, (x, y), bits=2)
     sub = ga.apply(MLP(), "lora", rank=2, targets=["fc1"], seed=0, subspace=8)
     with pytest.raises(GenboundError, match=r"bits must be in 1\.\.16"):
@@ -261,3 +262,28 @@ def test_candidates_that_decode_the_same_model_are_evaluated_once(qat_run):
     assert [(c.bits, c.train_error, c.bound) for c in again.candidates] == [
         (c.bits, c.train_error, c.bound) for c in res.candidates
     ]
+
+
+def test_a_chain_trained_quantization_aware_stores_every_link_on_its_codebook(tmp_path):
+    x, y = toy_task(64)
+    model = MLP()
+    h = ga.apply(model, "c3la", rank=2, targets=["fc1", "fc2"], seed=2, subspace=10, chain=2)
+    quantization_aware_fit(h, (x, y), bits=1, epochs=2, lr=SUBSPACE_LR, batch_size=16)
+    assert h.links_done == 1
+    with torch.no_grad():
+        live = model(x)
+    ckpt = load_checkpoint(h.save(tmp_path / "run", base_model=save_base(MLP(), tmp_path)))
+    for z in ckpt.subspace.z:
+        assert torch.unique(z).numel() <= 2
+    # the saved links rebuild the model that was trained (link 0 as it was merged)
+    merged = load_updates_into(MLP(), ckpt)
+    with torch.no_grad():
+        assert torch.allclose(merged(x), live, rtol=0, atol=1e-5)
+    # one codebook per link: at b = 1 the bound decodes exactly the saved model
+    obj = objective(ckpt, x, y)
+    res = compression_bound_on(ckpt, obj, num_classes=3, bits=(1, 2))
+    one = res.candidates[0]
+    assert one.quantization.mode == "per_tensor" and len(one.code.parts) == 2
+    for key, z in trainable_tensors(ckpt).items():
+        assert torch.equal(one.quantization.tensors()[key], z)
+    assert one.train_error == train_error_with(obj, ckpt, trainable_tensors(ckpt))

@@ -180,7 +180,9 @@ class Subspace:
         """Start a chain's next link, after the layers started theirs: theta_0 := the
         tensors now (new factors, the head as trained so far), z := 0, a new P seeded
         ``seed + link``. Returns ``[z]`` (its optimizer state must be rebuilt)."""
-        self.history.append({"z": self.z.detach().clone(), "theta0": self.theta0})
+        # the finished link's z as its factors were merged (quantized under a quantizer)
+        done = self.z if self.quantizer is None else self.quantizer(self.z)
+        self.history.append({"z": done.detach().clone(), "theta0": self.theta0})
         self.link += 1
         self.theta0 = torch.cat(
             [getattr(s.module, s.attr).detach().double().reshape(-1) for s in self.slots]

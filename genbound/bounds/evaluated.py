@@ -35,6 +35,14 @@ def train_error_with(
     return float(errors.mean())
 
 
+def codebook_mode(checkpoint: Checkpoint) -> str:
+    """``"per_tensor"`` for a chained subspace run (one codebook per link's z: each link is
+    trained, and quantized, on its own), else ``"shared"``. Fixed by the run's structure
+    before the data is seen, so it costs nothing."""
+    sub = checkpoint.subspace
+    return "per_tensor" if sub is not None and sub.links > 1 else "shared"
+
+
 def subspace_code_terms(checkpoint: Checkpoint) -> tuple[Preamble | None, tuple[str, ...]]:
     """What the code of a subspace run adds: a preamble stating d (Elias gamma code, so d
     may be chosen after seeing the data), and the assumptions it rests on. ``(None, ())``
@@ -85,6 +93,7 @@ def compression_bound_on(
         lambda q: train_error_with(train, checkpoint, q),
         n,
         bits=bits,
+        codebook=codebook_mode(checkpoint),
         delta=delta,
         num_classes=num_classes,
         prune=prune,

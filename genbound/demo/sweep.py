@@ -42,8 +42,9 @@ class VariantSpec:
         epochs: passes over the training set (None: the config's).
         subspace: d of a subspace run (``apply(..., subspace=d)``: only z trains), or None.
         qat_bits: b of a quantization-aware fine-tuning of z after training
-            (:func:`genbound.qat.quantization_aware_fit`), or None.
-        qat_epochs: its passes over the training set.
+            (:func:`genbound.qat.quantization_aware_fit`), or None. A chained run is
+            trained quantization-aware throughout (its finished links cannot be tuned).
+        qat_epochs: passes over the training set of that fine-tuning (0: none).
     """
 
     name: str
@@ -115,6 +116,14 @@ DEFAULT_VARIANTS = (
     VariantSpec("c3la", "c3la", chain=2),
     VariantSpec("cola", "cola", chain=2, lr=2e-3),
     VariantSpec("fft", "fft", rank=None, lr=1e-4),
+    # certificates: only z (d coordinates, adapter factors and head together) trains, then
+    # z is fine-tuned on a 2^b-level codebook; a chain trains on its codebook throughout
+    VariantSpec("lora_sub", "lora", lr=0.1, epochs=2, subspace=500, qat_bits=2),
+    VariantSpec("asym_sub", "asym", lr=0.3, epochs=2, subspace=500, qat_bits=2),
+    VariantSpec("cla_sub", "cla", lr=0.1, epochs=2, subspace=500, qat_bits=2),
+    VariantSpec(
+        "c3la_sub", "c3la", chain=2, lr=0.1, epochs=2, subspace=250, qat_bits=1, qat_epochs=0
+    ),
 )
 EXTRA_VARIANTS = (
     VariantSpec("lora_plus", "lora_plus", lr=1e-3),
@@ -136,6 +145,7 @@ FAST = DemoConfig(
         VariantSpec("head", "head", rank=None, lr=5e-3, epochs=2),
         VariantSpec("lora", "lora", rank=2, lr=2e-3),
         VariantSpec("cla", "cla", rank=2),
+        VariantSpec("lora_sub", "lora", rank=2, lr=0.1, subspace=40, qat_bits=2),
     ),
 )
 
@@ -191,11 +201,15 @@ def train_variant(job: TrainJob) -> Path:
         "seed": cfg.seed,
         "eval_train": False,
     }
-    result = fit(
-        handle, train_batches, None, epochs=spec.epochs or cfg.epochs, lr=spec.lr, **common
-    )
+    epochs = spec.epochs or cfg.epochs
+    if spec.qat_bits is not None and spec.chain > 1:  # a finished link cannot be fine-tuned
+        result = quantization_aware_fit(
+            handle, train_batches, bits=spec.qat_bits, epochs=epochs, lr=spec.lr, **common
+        )
+    else:
+        result = fit(handle, train_batches, None, epochs=epochs, lr=spec.lr, **common)
     metrics = result.metrics()
-    if spec.qat_bits is not None:
+    if spec.qat_bits is not None and spec.qat_epochs > 0:
         qat = quantization_aware_fit(
             handle, train_batches, bits=spec.qat_bits, epochs=spec.qat_epochs, **common
         )
