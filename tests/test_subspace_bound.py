@@ -197,7 +197,9 @@ def test_report_writes_the_quantized_z_and_the_subspace(qat_run):
     coded = load_file(out / comp["quantized_tensors"])
     assert list(coded) == ["subspace::link0::z"]
     assert torch.equal(coded["subspace::link0::z"], m.compression.quantized["subspace::link0::z"])
-    assert "subspace run: only z (d = 24)" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "subspace run: only z (d = 24)" in md
+    assert "The code states d = 24 in 9 bits (Elias gamma code)" in md
     # the Gaussian certificate perturbs z around its initial value 0
     gauss = doc["bounds"]["pacbayes"]
     assert gauss["num_coordinates"] == D_SUB

@@ -51,7 +51,7 @@ def subspace_code_terms(checkpoint: Checkpoint) -> tuple[Preamble | None, tuple[
     if sub is None:
         return None, ()
     bits = elias_gamma_bits(sub.d)
-    preamble = Preamble(bits, f"d = {sub.d:,} stated in {bits} bits (Elias gamma code)")
+    preamble = Preamble(bits, f"d = {sub.d:,} in {bits} bits (Elias gamma code)")
     assumptions = (
         f"subspace run: the code is z (d = {sub.d:,} per link, {sub.links} link(s)), the "
         f"trained tensors being theta_0 + P z over D = {sub.D:,} scalars; theta_0 (the "

@@ -132,6 +132,15 @@ class Compression(Measure):
             f"quantized train error {prob(c.train_error)}, kl bound rhs = "
             f"{format_number(c.rhs)} nats.",
         ]
+        preamble = c.chosen.code.preamble
+        if preamble is not None:
+            lines.append(
+                f"The code states {preamble.description}, then the codebook(s) and the "
+                "quantized z (`quantized.safetensors`); the decoded model is theta_0 + P z, "
+                "theta_0 and P following from the seed. This assumes the variant, rank, "
+                "targets, d and seed were fixed before training (a sweep's certificates pay "
+                "ln M nats for choosing among M configurations)."
+            )
         if measures.gap is not None:
             test = measures.gap.test.error
             lines.append(
