@@ -182,8 +182,9 @@ def test_model_path_matches_numpy_and_leaves_the_model_bit_exact(trained):  # no
     m = task.metric
     want = gaussian_bound(
         trainable_tensors(ckpt), numpy_error, N_TRAIN, error_range=m.error_range,
-        chance=m.chance, error_name=m.error_name, **kw,
+        chance=m.chance, error_name=m.error_name, prior_centre=ckpt.initial, **kw,
     )  # fmt: skip
+    assert ckpt.initial is not None  # the run recorded its A: the prior is centred there
     assert res.mc_error == pytest.approx(want.mc_error, rel=1e-5)
     assert (res.candidate, res.sigma, res.kl) == (want.candidate, want.sigma, want.kl)
     assert res.bound == pytest.approx(want.bound, rel=1e-5)
@@ -211,3 +212,57 @@ def test_measure_json_markdown_and_sweep_scalar(trained, tmp_path):  # noqa: F81
     assert ReportOptions.from_json(json.loads(json.dumps(opts.to_json()))) == opts
     with pytest.raises(GenboundError, match="pacbayes_samples"):
         ReportOptions(pacbayes_samples=0)
+
+
+def test_a_genbound_run_centres_the_prior_at_its_initial_factors(tmp_path):
+    """A LoRA run records each A as drawn from the seed (a chain: every link's); the
+    measure's prior is centred there, so ||theta_hat - theta_0||^2 counts A - A0, and a
+    manifest naming a tensor the run did not train fails clearly."""
+    from test_adapters import MLP, save_base
+    from test_subspace_bound import objective, toy_task
+
+    import genbound.adapters as ga
+    from genbound import load_checkpoint
+    from genbound.bounds.gaussian import gaussian_bound_on
+    from genbound.train import fit
+
+    x, y = toy_task(96)
+    h = ga.apply(MLP(), "lora", rank=2, targets=["fc1", "fc2"], head=["classifier"], seed=1)
+    drawn = {name: layer.A.detach().clone() for name, layer in h.layers.items()}
+    fit(h, (x, y), epochs=2, lr=1e-2, batch_size=32, eval_train=False)
+    run = h.save(tmp_path / "run", base_model=save_base(MLP(), tmp_path), n_train=96)
+    ckpt = load_checkpoint(run)
+    assert set(ckpt.initial) == {"fc1::A", "fc2::A"}
+    for name, a0 in drawn.items():
+        assert torch.equal(ckpt.initial[f"{name}::A"], a0)
+        assert not torch.equal(ckpt.updates[name].A, a0)  # A trained
+    res = gaussian_bound_on(ckpt, objective(ckpt, x, y), num_classes=3, samples=10, seed=0)
+    coded = trainable_tensors(ckpt)
+    want = sum(
+        float((v.double() - ckpt.initial.get(k, torch.zeros_like(v)).double()).square().sum())
+        for k, v in coded.items()
+    )
+    assert res.sq_distance == pytest.approx(want, rel=1e-12)
+    assert res.sq_distance < sum(float(v.double().square().sum()) for v in coded.values())
+
+    man = json.loads((run / "genbound.json").read_text())
+    man["initial"]["fc3::A"] = man["initial"].pop("fc2::A")
+    (run / "genbound.json").write_text(json.dumps(man))
+    with pytest.raises(GenboundError, match=r"initial\.fc3::A"):
+        load_checkpoint(run)
+
+
+def test_a_chain_records_every_links_initial_factors(tmp_path):
+    from test_adapters import MLP, save_base
+
+    import genbound.adapters as ga
+    from genbound import load_checkpoint
+
+    h = ga.apply(MLP(), "cola", rank=2, targets=["fc1"], seed=3, chain=2)
+    first = h.layers["fc1"].A.detach().clone()
+    h.chain_step()
+    second = h.layers["fc1"].A.detach().clone()
+    ckpt = load_checkpoint(h.save(tmp_path / "run", base_model=save_base(MLP(), tmp_path)))
+    assert torch.equal(ckpt.initial["fc1::link0::A"], first)
+    assert torch.equal(ckpt.initial["fc1::link1::A"], second)
+    assert set(ckpt.initial) <= set(trainable_tensors(ckpt))

@@ -166,6 +166,7 @@ class AdapterHandle:
             self.subspace.refresh()
         for layer in self.layers.values():
             reset += layer.merge_link(self.generator)
+            layer.record_initial()
         if self.subspace is not None:
             reset = self.subspace.restart()
         log.debug("chain step: link %d of %d started", self.links_done + 1, self.chain)
@@ -262,12 +263,14 @@ class AdapterHandle:
         if self.chained:
             hparams["chain"] = self.links_done + 1
             hparams["chain_planned"] = self.chain
-        subspace, dtype = None, None
-        if self.subspace is not None:
+        subspace, dtype, initial = None, None, None
+        if self.subspace is not None:  # theta_0 is stored with z
             from genbound.adapters.subspace import save_fields
 
             dtype = self.subspace.slots[0].dtype
             subspace = save_fields(self, tensors)
+        else:
+            initial = self._initial_factors(tensors)
         path = save_run(
             run_dir,
             variant=self.variant.name,
@@ -283,9 +286,29 @@ class AdapterHandle:
             overwrite=overwrite,
             subspace=subspace,
             dtype=dtype,
+            initial=initial,
         )
         log.info("run written to %s", path)
         return path
+
+    def _initial_factors(self, tensors: dict[str, torch.Tensor]) -> dict[str, str] | None:
+        """The manifest's ``initial`` field: each link's trained factors when it started
+        (not the one that starts at zero), added to ``tensors`` as ``initial.<key>``, by
+        the name :func:`genbound.bounds.compression.trainable_tensors` gives the factor
+        (``fc1::A``; ``fc1::link1::A`` in a chain). None when there are none."""
+        out: dict[str, str] = {}
+        for name, layer in self.layers.items():
+            for i, factors in enumerate(layer.initial):
+                for factor, value in factors.items():
+                    coded = f"{name}::link{i}::{factor}" if self.chained else f"{name}::{factor}"
+                    key = (
+                        f"initial.{name}.link{i}.{factor}"
+                        if self.chained
+                        else f"initial.{name}.{factor}"
+                    )
+                    tensors[key] = value.contiguous()
+                    out[coded] = key
+        return out or None
 
     def _updates(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         updates: dict[str, Any] = {}

@@ -140,6 +140,9 @@ class AdaptedLayer(AdapterLayer):
         self.link = 0
         #: factors of links merged into ``base.weight`` (detached clones), oldest first.
         self.finished: list[dict[str, torch.Tensor]] = []
+        #: each link's trained factors when it started, except the one that starts at zero
+        #: (``origin``), as detached clones, oldest first (:meth:`record_initial`).
+        self.initial: list[dict[str, torch.Tensor]] = []
 
     # -- to define in subclasses -------------------------------------------------
     def update(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -190,6 +193,13 @@ class AdaptedLayer(AdapterLayer):
         """Raise a GenboundError when the layer cannot adapt target ``name`` (n x m)."""
 
     # -- shared --------------------------------------------------------------------
+    def record_initial(self) -> None:
+        """Record the current link's starting values of its trained factors (not the one
+        that starts at zero): the data-free centre of the Gaussian certificate's prior."""
+        self.initial.append(
+            {k: v for k, v in self.link_tensors().items() if k in self.trained and k != self.origin}
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.update(x)
 

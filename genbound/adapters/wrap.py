@@ -224,6 +224,8 @@ def apply(
         heads=heads,
         generator=gen,
     )
+    for layer in layers.values():
+        layer.record_initial()
     if subspace is not None:
         attach(handle, subspace)
     return handle

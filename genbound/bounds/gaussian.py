@@ -23,6 +23,9 @@ that is the pretrained weight for dense updates (dW = 0), a new head's recorded 
 value (else 0), B = 0 for low-rank updates, and 0 for any other trained tensor whose
 initial value the checkpoint does not record (a trained A, DoRA's magnitude, VeRA's d): a
 valid, data-free centre that pays the full ||A||^2 / (2 sigma^2). Never the trained value.
+:func:`gaussian_bound_on` is given the initial values a genbound run records (its
+manifest's ``initial``: each link's A drawn from the seed, VeRA's d); a subspace run's
+coordinates are z, which starts at 0.
 
 The bound, with probability >= 1 - delta - delta' over the N training units and the
 Monte Carlo draws (M the number of (candidate, sigma, lambda) choices):
@@ -428,7 +431,12 @@ def gaussian_bound(
         "prediction, rounded to the model's dtype), not on the trained model itself",
         "prior centre theta_0 fixed before seeing the data: 0 in the trained coordinates "
         "(dW = 0 for dense updates, a new head's recorded initial value, B = 0, and 0 for "
-        "other trained factors whose initial value is not recorded) unless given",
+        "other trained factors whose initial value is not recorded) unless given"
+        + (
+            f" (given for {len(prior_centre)} tensors: their values before training)"
+            if prior_centre
+            else ""
+        ),
         f"sigma (and lambda) chosen from a grid of {len(grid)} values, candidates {cands}: "
         f"{num_choices} choices paid for by a union bound (+ln({num_choices}) nats)",
         f"Monte Carlo: {m} models, each on {k:,} of the {n:,} training units drawn uniformly "
@@ -490,7 +498,8 @@ def gaussian_bound_on(
     units). Each sampled model is merged into ``train.model`` in place (as the compression
     bound does); the model is restored bit-exactly afterwards, with its modes, flags,
     gradients and the random generators (:func:`genbound.state.preserved`). ``kwargs``: as
-    for :func:`gaussian_bound`.
+    for :func:`gaussian_bound`; ``prior_centre`` defaults to the initial values the
+    checkpoint records (:attr:`~genbound.checkpoint.model.Checkpoint.initial`).
     """
     import dataclasses
 
@@ -517,6 +526,7 @@ def gaussian_bound_on(
         return float(errors.mean())
 
     metric = train.metric
+    kwargs.setdefault("prior_centre", checkpoint.initial)
     with preserved(train.model, parameters=True):
         return gaussian_bound(
             trainable_tensors(checkpoint),

@@ -90,6 +90,7 @@ def save_run(
     snapshots: Sequence[Snapshot] = (),
     overwrite: bool = False,
     subspace: Mapping[str, Any] | None = None,
+    initial: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a genbound run folder from its parts (docs/checkpoint-format.md).
 
@@ -112,6 +113,8 @@ def save_run(
             ``trajectory.safetensors`` as ``"<i>/<name>"`` and listed under ``trajectory``.
         subspace: a subspace run's ``subspace`` field (its z and initial tensors are in
             ``tensors``; see :func:`genbound.adapters.subspace.save_fields`).
+        initial: the ``initial`` field: trained factor (as ``trainable_tensors`` names it)
+            -> the key in ``tensors`` of its value when its link started.
     """
     if isinstance(base_model, str | os.PathLike):
         base_model = {"path": str(Path(base_model).resolve())}
@@ -128,6 +131,8 @@ def save_run(
     }
     if subspace is not None:
         manifest["subspace"] = dict(subspace)
+    if initial is not None:
+        manifest["initial"] = dict(initial)
     extra = {}
     if snapshots:
         manifest["trajectory"] = {

@@ -100,6 +100,10 @@ class Checkpoint:
     notes: tuple[str, ...] = ()
     #: a subspace run's coded z and how its factors are rebuilt from z, else None.
     subspace: SubspaceCode | None = None
+    #: trained factors' values when their link started, by the name
+    #: :func:`~genbound.bounds.compression.trainable_tensors` gives them (a genbound run's
+    #: A, say; B starts at 0), where the run records them; else None.
+    initial: Mapping[str, torch.Tensor] | None = None
 
     @property
     def spec(self) -> Variant:

@@ -195,6 +195,7 @@ MANIFEST_SCHEMA = Record(
         ),
         "tensor_file": FILE_NAME,
         "subspace": Nullable(SUBSPACE_SCHEMA),
+        "initial": MapOf("an object of trained factors to tensor keys", STRING),
     },
     required=("schema", "variant", "updates"),
 )
@@ -305,6 +306,7 @@ def load_run(
     if base is not None:
         for u in updates.values():
             check_against_base(u, base)
+    initial = _initial_factors(man.get("initial") or {}, updates, tfile, mpath)
 
     hp_raw = dict(man.get("hparams") or {})
     known = {
@@ -330,7 +332,48 @@ def load_run(
         trajectory=man.get("trajectory"),
         notes=tuple(notes),
         subspace=code,
+        initial=initial,
     )
+
+
+def _initial_factors(
+    spec: Mapping[str, str], updates: Mapping[str, Update], tfile: Path, mpath: Path
+) -> dict[str, torch.Tensor] | None:
+    """The manifest's ``initial`` field read: trained factor -> its value when its link
+    started, each checked to name a trained tensor of the run, with its shape."""
+    if not spec:
+        return None
+    from genbound.checkpoint.updates import SEP
+
+    trained = {
+        f"{name}{SEP}{k}": tuple(v.shape)
+        for name, u in updates.items()
+        for k, v in u.trained_tensors().items()
+    }
+    out = {}
+    with TensorFile(tfile) as tf:
+        for name, key in spec.items():
+            if name not in trained:
+                raise input_error(
+                    mpath,
+                    "initial value of an unknown tensor",
+                    key=f"initial.{name}",
+                    expected="a trained tensor of the run ("
+                    + ", ".join(list(trained)[:4])
+                    + ", ...)",
+                    found=repr(name),
+                )
+            value = tf[key]
+            if tuple(value.shape) != trained[name]:
+                raise input_error(
+                    mpath,
+                    "tensor does not match the manifest",
+                    key=f"initial.{name}",
+                    expected=f"tensor {key!r} of shape {trained[name]}",
+                    found=str(tuple(value.shape)),
+                )
+            out[name] = value
+    return out
 
 
 def _read_updates(
