@@ -289,3 +289,27 @@ def test_a_chain_trained_quantization_aware_stores_every_link_on_its_codebook(tm
     for key, z in trainable_tensors(ckpt).items():
         assert torch.equal(one.quantization.tensors()[key], z)
     assert one.train_error == train_error_with(obj, ckpt, trainable_tensors(ckpt))
+
+
+def test_the_tracker_logs_a_subspace_run_by_its_z(tmp_path):
+    """BoundTracker on a subspace handle, unchanged: the MI bound it logs counts d, and its
+    finished run reloads to the model trained."""
+    from genbound.callbacks import BoundTracker
+
+    x, y = toy_task(64)
+    model = MLP()
+    base = save_base(MLP(), tmp_path)
+    h = ga.apply(model, "lora", rank=2, targets=["fc1"], head=["classifier"], seed=0, subspace=16)
+    tracker = BoundTracker(every_n_steps=1, n_train=64, base=base, run_dir=tmp_path / "run")
+    tracker.start(h)
+    opt = torch.optim.AdamW(h.param_groups(SUBSPACE_LR))
+    for step in range(1, 4):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        logged = tracker.step(h, step)
+    ckpt = load_checkpoint(tracker.finish(h))
+    assert ckpt.num_trainable == 16
+    assert logged["genbound/mi_bound"] == pytest.approx(mi_bound(ckpt).bound, rel=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(load_updates_into(MLP(), ckpt)(x), model(x), rtol=0, atol=1e-5)
