@@ -484,6 +484,11 @@ class CompressionBoundResult:
         return next(c for c in self.candidates if c.bits == self.chosen_bits)
 
     @property
+    def preamble(self) -> Preamble | None:
+        """What the chosen code states before its codebooks (a subspace run's d), or None."""
+        return self.chosen.code.preamble
+
+    @property
     def quantized(self) -> dict[str, torch.Tensor]:
         """The quantized tensors of the chosen b (float32)."""
         return self.chosen.quantization.tensors()

@@ -65,7 +65,7 @@ def compression_json(c: CompressionBoundResult | None) -> dict | None:
         "chance": c.chance,
         "quantized_tensors": QUANTIZED_FILE,
         "code": c.chosen.code.description,
-        "preamble": jsonable(c.chosen.code.preamble),
+        "preamble": jsonable(c.preamble),
         "candidates": cands,
         "assumptions": list(c.assumptions),
         "warnings": list(c.warnings),
@@ -132,7 +132,7 @@ class Compression(Measure):
             f"quantized train error {prob(c.train_error)}, kl bound rhs = "
             f"{format_number(c.rhs)} nats.",
         ]
-        preamble = c.chosen.code.preamble
+        preamble = getattr(c, "preamble", None)
         if preamble is not None:
             lines.append(
                 f"The code states {preamble.description}, then the codebook(s) and the "
