@@ -271,3 +271,10 @@ def test_stages_are_printed_when_output_is_not_a_terminal(tmp_path, adapter, cap
     assert settings["parts"] == sorted(PARTS) and settings["device"] == "cpu"
     assert doc["curvature"]["examples"] == 6
     assert len(doc["landscapes"]["path"]["xs"]) == 5
+
+
+def test_demo_jobs_must_be_positive(tmp_path, capsys):
+    assert main(["demo", "--fast", "--out", str(tmp_path / "d"), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs" in err and "found 0" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "runs").exists()  # refused before any training
