@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+from scipy.optimize import brentq
 
 from genbound.tasks.texts import LabelledTexts
+
+
+def np_kl_inverse(q: float, c: float) -> float:
+    """max {p : kl(q || p) <= c} by scipy's root finder (the reference for genbound's)."""
+
+    def kl(p):
+        a = q * math.log(q / p) if q > 0 else 0.0
+        return a + (1 - q) * math.log((1 - q) / (1 - p)) - c
+
+    hi = float(np.nextafter(1.0, 0.0))
+    return hi if kl(hi) < 0 else brentq(kl, q, hi, xtol=1e-16, rtol=1e-15)
 
 
 def assert_rel_close(actual, expected, rtol: float, what: str = "") -> None:

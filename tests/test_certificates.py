@@ -6,21 +6,11 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
-from scipy.optimize import brentq
+from helpers import np_kl_inverse
 
 from genbound.report.certificates import certificate_rows, union_bounded
 from genbound.report.sweep import write_sweep
-
-
-def np_kl_inverse(q: float, c: float) -> float:
-    def kl(p):
-        a = q * math.log(q / p) if q > 0 else 0.0
-        return a + (1 - q) * math.log((1 - q) / (1 - p)) - c
-
-    hi = float(np.nextafter(1.0, 0.0))
-    return hi if kl(hi) < 0 else brentq(kl, q, hi, xtol=1e-16, rtol=1e-15)
 
 
 def compression(cands, n=6000, bound=None):

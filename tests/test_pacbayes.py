@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import brentq
+from helpers import np_kl_inverse
 from scipy.stats import norm
 from test_regression_task import CLIP, N_TRAIN, forward_np, trained  # noqa: F401
 
@@ -22,15 +22,6 @@ from genbound.bounds.gaussian import SIGMAS, gaussian_bound, gaussian_bound_on, 
 from genbound.measures import measure_checkpoint, sweep_scalars
 from genbound.options import ReportOptions
 from genbound.report.writer import write_report
-
-
-def np_kl_inverse(q: float, c: float) -> float:
-    def kl(p):
-        a = q * math.log(q / p) if q > 0 else 0.0
-        return a + (1 - q) * math.log((1 - q) / (1 - p)) - c
-
-    hi = float(np.nextafter(1.0, 0.0))
-    return hi if kl(hi) < 0 else brentq(kl, q, hi, xtol=1e-16, rtol=1e-15)
 
 
 def dense_gaussian_kl(mu_q, cov_q, mu_p, cov_p) -> float:

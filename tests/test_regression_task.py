@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import merged_from_genbound
+from helpers import merged_from_genbound, np_kl_inverse
 from safetensors.torch import load_file
-from scipy.optimize import brentq
 from test_adapters import MLP, save_base
 from torch import nn
 
@@ -128,17 +127,6 @@ def clipped_sq_np(pred: np.ndarray, y: torch.Tensor) -> tuple[np.ndarray, np.nda
     """(raw, clipped) per-example squared errors summed over the two targets."""
     raw = ((pred - y.double().numpy()) ** 2).sum(axis=1)
     return raw, np.minimum(raw, CLIP)
-
-
-def np_kl_inverse(q: float, c: float) -> float:
-    """max {p : kl(q || p) <= c} by scipy's root finder."""
-
-    def kl(p):
-        a = q * math.log(q / p) if q > 0 else 0.0
-        return a + (1 - q) * math.log((1 - q) / (1 - p)) - c
-
-    hi = float(np.nextafter(1.0, 0.0))
-    return hi if kl(hi) < 0 else brentq(kl, q, hi, xtol=1e-16, rtol=1e-15)
 
 
 # -- the task and its metric ----------------------------------------------------------------

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import np_kl_inverse
 from safetensors.torch import load_file
-from scipy.optimize import brentq
 from test_adapters import MLP, save_base
 
 import genbound.adapters as ga
@@ -46,15 +46,6 @@ def toy_task(n: int = N):
     x = torch.randn(n, 32, generator=gen)
     y = (x @ torch.randn(32, 3, generator=gen)).argmax(1)
     return x, y
-
-
-def np_kl_inverse(q: float, c: float) -> float:
-    def kl(p):
-        a = q * math.log(q / p) if q > 0 else 0.0
-        return a + (1 - q) * math.log((1 - q) / (1 - p)) - c
-
-    hi = float(np.nextafter(1.0, 0.0))
-    return hi if kl(hi) < 0 else brentq(kl, q, hi, xtol=1e-16, rtol=1e-15)
 
 
 def sequential_kt_bits(indices: np.ndarray, k: int) -> float:
