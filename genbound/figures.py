@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ def plot_bounds_vs_error(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from genbound.demo import DEFAULT, FAST
     from genbound.demo.run import run_demo
+    from genbound.parallel import default_workers
     from genbound.sweep import LocalExecutor
 
     p = argparse.ArgumentParser(
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("figures"), help="where the figures go")
     p.add_argument("--fast", action="store_true", help="use the fast demo")
     args = p.parse_args(argv)
-    workers = len(os.sched_getaffinity(0))
-    result = run_demo(args.demo, FAST if args.fast else DEFAULT, executor=LocalExecutor(workers))
+    executor = LocalExecutor(default_workers())
+    result = run_demo(args.demo, FAST if args.fast else DEFAULT, executor=executor)
     args.out.mkdir(parents=True, exist_ok=True)
     if (result.sweep / "figures" / "measures_vs_gap.png").exists():  # none when nothing ranks
         shutil.copy(

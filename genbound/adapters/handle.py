@@ -21,6 +21,7 @@ from genbound.adapters.layers import AdaptedLayer
 from genbound.adapters.peft_export import export_peft
 from genbound.adapters.registry import Variant, variants
 from genbound.checkpoint.manifest import save_run
+from genbound.checkpoint.update_base import SEP
 from genbound.errors import GenboundError
 
 log = logging.getLogger(__name__)
@@ -300,12 +301,9 @@ class AdapterHandle:
         for name, layer in self.layers.items():
             for i, factors in enumerate(layer.initial):
                 for factor, value in factors.items():
-                    coded = f"{name}::link{i}::{factor}" if self.chained else f"{name}::{factor}"
-                    key = (
-                        f"initial.{name}.link{i}.{factor}"
-                        if self.chained
-                        else f"initial.{name}.{factor}"
-                    )
+                    link = f"link{i}" if self.chained else None
+                    coded = SEP.join(p for p in (name, link, factor) if p)
+                    key = ".".join(p for p in ("initial", name, link, factor) if p)
                     tensors[key] = value.contiguous()
                     out[coded] = key
         return out or None

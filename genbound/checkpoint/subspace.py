@@ -28,13 +28,11 @@ from genbound.checkpoint.schema import (
     one_of,
 )
 from genbound.checkpoint.tensors import TensorFile
+from genbound.checkpoint.update_base import SEP
 from genbound.errors import GenboundError, input_error
 
 if TYPE_CHECKING:
     from genbound.checkpoint.updates import Update
-
-#: Separator of coded-tensor names (as in :func:`genbound.bounds.compression.trainable_tensors`).
-_SEP = "::"
 
 
 def _strings_or_null(what: str) -> ListOf:
@@ -111,7 +109,7 @@ class SubspaceCode:
 
     def key(self, link: int) -> str:
         """The coded-tensor name of link ``link``'s z: ``subspace::link<i>::z``."""
-        return f"subspace{_SEP}link{link}{_SEP}z"
+        return SEP.join(("subspace", f"link{link}", "z"))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The coded tensors: every link's z by :meth:`key`."""

@@ -657,18 +657,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import os
     import time
 
     from genbound.cli.progress import make_stage, report_stage_names
     from genbound.demo import ALL, DEFAULT, FAST
     from genbound.demo.run import run_demo
+    from genbound.parallel import default_workers
     from genbound.report.writer import check_output_folder
     from genbound.sweep import LocalExecutor
 
     config = FAST if args.fast else ALL if args.all else DEFAULT
     check_output_folder(args.out, what="demo folder", replaced=False)
-    jobs = args.jobs if args.jobs is not None else len(os.sched_getaffinity(0))
+    jobs = args.jobs if args.jobs is not None else default_workers()
     if jobs < 1:
         raise GenboundError(
             f"--jobs: expected a positive number of reports at a time; found {jobs}."

@@ -21,40 +21,34 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from genbound.bounds.kl import kl_inverse
+from genbound.measures.reading import get as _get
+from genbound.measures.reading import number
 from genbound.numbers import format_probability
 
 __all__ = ["certificate_markdown", "certificate_rows", "union_bounded"]
-
-
-def _get(doc: Mapping, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(doc, Mapping):
-            return None
-        doc = doc.get(k)
-    return doc
 
 
 def union_bounded(compression: Mapping[str, Any], num_configs: int) -> float | None:
     """The bound of one report's ``bounds.compression`` entry with ln(num_configs) / N
     nats added to every evaluated candidate's rhs (module docstring); None without an
     evaluated candidate (or without the fields it needs)."""
-    n, r = compression.get("n_train"), compression.get("error_range", 1.0)
-    if not (_number(n) and n > 0 and _number(r) and r > 0):
+    n, r = _finite(compression.get("n_train")), _finite(compression.get("error_range", 1.0))
+    if n is None or n <= 0 or r is None or r <= 0:
         return None
     extra = math.log(num_configs) / n
-    bounds = [
-        r * kl_inverse(c["train_error"] / r, c["rhs_nats"] + extra)
-        for c in compression.get("candidates") or ()
-        if isinstance(c, Mapping)
-        and c.get("evaluated")
-        and _number(c.get("train_error"))
-        and _number(c.get("rhs_nats"))
-    ]
+    bounds = []
+    for c in compression.get("candidates") or ():
+        if not isinstance(c, Mapping) or not c.get("evaluated"):
+            continue
+        err, rhs = _finite(c.get("train_error")), _finite(c.get("rhs_nats"))
+        if err is not None and rhs is not None:
+            bounds.append(r * kl_inverse(err / r, rhs + extra))
     return min(bounds) if bounds else None
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+def _finite(v: Any) -> float | None:
+    x = number(v)
+    return x if x is not None and math.isfinite(x) else None
 
 
 def certificate_rows(docs: Mapping[str, Mapping]) -> list[dict[str, Any]]:
