@@ -68,23 +68,37 @@ class EncoderSuffix(nn.Module):
     Takes ``hidden`` (B, T, H), the hidden states entering layer L, and ``attention_mask``
     (B, T); returns logits (B, K). The full model is registered as ``model``, so parameter
     names are the model's own behind a ``model.`` prefix; the layers below L are not run.
+    With ``first_token`` (default) the last layer runs only where the head reads it
+    (:mod:`genbound.tasks.first_token`), when the model's structure allows it.
     """
 
-    def __init__(self, model: nn.Module, start: int):
+    def __init__(self, model: nn.Module, start: int, *, first_token: bool = True):
         super().__init__()
         self.model = model
         self.start = start
+        self.first_token = first_token
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
 
+        from genbound.tasks.first_token import first_token_output, reads_first_token_only
+
         base = self.model.base_model
-        mask = create_bidirectional_mask(
-            config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask
-        )
-        for layer in list(base.encoder.layer)[self.start :]:
+        layers = list(base.encoder.layer)[self.start :]
+        last = layers[-1] if layers else None
+        if self.first_token and last is not None and reads_first_token_only(self.model, last):
+            layers = layers[:-1]  # the last one runs for the token the head reads
+        else:
+            last = None
+        if layers:
+            mask = create_bidirectional_mask(
+                config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask
+            )
+        for layer in layers:
             out = layer(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
+        if last is not None:
+            hidden = first_token_output(last, hidden, attention_mask)
         pooler = getattr(base, "pooler", None)
         pooled = pooler(hidden) if pooler is not None else hidden[:, 0]
         return self.model.classifier(getattr(self.model, "dropout", nn.Identity())(pooled))
