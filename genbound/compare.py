@@ -20,6 +20,12 @@ A measure is uninformative, and not ranked, when (checked in this order):
   also at or above chance, so the vacuity rule already covers bounds whose distance to 1
   would be the informative number;
 * the gap itself is the same in every run (nothing to rank against).
+
+Beside tau and its interval, each measure gets (see :mod:`genbound.sweep_stats`): the
+exact or Monte Carlo permutation p-value of tau, the granulated tau with a bootstrap
+interval, and Dziugaite et al. 2020's sign-error over pairs of runs that differ in one
+hyper-parameter (:data:`HPARAMS`) and whose gaps differ by more than two standard errors;
+:func:`verdict` reads them in words.
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ from genbound.measures.base import Scalar
 from genbound.measures.reading import get as _get
 from genbound.measures.reading import number as _num
 from genbound.measures.user import flat_values
+from genbound.sweep_stats import (
+    PermutationTest,
+    SignError,
+    granulated_bootstrap,
+    granulated_taus,
+    hparam_codes,
+    kendall_tau,
+    kendall_tau_batch,
+    permutation_tests,
+    sign_error,
+)
 
 Row = dict[str, Any]
 
@@ -57,23 +74,49 @@ TARGETS: dict[str, Callable[[Mapping], float | None]] = {
     "train_error": lambda d: _num(_get(d, "gap", "train", "error")),
 }
 
+#: The standard error of each target, read from a report; a row holds it as
+#: ``<target>_stderr``.
+TARGET_STDERRS: dict[str, Callable[[Mapping], float | None]] = {
+    "gap_error": lambda d: _num(_get(d, "gap", "error_gap_stderr")),
+    "gap_loss": lambda d: _num(_get(d, "gap", "loss_gap_stderr")),
+    "test_error": lambda d: _num(_get(d, "gap", "test", "error_stderr")),
+    "train_error": lambda d: _num(_get(d, "gap", "train", "error_stderr")),
+}
+
+#: The hyper-parameters a row records (None where a report does not say): the variant,
+#: the rank and chain length, the data seed, the training-set size, the epochs trained,
+#: the learning rate (when the checkpoint's hyper-parameters record one) and the
+#: dimension of a trained subspace (None for a full adapter).
+HPARAMS = ("variant", "rank", "chain", "seed", "n_train", "epochs", "lr", "subspace")
+
+
+def _hparams(doc: Mapping) -> dict[str, Any]:
+    """The :data:`HPARAMS` of one report document."""
+    ck = doc.get("checkpoint", {})
+    hp = ck.get("hparams", {}) or {}
+    history = _get(ck, "metrics", "history")
+    last = history[-1] if isinstance(history, list) and history else None
+    trained = last.get("epoch") if isinstance(last, Mapping) else None
+    return {
+        "variant": ck.get("variant"),
+        "rank": hp.get("rank"),
+        "chain": hp.get("chain"),
+        "seed": _get(doc, "data", "reference", "kwargs", "seed"),
+        "n_train": ck.get("n_train"),
+        "epochs": hp["epochs"] if hp.get("epochs") is not None else trained,
+        "lr": hp.get("lr"),
+        "subspace": _get(ck, "subspace", "d"),
+    }
+
 
 def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
-    """One row per report (keyed by run name): variant, hyper-parameters, measures, targets,
-    ``vacuous``: the bounds at or above their trivial value in that run, and
+    """One row per report (keyed by run name): the :data:`HPARAMS`, measures, targets with
+    their standard errors (``<target>_stderr``), ``vacuous``: the bounds at or above their trivial value in that run, and
     ``user_measures``: the columns its user measures added (``<name>``, or ``<name>.<key>``
     for a mapping)."""
     rows = []
     for name, doc in docs.items():
-        ck = doc.get("checkpoint", {})
-        hp = ck.get("hparams", {}) or {}
-        row: Row = {
-            "run": name,
-            "variant": ck.get("variant"),
-            "rank": hp.get("rank"),
-            "chain": hp.get("chain"),
-            "seed": _get(doc, "data", "reference", "kwargs", "seed"),
-        }
+        row: Row = {"run": name, **_hparams(doc)}
         vacuous = []
         for m, measure in MEASURES.items():
             row[m] = measure.read(doc)
@@ -82,6 +125,7 @@ def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
                 vacuous.append(m)
         for t, fn in TARGETS.items():
             row[t] = fn(doc)
+            row[f"{t}_stderr"] = TARGET_STDERRS[t](doc)
         row["vacuous"] = vacuous
         user = doc.get("measures")
         user = user if isinstance(user, Mapping) else {}
@@ -104,31 +148,6 @@ def measure_description(name: str) -> str:
     return MEASURES[name].description if name in MEASURES else name
 
 
-def kendall_tau_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of each row pair: x, y (B, n) -> (B,), nan where a row is constant.
-
-    tau_b = sum_{i<j} sx sy / sqrt(sum_{i<j} sx^2 * sum_{i<j} sy^2) with sx = sign(x_i - x_j)
-    (ties count in neither numerator nor their own denominator), as scipy's kendalltau.
-    """
-    x = np.atleast_2d(np.asarray(x, dtype=float))
-    y = np.atleast_2d(np.asarray(y, dtype=float))
-    sx = np.sign(x[:, :, None] - x[:, None, :])
-    sy = np.sign(y[:, :, None] - y[:, None, :])
-    num = (sx * sy).sum(axis=(1, 2))
-    den = np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of two equally long sequences (nan if fewer than 2 or one is constant)."""
-    if len(x) < 2:
-        return math.nan
-    return float(
-        kendall_tau_batch(np.asarray(x, dtype=float)[None], np.asarray(y, dtype=float)[None])[0]
-    )
-
-
 @dataclass(frozen=True)
 class Correlation:
     """Kendall's tau of one measure against one target over the runs that have both.
@@ -149,6 +168,14 @@ class Correlation:
             (bounds, norms, sharpness), -1 when a smaller one does (flatness), None when it
             claims neither (user measures); a measure that tracks the gap as it claims has
             tau of that sign.
+        permutation: the two-sided permutation test of tau against independence (None
+            where tau is undefined).
+        granulated_low, granulated_high: percentile bootstrap interval (``level``) of the
+            granulated tau from ``n_boot`` resamples of runs (None where it is undefined);
+            ``granulated_n_valid`` counts the resamples where it is defined.
+        sign_error: Dziugaite et al.'s sign-error over pairs of runs that differ in one
+            hyper-parameter (None when the direction is unknown: no claim and tau 0 or nan).
+        verdict: the reading (see :func:`verdict`); None for an uninformative measure.
     """
 
     measure: str
@@ -165,6 +192,12 @@ class Correlation:
     why_uninformative: str | None = None
     rank: int | None = None
     expected_sign: int | None = None
+    permutation: PermutationTest | None = None
+    granulated_low: float | None = None
+    granulated_high: float | None = None
+    granulated_n_valid: int = 0
+    sign_error: SignError | None = None
+    verdict: str | None = None
 
 
 #: Values that differ by at most this fraction of their largest magnitude count as equal.
@@ -207,35 +240,20 @@ def granulated_tau(
     hyper-parameter, at least two distinct h values) of tau within the group.
 
     Only hyper-parameters that vary on their own (two runs differ in h alone) count; with
-    fewer than two of them the granulated form is undefined (None).
+    fewer than two of them the granulated form is undefined (None). Every row must have
+    ``measure`` and ``target``.
     """
-    varying = [h for h in hparams if _varies_alone(rows, h, hparams)]
-    if len(varying) < 2:
+    if not rows:
         return None
-    per_h = []
-    for h in varying:
-        others = [o for o in varying if o != h]
-        groups: dict[tuple, list[Row]] = {}
-        for r in rows:
-            groups.setdefault(tuple(repr(r.get(o)) for o in others), []).append(r)
-        taus = [
-            kendall_tau([r[measure] for r in g], [r[target] for r in g])
-            for g in groups.values()
-            if len({repr(r.get(h)) for r in g}) > 1
-        ]
-        taus = [t for t in taus if not math.isnan(t)]
-        if taus:
-            per_h.append(float(np.mean(taus)))
-    return float(np.mean(per_h)) if per_h else None
+    x = np.array([[r[measure] for r in rows]], dtype=float)
+    y = np.array([r[target] for r in rows], dtype=float)
+    g = float(granulated_taus(_codes(rows, hparams), x, y)[0])
+    return None if math.isnan(g) else g
 
 
-def _varies_alone(rows: Sequence[Row], h: str, hparams: Sequence[str]) -> bool:
-    """True when two runs differ in ``h`` and agree on every other hyper-parameter."""
-    seen: dict[tuple, set[str]] = {}
-    for r in rows:
-        key = tuple(repr(r.get(o)) for o in hparams if o != h)
-        seen.setdefault(key, set()).add(repr(r.get(h)))
-    return any(len(v) > 1 for v in seen.values())
+def _codes(rows: Sequence[Row], hparams: Sequence[str]) -> np.ndarray:
+    """The rows' hyper-parameter codes (n, H) (see :func:`genbound.sweep_stats.hparam_codes`)."""
+    return hparam_codes([[r.get(h) for h in hparams] for r in rows])
 
 
 def rank_correlations(
@@ -243,13 +261,17 @@ def rank_correlations(
     *,
     target: str = "gap_error",
     measures: Sequence[str] | None = None,
-    hparams: Sequence[str] = ("variant", "rank", "chain", "seed"),
+    hparams: Sequence[str] = HPARAMS,
     n_boot: int = 1000,
     level: float = 0.9,
     seed: int = 0,
+    alpha: float = 0.05,
 ) -> list[Correlation]:
-    """Kendall's tau of every measure against ``target``, with bootstrap intervals, in the
-    order of ``measures``; informative measures are ranked by tau (highest first)."""
+    """Kendall's tau of every measure against ``target``, with bootstrap intervals, the
+    permutation p-value, the granulated tau with its interval and the sign-error, in the
+    order of ``measures``; informative measures are ranked by tau (highest first) and read
+    at significance ``alpha`` (:func:`verdict`). Seeded by ``seed``: the same rows give the
+    same numbers."""
     if target not in TARGETS:
         raise GenboundError(f"unknown target {target!r}; expected one of {list(TARGETS)}.")
     known = measure_names(rows)
@@ -268,25 +290,107 @@ def rank_correlations(
             idx = rng.integers(0, len(ok), (n_boot, len(ok)))  # resamples of runs, one per row
             boots = kendall_tau_batch(x[idx], y[idx])
             boots = boots[~np.isnan(boots)]
-        a = (1 - level) / 2
-        low, high = (
-            (float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)))
-            if boots.size
-            else (math.nan, math.nan)
-        )
+        low, high = _interval(boots, level)
         why = uninformative_reason(rows, m, target)
         out.append(
             Correlation(
-                m, target, len(ok), tau, low, high, level, n_boot, int(boots.size),
-                granulated_tau(ok, m, target, hparams), why is None, why,
+                m, target, len(ok), tau, low, high, level, n_boot, int(boots.size), None,
+                why is None, why, expected_sign=_expected_sign(m),
             )
         )  # fmt: skip
+    out = _with_shared_statistics(rows, out, hparams, seed=seed)
     ranked = sorted((c for c in out if c.informative), key=lambda c: -c.tau)
     order = {c.measure: i + 1 for i, c in enumerate(ranked)}
-    return [
-        dataclasses.replace(c, rank=order.get(c.measure), expected_sign=_expected_sign(c.measure))
-        for c in out
-    ]
+    out = [dataclasses.replace(c, rank=order.get(c.measure)) for c in out]
+    return [dataclasses.replace(c, verdict=verdict(c, alpha)) for c in out]
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of ``values`` (nan, nan when empty)."""
+    a = (1 - level) / 2
+    if not values.size:
+        return math.nan, math.nan
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+def _with_shared_statistics(
+    rows: Sequence[Row], corr: Sequence[Correlation], hparams: Sequence[str], *, seed: int
+) -> list[Correlation]:
+    """``corr`` with the permutation test, the granulated tau with its interval and the
+    sign-error filled in. Measures observed on the same runs are computed together (one
+    enumeration of the gap orderings, one set of resamples); the random orderings and
+    resamples are seeded by ``seed``, apart from the tau bootstrap's."""
+    if not corr:
+        return []
+    target = corr[0].target
+    by_runs: dict[tuple[int, ...], list[Correlation]] = {}
+    for c in corr:
+        ok = tuple(
+            i for i, r in enumerate(rows) if _finite(r.get(c.measure)) and _finite(r.get(target))
+        )
+        by_runs.setdefault(ok, []).append(c)
+    perm_rng, boot_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
+    filled: dict[str, Correlation] = {}
+    for ok, group in by_runs.items():
+        sub = [rows[i] for i in ok]
+        x = np.array([[r[c.measure] for r in sub] for c in group], dtype=float).reshape(
+            len(group), len(sub)
+        )
+        y = np.array([r[target] for r in sub], dtype=float)
+        se = np.array([_stderr(r, target) for r in sub], dtype=float)
+        codes = _codes(sub, hparams).reshape(len(sub), len(hparams))
+        tests = permutation_tests(x, y, rng=perm_rng)
+        gran = granulated_taus(codes, x, y)
+        boots = (
+            granulated_bootstrap(codes, x, y, n_boot=group[0].n_boot, rng=boot_rng)
+            if np.isfinite(gran).any()
+            else None
+        )
+        for k, c in enumerate(group):
+            g_low = g_high = None
+            valid = np.zeros(0)
+            if boots is not None and math.isfinite(gran[k]):
+                valid = boots[:, k][np.isfinite(boots[:, k])]
+                g_low, g_high = _interval(valid, c.level) if valid.size else (None, None)
+            sign = c.expected_sign or (int(np.sign(c.tau)) if math.isfinite(c.tau) else 0)
+            filled[c.measure] = dataclasses.replace(
+                c,
+                permutation=tests[k],
+                granulated=float(gran[k]) if math.isfinite(gran[k]) else None,
+                granulated_low=g_low,
+                granulated_high=g_high,
+                granulated_n_valid=int(valid.size),
+                sign_error=sign_error(
+                    codes, hparams, x[k], y, se, sign,
+                    "claim" if c.expected_sign else "tau",
+                ) if sign else None,
+            )  # fmt: skip
+    return [filled[c.measure] for c in corr]
+
+
+#: The readings of :func:`verdict`.
+VERDICTS = {
+    "tracks": "track the gap as they claim",
+    "against": "go against their claim",
+    "related": "are related to the gap (they claim no direction)",
+    "undecided": "cannot be told from noise with these runs",
+}
+
+
+def verdict(c: Correlation, alpha: float = 0.05) -> str | None:
+    """How ``c`` reads: ``"tracks"`` when its bootstrap interval excludes 0 on the side of
+    its claimed sign and its permutation p-value is below ``alpha``; ``"against"`` when
+    both hold on the other side; ``"related"`` when both hold for a measure that claims no
+    direction; ``"undecided"`` otherwise (one of :data:`VERDICTS`); None for an
+    uninformative measure."""
+    if not c.informative:
+        return None
+    p = c.permutation.p_value if c.permutation is not None else None
+    if p is None or not p < alpha or not (c.low > 0 or c.high < 0):
+        return "undecided"
+    if c.expected_sign is None:
+        return "related"
+    return "tracks" if (1 if c.low > 0 else -1) == c.expected_sign else "against"
 
 
 def _expected_sign(measure: str) -> int | None:
@@ -294,6 +398,12 @@ def _expected_sign(measure: str) -> int | None:
     if spec is None or spec.larger_gap is None:
         return None
     return 1 if spec.larger_gap else -1
+
+
+def _stderr(row: Row, target: str) -> float:
+    """The row's standard error of ``target``; nan when it has none."""
+    v = row.get(f"{target}_stderr")
+    return float(v) if _finite(v) else math.nan
 
 
 def _finite(v: Any) -> bool:
