@@ -10,9 +10,9 @@ from collections.abc import Collection
 from genbound.errors import GenboundError
 
 #: Parts computed from the checkpoint alone.
-DATA_FREE_PARTS = ("spectra", "mi", "theorem1")
+DATA_FREE_PARTS = ("spectra", "mi", "theorem1", "distance")
 #: Parts that run the model on a task's data.
-DATA_PARTS = ("gap", "compression", "pacbayes", "curvature", "landscape")
+DATA_PARTS = ("gap", "compression", "pacbayes", "curvature", "landscape", "hessian_distance")
 PARTS = DATA_FREE_PARTS + DATA_PARTS
 
 

@@ -30,6 +30,8 @@ from genbound.measures import theorem1  # noqa: F401
 from genbound.measures import spectra  # noqa: F401
 from genbound.measures import curvature  # noqa: F401
 from genbound.measures import landscape  # noqa: F401
+from genbound.measures import distance  # noqa: F401
+from genbound.measures import hessian_distance  # noqa: F401
 from genbound.measures import gap  # noqa: F401
 
 # isort: on
