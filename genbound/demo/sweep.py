@@ -45,6 +45,8 @@ class VariantSpec:
             (:func:`genbound.qat.quantization_aware_fit`), or None. A chained run is
             trained quantization-aware throughout (its finished links cannot be tuned).
         qat_epochs: passes over the training set of that fine-tuning (0: none).
+        n_train: training tweets of this run (None: the config's); with the config's
+            ``test_first`` the runs' training sets are nested and share one test set.
     """
 
     name: str
@@ -56,6 +58,7 @@ class VariantSpec:
     subspace: int | None = None
     qat_bits: int | None = None
     qat_epochs: int = 1
+    n_train: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,10 @@ class DemoConfig:
     """Data and training settings shared by every run of the sweep.
 
     Attributes:
-        n_train, n_test: tweets in the training and test sets (disjoint, random by ``seed``).
+        n_train, n_test: tweets in the training and test sets (disjoint, random by ``seed``);
+            a run may set its own ``n_train``.
+        test_first: draw the test set first (:func:`genbound.demo.data.tweets_split`), so
+            runs of different ``n_train`` share it.
         epochs: passes over the training set; batches of ``batch_size`` similar-length texts.
         layers: the adapted encoder layers (the ones below are frozen and cached).
         seed: data split, head initialisation, adapter initialisation and shuffling.
@@ -74,6 +80,7 @@ class DemoConfig:
 
     n_train: int = 6000
     n_test: int = 2000
+    test_first: bool = False
     epochs: int = 1
     batch_size: int = 64
     layers: tuple[int, ...] = (4, 5)
@@ -86,14 +93,19 @@ class DemoConfig:
     landscape_steps: int = 21
     variants: tuple[VariantSpec, ...] = field(default=())
 
-    def task_kwargs(self) -> dict:
-        return {
-            "n_train": self.n_train,
+    def task_kwargs(self, spec: VariantSpec | None = None) -> dict:
+        """Keywords of :func:`genbound.demo.data.tweets_task` for ``spec``'s run."""
+        n_train = spec.n_train if spec is not None and spec.n_train else self.n_train
+        kwargs = {
+            "n_train": n_train,
             "n_test": self.n_test,
             "seed": self.seed,
             "max_length": self.max_length,
             "batch_size": self.batch_size,
         }
+        if self.test_first:  # absent otherwise: older run folders keep their references
+            kwargs["test_first"] = True
+        return kwargs
 
     def report_options(self) -> ReportOptions:
         """The reports' settings; the same as
@@ -108,7 +120,54 @@ class DemoConfig:
         )
 
 
-DEFAULT_VARIANTS = (
+#: Learning rates of the grid's variants (alpha = 2 r).
+GRID_LR = {"lora": 2e-3, "asym": 4e-3, "cla": 4e-3, "c3la": 4e-3}
+
+
+def grid(
+    methods: tuple[str, ...],
+    ranks: tuple[int, ...],
+    n_trains: tuple[int, ...],
+    epochs: tuple[int, ...],
+) -> tuple[VariantSpec, ...]:
+    """Every combination, named ``<method>_r<rank>_n<n_train>_e<epochs>``; chained methods
+    use two links."""
+    return tuple(
+        VariantSpec(
+            f"{m}_r{r}_n{n}_e{e}",
+            m,
+            rank=r,
+            chain=2 if m == "c3la" else 1,
+            lr=GRID_LR[m],
+            epochs=e,
+            n_train=n,
+        )
+        for m in methods
+        for r in ranks
+        for n in n_trains
+        for e in epochs
+    )
+
+
+def subspace_runs(methods: tuple[str, ...], n_train: int, d: int = 500) -> tuple[VariantSpec, ...]:
+    """Runs that train only z (d coordinates of the adapter factors and head together), then
+    fine-tune z on a 4-level codebook: their compression bounds can be non-vacuous."""
+    return tuple(
+        VariantSpec(
+            f"{m}_sub_n{n_train}", m, lr=0.1, epochs=2, subspace=d, qat_bits=2, n_train=n_train
+        )
+        for m in methods
+    )
+
+
+#: The default sweep: what drives the gap (training-set size, epochs, rank) varies as well as
+#: the variant, 2 x 2 x 2 x 2 runs on the top layer, plus two certified subspace runs.
+GRID = grid(("lora", "cla"), (2, 8), (500, 2000), (1, 8))
+#: ``--study``: four variants, three training-set sizes (48 runs), and subspace runs.
+STUDY_GRID = grid(("lora", "asym", "cla", "c3la"), (2, 8), (500, 1000, 2000), (1, 8))
+
+#: One run per variant at one setting (``--all``): the variants compared side by side.
+VARIANT_SWEEP = (
     VariantSpec("head", "head", rank=None, lr=5e-3, epochs=8),  # cheap: the top is cached
     VariantSpec("lora", "lora", lr=2e-3),
     VariantSpec("asym", "asym"),
@@ -124,16 +183,18 @@ DEFAULT_VARIANTS = (
     VariantSpec(
         "c3la_sub", "c3la", chain=2, lr=0.1, epochs=2, subspace=250, qat_bits=1, qat_epochs=0
     ),
-)
-EXTRA_VARIANTS = (
     VariantSpec("lora_plus", "lora_plus", lr=1e-3),
     VariantSpec("rac", "rac", chain=2, lr=2e-3),
     VariantSpec("random_cla", "random_cla"),
     VariantSpec("random_c3la", "random_c3la", chain=2),
     VariantSpec("paca", "paca", lr=2e-3),
 )
-DEFAULT = DemoConfig(variants=DEFAULT_VARIANTS)
-ALL = DemoConfig(variants=DEFAULT_VARIANTS + EXTRA_VARIANTS)
+_GRID_CONFIG = {"n_train": 2000, "n_test": 1000, "test_first": True, "layers": (5,)}
+DEFAULT = DemoConfig(**_GRID_CONFIG, variants=GRID + subspace_runs(("lora", "cla"), 2000))
+STUDY = DemoConfig(
+    **_GRID_CONFIG, variants=STUDY_GRID + subspace_runs(("lora", "asym", "cla"), 2000)
+)
+ALL = DemoConfig(variants=VARIANT_SWEEP)
 FAST = DemoConfig(
     n_train=160,
     n_test=96,
@@ -174,7 +235,7 @@ def train_variant(job: TrainJob) -> Path:
     """
     spec, cfg = job.spec, job.config
     start_time = time.perf_counter()
-    task = tweets_task(**cfg.task_kwargs())
+    task = tweets_task(**cfg.task_kwargs(spec))
     base = minilm_path()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the fresh head's initialisation
@@ -214,12 +275,13 @@ def train_variant(job: TrainJob) -> Path:
             handle, train_batches, bits=spec.qat_bits, epochs=spec.qat_epochs, **common
         )
         metrics |= {"qat_steps": qat.steps, "qat_history": qat.history}
+    metrics |= {"epochs": epochs, "lr": spec.lr}  # what a sweep compares runs by
     metrics["train_seconds"] = time.perf_counter() - start_time
     path = handle.save(
         job.run_dir,
         base_model={"path": str(base), "python": BASE_MODEL_PYTHON},
-        data=task_reference(**cfg.task_kwargs()),
-        n_train=cfg.n_train,
+        data=task_reference(**cfg.task_kwargs(spec)),
+        n_train=len(task.train),
         metrics=metrics,
         overwrite=True,
     )
