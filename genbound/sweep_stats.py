@@ -278,7 +278,7 @@ class SignError:
             the sign of its tau over the sweep, which flatters it).
         per_hparam: one entry per hyper-parameter with at least one pair.
         worst: the largest error over hyper-parameters with resolved pairs (None if none).
-        worst_hparam: where it is reached.
+        worst_hparam: where it is reached (the first in the order given, on a tie).
     """
 
     expected_sign: int

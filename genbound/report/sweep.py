@@ -1,6 +1,8 @@
-"""The sweep comparison: one table (run x measure), Kendall's tau of every measure against
-the measured gap (informative measures ranked, the others listed with the reason), and a
-figure of each ranked measure against the gap."""
+"""The sweep comparison: one table (run x measure, the gap with its standard error),
+Kendall's tau of every measure against the measured gap (informative measures ranked with
+their interval, permutation p-value, granulated tau and sign-error; the others listed with
+the reason), the reading in words, and a figure of each ranked measure against the gap.
+Written as sweep.json, sweep.md and sweep.html (the same text, figures embedded)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,21 @@ from pathlib import Path
 
 from genbound.compare import Correlation, measure_description, rank_correlations, sweep_rows
 from genbound.io import atomic_directory
-from genbound.numbers import format_number, format_probability
+from genbound.numbers import format_count, format_number, format_pm, format_probability
 from genbound.report.certificates import certificate_markdown, certificate_rows
-from genbound.report.html import table_cell
+from genbound.report.html import markdown_to_html, table_cell
 from genbound.report.serialize import dumps_json
+from genbound.report.sweep_reading import (
+    detectable_line,
+    granulated_cell,
+    p_value,
+    pairs_line,
+    reading_markdown,
+    sign_error_cell,
+    signed,
+    tau_cell,
+)
+from genbound.sweep_stats import EXACT_MAX_N, N_PERMUTATIONS
 
 SWEEP_SCHEMA = "genbound.sweep/1"
 FIGURE = "figures/measures_vs_gap.png"
@@ -24,8 +37,8 @@ TABLE_COLUMNS = (
     ("num_trainable", "D"),
     ("train_error", "train err"),
     ("test_error", "test err"),
-    ("gap_error", "gap (0-1)"),
-    ("gap_loss", "gap (CE)"),
+    ("gap_error", "gap (0-1) ± se"),
+    ("gap_loss", "gap (CE) ± se"),
     ("compression_bound", "compression bound"),
     ("mi_bound", "MI bound"),
     ("log10_phi_dW", "log10 Φ_dW"),
@@ -46,6 +59,8 @@ TARGET_LABELS = {
 }
 #: Columns that hold errors or bounds on them (printed never rounded onto 0 or 1).
 PROBABILITIES = frozenset({"train_error", "test_error", "compression_bound"})
+#: Columns printed with their standard error (``<key>_stderr`` of the row) when it has one.
+WITH_STDERR = frozenset({"gap_error", "gap_loss"})
 NO_GAP = (
     "No measured gap: pass --data TRAIN TEST (or --task module:function) to compare the "
     "measures against the gap. The table above lists the measures computed without data."
@@ -53,7 +68,9 @@ NO_GAP = (
 
 
 def _cell(row: Mapping, key: str) -> str:
-    v = row.get(key)
+    v, se = row.get(key), row.get(f"{key}_stderr")
+    if key in WITH_STDERR and v is not None and se is not None:
+        return format_pm(v, se)
     text = format_probability(v) if key in PROBABILITIES else format_number(v)
     return f"{text} (vacuous)" if key in row.get("vacuous", ()) else text
 
@@ -64,10 +81,6 @@ def _table(rows: Sequence[Mapping], columns) -> list[str]:
         "|" + "---|" * len(columns),
         *("| " + " | ".join(_cell(r, k) for k, _ in columns) + " |" for r in rows),
     ]
-
-
-def _tau(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{v:+.3f}"
 
 
 def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -> list[str]:
@@ -82,28 +95,36 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
     ranked = sorted((c for c in corr if c.informative), key=lambda c: c.rank)
     lines += [
         f"Kendall's tau-b over runs, {c0.level:.0%} percentile bootstrap interval from "
-        f"{c0.n_boot} resamples of runs; measures ranked by tau (a measure that tracks the "
-        "gap grows with it: tau near +1). With few runs the intervals are wide: read them, "
-        "not the point estimates.",
+        f"{c0.n_boot} resamples of runs, and the two-sided permutation p-value of tau "
+        f"(every ordering of the gaps up to {EXACT_MAX_N} runs; ≈: "
+        f"{format_count(N_PERMUTATIONS)} random orderings beyond); "
+        "measures ranked by tau (a measure that tracks the gap grows with it: tau near +1, "
+        "or near -1 for one that claims the opposite direction). The granulated tau "
+        "(Jiang et al. 2020) averages tau within groups of runs that differ in one "
+        "hyper-parameter. With few runs the intervals are wide: read them, not the point "
+        "estimates.",
+        "",
+        detectable_line(rows, target),
         "",
     ]
     if ranked:
         lines += [
-            "| rank | measure | n | tau | interval | granulated tau |",
+            "| rank | measure | n | tau [interval], p | granulated tau [interval] "
+            "| worst sign-error |",
             "|---|---|---|---|---|---|",
         ]
-        for c in ranked:
-            g = _tau(c.granulated) if c.granulated is not None else "n/a"
-            lines.append(
-                f"| {c.rank} | {table_cell(measure_description(c.measure))} | {c.n} | "
-                f"{_tau(c.tau)} | "
-                f"[{_tau(c.low)}, {_tau(c.high)}] | {g} |"
-            )
+        lines += [
+            f"| {c.rank} | {table_cell(measure_description(c.measure))} | {c.n} | "
+            f"{tau_cell(c)} | {granulated_cell(c)} | {sign_error_cell(c)} |"
+            for c in ranked
+        ]
         if any(c.granulated is None for c in ranked):
             lines += [
                 "",
                 "Granulated tau is n/a where fewer than two hyper-parameters vary on their own.",
             ]
+        pairs = pairs_line(ranked)
+        lines += ["", pairs] if pairs else []
         lines += ["", f"![each ranked measure against the gap]({FIGURE})"]
     else:
         lines.append("No measure can be ranked against the gap in this sweep.")
@@ -111,7 +132,7 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
     if skipped:
         lines += ["", "Not ranked (uninformative):", ""]
         lines += [f"- {measure_description(c.measure)}: {c.why_uninformative}" for c in skipped]
-    return lines
+    return lines + reading_markdown(corr)
 
 
 def sweep_markdown(
@@ -158,8 +179,8 @@ def plot_measures(
     rows: list[dict], corr: Sequence[Correlation], path: Path, target: str = TARGET
 ) -> Path | None:
     """A grid of scatter plots, one per ranked measure, of the measure against ``target``
-    (ranked order; a log axis where the values span decades). None, and nothing written,
-    when no measure is ranked."""
+    with vertical error bars of one standard error of ``target`` (ranked order; a log axis
+    where the values span decades). None, and nothing written, when no measure is ranked."""
     from genbound.plotting import new_figure, readable_axis, save_figure
 
     ranked = sorted((c for c in corr if c.informative), key=lambda c: c.rank)
@@ -171,13 +192,13 @@ def plot_measures(
     for i, c in enumerate(ranked):
         ax = fig.add_subplot(nrows, cols, i + 1)
         pts = [
-            (r[c.measure], r[target], r["run"])
+            (r[c.measure], r[target], _stderr_or_nan(r, target), r["run"])
             for r in rows
             if r.get(c.measure) is not None and r.get(target) is not None
         ]
-        xs, ys, _ = zip(*pts, strict=True)
-        ax.scatter(xs, ys)
-        for x, y, name in pts:
+        xs, ys, ses, _ = zip(*pts, strict=True)
+        ax.errorbar(xs, ys, yerr=ses, fmt="o", markersize=4, elinewidth=0.8, capsize=2)
+        for x, y, _, name in pts:
             ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.margins(x=0.15, y=0.12)  # room for the run names at the edges
         readable_axis(ax, xs, "x", max_ticks=4)
@@ -185,13 +206,20 @@ def plot_measures(
         ax.tick_params(labelsize=7)
         ax.set_xlabel(measure_description(c.measure), fontsize=8)
         ax.set_ylabel(TARGET_LABELS.get(target, target), fontsize=8)
-        ax.set_title(f"#{c.rank}: tau {_tau(c.tau)}", fontsize=9)
+        ax.set_title(f"#{c.rank}: tau {signed(c.tau)}, {p_value(c)}", fontsize=9)
     return save_figure(fig, path)
 
 
+def _stderr_or_nan(row: Mapping, target: str) -> float:
+    """The row's standard error of ``target`` (nan, drawn as no bar, when it has none)."""
+    se = row.get(f"{target}_stderr")
+    return float(se) if isinstance(se, int | float) else math.nan
+
+
 def write_sweep(out_dir: str | Path, docs: Mapping[str, Mapping], *, seed: int = 0) -> Path:
-    """Write ``sweep.json``, ``sweep.md`` and (when a measure is ranked)
-    ``figures/measures_vs_gap.png`` atomically."""
+    """Write ``sweep.json``, ``sweep.md``, ``sweep.html`` (sweep.md with the figure
+    embedded) and (when a measure is ranked) ``figures/measures_vs_gap.png``, atomically:
+    the folder is filled beside ``out_dir`` and replaces it whole."""
     rows = sweep_rows(docs)
     corr = rank_correlations(rows, target=TARGET, seed=seed) if len(rows) >= 2 else []
     certs = certificate_rows(docs)
@@ -199,7 +227,9 @@ def write_sweep(out_dir: str | Path, docs: Mapping[str, Mapping], *, seed: int =
     with atomic_directory(out) as tmp:
         doc = {"schema": SWEEP_SCHEMA, "rows": rows, "correlations": corr, "certificates": certs}
         (tmp / "sweep.json").write_text(dumps_json(doc))
-        (tmp / "sweep.md").write_text(sweep_markdown(rows, corr, certs))
+        md = sweep_markdown(rows, corr, certs)
+        (tmp / "sweep.md").write_text(md)
         (tmp / "figures").mkdir()
         plot_measures(rows, corr, tmp / FIGURE)
+        (tmp / "sweep.html").write_text(markdown_to_html(md, tmp, "genbound sweep comparison"))
     return out
