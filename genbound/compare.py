@@ -240,8 +240,8 @@ def granulated_tau(
     hyper-parameter, at least two distinct h values) of tau within the group.
 
     Only hyper-parameters that vary on their own (two runs differ in h alone) count; with
-    fewer than two of them the granulated form is undefined (None). Every row must have
-    ``measure`` and ``target``.
+    fewer than two of them the granulated form is undefined (None). A measure constant in a
+    group whose gap varies scores 0 there. Every row must have ``measure`` and ``target``.
     """
     if not rows:
         return None

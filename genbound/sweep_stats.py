@@ -206,8 +206,10 @@ def granulated_taus(codes: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
 
     Only hyper-parameters that vary on their own (two runs differ in h alone) count; for
     each such h, tau within every group of runs equal in the other counted ones and with
-    at least two values of h, averaged over groups (undefined taus left out), then over
-    hyper-parameters. Undefined with fewer than two such hyper-parameters.
+    at least two values of h, averaged over groups, then over hyper-parameters. Within a
+    group, a measure that stays constant while the gap changes scores 0 (as Jiang et al.'s
+    pair-counting tau gives it); a group whose gap is constant is left out. Undefined with
+    fewer than two such hyper-parameters.
     """
     x = np.atleast_2d(np.asarray(x, dtype=float))
     codes = np.asarray(codes)
@@ -219,13 +221,22 @@ def granulated_taus(codes: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
         others = codes[:, [o for o in varying if o != h]]
         _, group = np.unique(others, axis=0, return_inverse=True)
         taus = [
-            kendall_tau_batch(x[:, idx], np.broadcast_to(y[idx], (len(x), len(idx))))
+            _group_tau(x[:, idx], y[idx])
             for g in np.unique(group)
             if len(np.unique(codes[(idx := np.flatnonzero(group == g)), h])) > 1
         ]
         if taus:
             per_h.append(_nanmean(np.stack(taus)))
     return _nanmean(np.stack(per_h)) if per_h else np.full(len(x), np.nan)
+
+
+def _group_tau(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """tau-b of each row of ``x`` (M, g) against ``y`` (g,) within one group; 0 for a
+    measure constant in the group while the gap is not (it does not see what changed the
+    gap), nan when the gap is constant (nothing to rank)."""
+    tau = kendall_tau_batch(x, np.broadcast_to(y, x.shape))
+    blind = (np.ptp(x, axis=1) == 0) & bool(np.ptp(y) > 0)
+    return np.where(blind, 0.0, tau)
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:

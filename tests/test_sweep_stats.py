@@ -122,7 +122,7 @@ def _granulated_by_rows(rows, hparams):
         for r in rows:
             groups.setdefault(tuple(repr(r[o]) for o in varying if o != h), []).append(r)
         taus = [
-            kendalltau([r["m"] for r in g], [r["gap_error"] for r in g]).statistic
+            _tau_or_blind([r["m"] for r in g], [r["gap_error"] for r in g])
             for g in groups.values()
             if len({repr(r[h]) for r in g}) > 1
         ]
@@ -130,6 +130,13 @@ def _granulated_by_rows(rows, hparams):
         if taus:
             per_h.append(np.mean(taus))
     return float(np.mean(per_h)) if per_h else math.nan
+
+
+def _tau_or_blind(m, g):
+    """scipy's tau-b; 0 for a constant measure against a varying gap."""
+    if len(set(m)) == 1 and len(set(g)) > 1:
+        return 0.0
+    return kendalltau(m, g).statistic
 
 
 def _grid_rows(seed=0):
@@ -173,6 +180,18 @@ def test_granulated_bootstrap_equals_row_by_row_reference(monkeypatch):
     x = np.array([[r["m"] for r in rows], [-r["m"] for r in rows]])
     y = np.array([r["gap_error"] for r in rows])
     assert granulated_taus(codes, x, y) == pytest.approx([c.granulated, -c.granulated])
+
+
+def test_granulated_tau_scores_a_blind_measure_zero():
+    """D depends on the rank alone; the gap on rank and epochs. Within ranks (h = epochs)
+    D is constant while the gap moves: 0 there, +1 within epochs (h = rank): 0.5."""
+    rows = [
+        {"rank": r, "epochs": e, "m": 100.0 * r, "gap_error": 0.01 * r + 0.05 * e}
+        for r in (2, 8)
+        for e in (1, 3, 6)
+    ]
+    assert compare.granulated_tau(rows, "m", "gap_error", ("rank", "epochs")) == 0.5
+    assert _granulated_by_rows(rows, ("rank", "epochs")) == 0.5
 
 
 def _sign_error_by_pairs(rows, hparams, sign):

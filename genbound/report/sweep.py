@@ -126,13 +126,14 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
         pairs = pairs_line(ranked)
         lines += ["", pairs] if pairs else []
         lines += ["", f"![each ranked measure against the gap]({FIGURE})"]
+        lines += reading_markdown(corr)
     else:
         lines.append("No measure can be ranked against the gap in this sweep.")
     skipped = [c for c in corr if not c.informative]
     if skipped:
         lines += ["", "Not ranked (uninformative):", ""]
         lines += [f"- {measure_description(c.measure)}: {c.why_uninformative}" for c in skipped]
-    return lines + reading_markdown(corr)
+    return lines
 
 
 def sweep_markdown(

@@ -92,13 +92,18 @@ def pairs_line(corr: Sequence[Correlation]) -> str | None:
         f"{p.hparam} {format_count(p.resolved)} of {format_count(p.pairs)}"
         for p in best.sign_error.per_hparam
     ]
+    from_tau = any(c.sign_error.sign_from == "tau" for c in with_pairs)
     return (
         "Sign-error (Dziugaite et al. 2020): over pairs of runs that differ in one "
         f"hyper-parameter alone and whose gaps differ by more than {RESOLUTION:g} standard "
         "errors of the difference, the fraction the measure orders against its claimed "
         "direction (a tie counts 1/2); the table shows the worst hyper-parameter. Pairs "
-        f"resolved ({best.n} runs): {', '.join(parts)}; the others are left out. "
-        f"{FROM_TAU}: the measure claims no direction, the sign of its tau is used."
+        f"resolved ({best.n} runs): {', '.join(parts)}; the others are left out."
+        + (
+            f" {FROM_TAU}: the measure claims no direction; the sign of its tau is used."
+            if from_tau
+            else ""
+        )
     )
 
 
@@ -122,6 +127,9 @@ def reading_markdown(corr: Sequence[Correlation], alpha: float = 0.05) -> list[s
             lines.append(f"- {len(mine)} {words}: " + "; ".join(_named(c) for c in mine) + ".")
     if not any(c.verdict == "tracks" for c in ranked):
         lines.append("- No measure tracks the gap as it claims on these runs.")
+    skipped = sum(not c.informative for c in corr)
+    if skipped:
+        lines.append(f"- {skipped} cannot be judged on this sweep (not ranked, listed below).")
     return lines
 
 
