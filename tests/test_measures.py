@@ -83,6 +83,8 @@ def test_registry_order_scalars_and_dependencies():
         "spectra",
         "curvature",
         "landscape",
+        "distance",
+        "hessian_distance",
         "gap",
     ]
     assert names == own
@@ -124,6 +126,10 @@ def test_every_scalar_reads_what_its_measure_writes(setup, tmp_path):
     assert got["hessian_top_eigenvalue"] == float(m.curvature.top.eigenvalues[0])
     assert got["path_curvature"] == m.landscapes["path"].curvature[0]
     assert got["pacbayes_bound"] == m.results["pacbayes"].bound
+    dist, hd = m.results["distance"], m.results["hessian_distance"]
+    assert got["dist_trained"] == dist.trained and got["dist_merged"] == dist.merged
+    assert got["hessian_distance"] == hd.distance
+    assert got["hessian_distance_bound"] == hd.bound == hd.distance / np.sqrt(30)
     assert doc["measures"] == {} and set(doc["bounds"]) == {
         "mi",
         "theorem1",

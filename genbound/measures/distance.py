@@ -203,7 +203,7 @@ class StartDistance(Measure):
         ),
         "dist_merged": Scalar(
             lambda d: number(get(d, "distance", "merged", "distance")),
-            "sqrt(sum of ||dW||_F^2): distance from the pretrained weights",
+            "sqrt(sum of ||dW||_F^2): distance of the merged weights from their start",
         ),
     }
 
@@ -230,16 +230,17 @@ class StartDistance(Measure):
                 if d.unknown_tensors
                 else f" over all {d.scalars:,} trained scalars"
             )
-            lines.append(
-                f"- trained tensors: ||theta - theta_0|| = {format_number(d.trained)}{part}"
-            )
-        merged = (
-            "unknown" if d.merged is None else f"sqrt(sum ||dW||_F^2) = {format_number(d.merged)}"
-        )
+            lines.append(f"- trained tensors: ‖theta - theta_0‖ = {format_number(d.trained)}{part}")
+        merged = "unknown" if d.merged is None else f"sqrt(sum ‖dW‖_F²) = {format_number(d.merged)}"
         left = (
             f" (left out, start unknown: {_names(d.unknown_updates)})" if d.unknown_updates else ""
         )
-        lines += [f"- merged: {merged} over {len(d.updates)} updates{left}", ""]
+        lines += [
+            f"- merged: {merged} over {len(d.updates)} updates{left}; dW from the pretrained "
+            "weight W0 (start `pretrained`) or, for a tensor new to the model, from its "
+            "recorded initial value (start `recorded`)",
+            "",
+        ]
         lines += ["| update | kind | start | ‖dW‖_F |", "|---|---|---|---|"]
         for u in d.updates:
             lines.append(f"| `{u.name}` | {u.kind} | {u.start} | {format_number(u.frobenius)} |")

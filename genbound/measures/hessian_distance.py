@@ -114,7 +114,7 @@ def layer_directions(
         owner, _, leaf = (target or "").rpartition(".")
         module = modules.get(owner)
         if u.is_new:
-            why = "new to the model (no pretrained weight)"
+            why = "new to the model: no pretrained weight"
         elif not u.is_matrix:
             why = "not a matrix"
         elif target is None:
@@ -267,11 +267,15 @@ class HessianDistanceMeasure(Measure):
             if h.negative_layers
             else ""
         )
-        per_n = f", {format_number(h.bound)} divided by sqrt(N)" if h.bound is not None else ""
+        per_n = (
+            f" ({format_number(h.bound)} divided by sqrt(N), N = {h.n_train:,})"
+            if h.bound is not None
+            else ""
+        )
         return [
             f"The Hessian distance of Ju et al. (2022), sum over layers of sqrt(dWᵀ H dW), "
-            f"is {_pm(h.distance, h.distance_stderr)}{per_n} on {h.examples:,} training "
-            "examples: their bound on the gap scales with it up to an unknown constant, so "
+            f"is {_pm(h.distance, h.distance_stderr)} on {h.examples:,} training examples"
+            f"{per_n}: their bound on the gap scales with it up to an unknown constant, so "
             f"it ranks runs rather than certifying one; compare it with the measured gap in "
             f"a sweep.{neg}"
         ]
