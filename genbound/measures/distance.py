@@ -26,8 +26,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from genbound.measures.base import Measure, Scalar
 from genbound.measures.reading import get, number
 from genbound.measures.registry import register_measure
@@ -138,6 +136,8 @@ def tensor_start(checkpoint: Checkpoint, name: str) -> str:
 
 def start_distances(checkpoint: Checkpoint) -> Distance:
     """Both distances of ``checkpoint`` from its start (module docstring), in float64."""
+    import torch
+
     from genbound.bounds.compression import trainable_tensors
 
     tensors = []

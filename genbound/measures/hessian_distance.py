@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
 from genbound.errors import GenboundError
 from genbound.measures.base import Measure, Scalar
@@ -141,6 +140,8 @@ def hessian_distance(
 ) -> HessianDistance:
     """Ju et al.'s Hessian distance of ``checkpoint`` on ``objective`` (its merged model);
     the model is left as found."""
+    import torch
+
     from genbound.curvature.lines import line_curvatures
 
     kept, skipped = layer_directions(objective.model, checkpoint)
