@@ -216,27 +216,27 @@ def granulated_taus(codes: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     varying = _varying(codes)
     if len(varying) < 2:
         return np.full(len(x), np.nan)
+    sx, sy = _signs(x), _signs(np.asarray(y, dtype=float))
     per_h = []
     for h in varying:
         others = codes[:, [o for o in varying if o != h]]
-        _, group = np.unique(others, axis=0, return_inverse=True)
-        taus = [
-            _group_tau(x[:, idx], y[idx])
-            for g in np.unique(group)
-            if len(np.unique(codes[(idx := np.flatnonzero(group == g)), h])) > 1
-        ]
-        if taus:
-            per_h.append(_nanmean(np.stack(taus)))
+        group = np.unique(others, axis=0, return_inverse=True)[1].reshape(-1)
+        member = (group[:, None] == np.arange(group.max() + 1)).astype(float)  # (n, groups)
+        counted = _within(codes[:, None, h] != codes[None, :, h], member) > 0
+        if not counted.any():
+            continue
+        num = _within(sx * sy, member)[:, counted]
+        dx, dy = _within(np.abs(sx), member)[:, counted], _within(np.abs(sy), member)[counted]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tau = np.where(dx > 0, num / np.sqrt(dx * dy), 0.0)  # constant measure: 0
+        per_h.append(_nanmean(np.where(dy > 0, tau, np.nan).T))  # constant gap: left out
     return _nanmean(np.stack(per_h)) if per_h else np.full(len(x), np.nan)
 
 
-def _group_tau(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """tau-b of each row of ``x`` (M, g) against ``y`` (g,) within one group; 0 for a
-    measure constant in the group while the gap is not (it does not see what changed the
-    gap), nan when the gap is constant (nothing to rank)."""
-    tau = kendall_tau_batch(x, np.broadcast_to(y, x.shape))
-    blind = (np.ptp(x, axis=1) == 0) & bool(np.ptp(y) > 0)
-    return np.where(blind, 0.0, tau)
+def _within(pairs: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Sums of ``pairs`` (..., n, n) over the pairs inside each group, ``member`` (n,
+    groups) the 0/1 membership of each run: (..., groups)."""
+    return ((pairs.astype(float) @ member) * member).sum(axis=-2)
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:
