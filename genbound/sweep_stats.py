@@ -34,8 +34,8 @@ N_PERMUTATIONS = 20_000
 #: A pair of runs counts for the sign-error when its gaps differ by more than this many
 #: standard errors of the difference.
 RESOLUTION = 2.0
-#: Orderings per chunk of the permutation tests (bounds the memory: chunk x n^2 floats).
-_CHUNK = 16_384
+#: Entries (orderings x n^2) per chunk of the permutation tests: 32 MB of float64.
+_CHUNK_ENTRIES = 1 << 22
 
 
 def kendall_tau_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -129,8 +129,9 @@ def permutation_tests(
     exact = n <= exact_max_n
     total = math.factorial(n) if exact else n_permutations
     count = np.zeros(len(x), dtype=np.int64)
-    for start in range(0, total, _CHUNK):
-        size = min(_CHUNK, total - start)
+    chunk = max(1, _CHUNK_ENTRIES // (n * n))
+    for start in range(0, total, chunk):
+        size = min(chunk, total - start)
         if exact:
             orders = _all_orderings(n)[start : start + size]
         else:

@@ -62,7 +62,7 @@ def sign_error_cell(c: Correlation) -> str:
 
 def detectable_line(rows: Sequence[Mapping], target: str) -> str:
     """The smallest |tau| the sweep's runs with a measured gap can detect at 5 %."""
-    n = sum(isinstance(r.get(target), int | float) for r in rows)
+    n = sum(isinstance(v := r.get(target), int | float) and math.isfinite(v) for r in rows)
     d = detectable_tau(n)
     how = (
         "exact, from all n! orderings"
