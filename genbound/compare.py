@@ -333,39 +333,49 @@ def _with_shared_statistics(
     filled: dict[str, Correlation] = {}
     for ok, group in by_runs.items():
         sub = [rows[i] for i in ok]
-        x = np.array([[r[c.measure] for r in sub] for c in group], dtype=float).reshape(
-            len(group), len(sub)
-        )
-        y = np.array([r[target] for r in sub], dtype=float)
-        se = np.array([_stderr(r, target) for r in sub], dtype=float)
-        codes = _codes(sub, hparams).reshape(len(sub), len(hparams))
-        tests = permutation_tests(x, y, rng=perm_rng)
-        gran = granulated_taus(codes, x, y)
-        boots = (
-            granulated_bootstrap(codes, x, y, n_boot=group[0].n_boot, rng=boot_rng)
-            if np.isfinite(gran).any()
+        filled.update(_group_statistics(sub, group, hparams, perm_rng, boot_rng))
+    return [filled[c.measure] for c in corr]
+
+
+def _group_statistics(
+    rows: Sequence[Row],
+    group: Sequence[Correlation],
+    hparams: Sequence[str],
+    perm_rng: np.random.Generator,
+    boot_rng: np.random.Generator,
+) -> dict[str, Correlation]:
+    """The shared statistics of the measures of ``group``, all observed on ``rows``."""
+    target = group[0].target
+    x = np.array([[r[c.measure] for r in rows] for c in group], dtype=float)
+    x = x.reshape(len(group), len(rows))
+    y = np.array([r[target] for r in rows], dtype=float)
+    se = np.array([_stderr(r, target) for r in rows], dtype=float)
+    codes = _codes(rows, hparams).reshape(len(rows), len(hparams))
+    tests = permutation_tests(x, y, rng=perm_rng)
+    gran = granulated_taus(codes, x, y)
+    boots = np.full((0, len(group)), np.nan)
+    if np.isfinite(gran).any():
+        boots = granulated_bootstrap(codes, x, y, n_boot=group[0].n_boot, rng=boot_rng)
+    out = {}
+    for k, c in enumerate(group):
+        valid = boots[:, k][np.isfinite(boots[:, k])] if math.isfinite(gran[k]) else boots[:0, k]
+        low, high = _interval(valid, c.level) if valid.size else (None, None)
+        sign = c.expected_sign or (int(np.sign(c.tau)) if math.isfinite(c.tau) else 0)
+        errors = (
+            sign_error(codes, hparams, x[k], y, se, sign, "claim" if c.expected_sign else "tau")
+            if sign
             else None
         )
-        for k, c in enumerate(group):
-            g_low = g_high = None
-            valid = np.zeros(0)
-            if boots is not None and math.isfinite(gran[k]):
-                valid = boots[:, k][np.isfinite(boots[:, k])]
-                g_low, g_high = _interval(valid, c.level) if valid.size else (None, None)
-            sign = c.expected_sign or (int(np.sign(c.tau)) if math.isfinite(c.tau) else 0)
-            filled[c.measure] = dataclasses.replace(
-                c,
-                permutation=tests[k],
-                granulated=float(gran[k]) if math.isfinite(gran[k]) else None,
-                granulated_low=g_low,
-                granulated_high=g_high,
-                granulated_n_valid=int(valid.size),
-                sign_error=sign_error(
-                    codes, hparams, x[k], y, se, sign,
-                    "claim" if c.expected_sign else "tau",
-                ) if sign else None,
-            )  # fmt: skip
-    return [filled[c.measure] for c in corr]
+        out[c.measure] = dataclasses.replace(
+            c,
+            permutation=tests[k],
+            granulated=float(gran[k]) if math.isfinite(gran[k]) else None,
+            granulated_low=low,
+            granulated_high=high,
+            granulated_n_valid=int(valid.size),
+            sign_error=errors,
+        )
+    return out
 
 
 #: The readings of :func:`verdict`.
