@@ -97,14 +97,23 @@ def _hparams(doc: Mapping) -> dict[str, Any]:
     history = _get(ck, "metrics", "history")
     last = history[-1] if isinstance(history, list) and history else None
     trained = last.get("epoch") if isinstance(last, Mapping) else None
+    metrics = ck.get("metrics") if isinstance(ck.get("metrics"), Mapping) else {}
+
+    def recorded(key: str, fallback: Any = None) -> Any:
+        """A training setting from the hyper-parameters, else the run's metrics."""
+        for where in (hp, metrics):
+            if where.get(key) is not None:
+                return where[key]
+        return fallback
+
     return {
         "variant": ck.get("variant"),
         "rank": hp.get("rank"),
         "chain": hp.get("chain"),
         "seed": _get(doc, "data", "reference", "kwargs", "seed"),
         "n_train": ck.get("n_train"),
-        "epochs": hp["epochs"] if hp.get("epochs") is not None else trained,
-        "lr": hp.get("lr"),
+        "epochs": recorded("epochs", trained),
+        "lr": recorded("lr"),
         "subspace": _get(ck, "subspace", "d"),
     }
 
