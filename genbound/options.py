@@ -53,8 +53,14 @@ class ReportOptions:
         pacbayes_samples: m, models drawn for the Gaussian PAC-Bayes certificate's Monte
             Carlo estimate (each evaluated on about N / m training examples: about one pass
             over the training set in all, plus a pilot on 256 examples).
-        seed: seeds the example sample, Lanczos, Hutch++, SLQ, the random direction and the
-            Gaussian certificate's draws.
+        sharpness_examples: training examples of the flatness and sharpness searches (a
+            seeded sample stratified by label, drawn like the curvature's).
+        sharpness_samples: noise draws per step of the Gaussian searches.
+        sharpness_starts: random starts per step of the adversarial searches.
+        sharpness_depth: bisection steps of each search, at most.
+        sharpness_ascent_steps: projected-gradient steps of each adversarial start.
+        seed: seeds the example samples, Lanczos, Hutch++, SLQ, the random direction, the
+            Gaussian certificate's draws and the flatness searches' draws.
         n_train: N, overriding the checkpoint's record (None: the checkpoint's, else the
             task's).
         device: where the model runs on data (``cpu``, ``cuda``, ``cuda:N``, ``mps``).
@@ -73,6 +79,11 @@ class ReportOptions:
     density_steps: int = 20
     landscape_steps: int = 21
     pacbayes_samples: int = 100
+    sharpness_examples: int = 512
+    sharpness_samples: int = 5
+    sharpness_starts: int = 1
+    sharpness_depth: int = 12
+    sharpness_ascent_steps: int = 3
     seed: int = 0
     n_train: int | None = None
     device: str = "cpu"
@@ -155,6 +166,11 @@ def _check(o: ReportOptions) -> None:
         "density_probes",
         "density_steps",
         "pacbayes_samples",
+        "sharpness_examples",
+        "sharpness_samples",
+        "sharpness_starts",
+        "sharpness_depth",
+        "sharpness_ascent_steps",
     ):
         count(key, 1)
     count("landscape_steps", 5)

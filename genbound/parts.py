@@ -12,7 +12,15 @@ from genbound.errors import GenboundError
 #: Parts computed from the checkpoint alone.
 DATA_FREE_PARTS = ("spectra", "mi", "theorem1", "distance")
 #: Parts that run the model on a task's data.
-DATA_PARTS = ("gap", "compression", "pacbayes", "curvature", "landscape", "hessian_distance")
+DATA_PARTS = (
+    "gap",
+    "compression",
+    "pacbayes",
+    "curvature",
+    "landscape",
+    "hessian_distance",
+    "sharpness",
+)
 PARTS = DATA_FREE_PARTS + DATA_PARTS
 
 

@@ -12,6 +12,7 @@ sweeps and the values it gives training callbacks. genbound's own, in registry o
 * ``spectra`` (:mod:`~genbound.measures.spectra`): spectra of dW and intruder dimensions;
 * ``curvature`` (:mod:`~genbound.measures.curvature`): Hessian top eigenvalue, trace, density;
 * ``landscape`` (:mod:`~genbound.measures.landscape`): 1-D loss slices;
+* ``sharpness`` (:mod:`~genbound.measures.sharpness`): PAC-Bayes flatness and sharpness;
 * ``gap`` (:mod:`~genbound.measures.gap`): the empirical gap.
 
 User measures: :mod:`genbound.measures.user` (and docs/measures.md).
@@ -32,6 +33,7 @@ from genbound.measures import curvature  # noqa: F401
 from genbound.measures import landscape  # noqa: F401
 from genbound.measures import distance  # noqa: F401
 from genbound.measures import hessian_distance  # noqa: F401
+from genbound.measures import sharpness  # noqa: F401
 from genbound.measures import gap  # noqa: F401
 
 # isort: on

@@ -62,6 +62,7 @@ class MeasureContext:
     _objectives: tuple[Objective, Objective] | None = None
     _sample: tuple[Objective, Sample] | None = None
     _adapted: Objective | None = None
+    _sharpness_sample: tuple[Objective, Sample] | None = None
 
     @contextlib.contextmanager
     def timed(self, part: str, *, shown: bool = True) -> Iterator[None]:
@@ -105,6 +106,19 @@ class MeasureContext:
             o = self.options
             self._sample = sample_objective(train, o.curvature_examples, seed=o.seed)
         return self._sample
+
+    def sharpness_sample(self) -> tuple[Objective, Sample]:
+        """The training objective on ``options.sharpness_examples`` examples, drawn like
+        :meth:`sample` (the same draw when the sizes agree); drawn once."""
+        o = self.options
+        if o.sharpness_examples == o.curvature_examples:
+            return self.sample()
+        if self._sharpness_sample is None:
+            from genbound.tasks.sampling import sample_objective
+
+            train, _ = self.objectives()
+            self._sharpness_sample = sample_objective(train, o.sharpness_examples, seed=o.seed)
+        return self._sharpness_sample
 
     def adapted(self) -> Objective:
         """The sample's objective on a copy of the model with each factored update as an
