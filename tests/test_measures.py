@@ -85,6 +85,7 @@ def test_registry_order_scalars_and_dependencies():
         "landscape",
         "distance",
         "hessian_distance",
+        "sharpness",
         "gap",
     ]
     assert names == own
@@ -130,6 +131,18 @@ def test_every_scalar_reads_what_its_measure_writes(setup, tmp_path):
     assert got["dist_trained"] == dist.trained and got["dist_merged"] == dist.merged
     assert got["hessian_distance"] == hd.distance
     assert got["hessian_distance_bound"] == hd.bound == hd.distance / np.sqrt(30)
+    flat = m.results["sharpness"].spaces["merged"]
+    for name, kind, value in [
+        ("pacbayes_flatness", "gaussian", None),
+        ("pacbayes_mag_flatness", "gaussian_magnitude", None),
+        ("sharpness_flatness", "adversarial", None),
+        ("sharpness_mag_flatness", "adversarial_magnitude", None),
+        ("pacbayes_init", "gaussian", flat.pacbayes_normalised),
+        ("pacbayes_mag_init", "gaussian_magnitude", flat.pacbayes_magnitude_normalised),
+    ]:  # unconverged searches read as missing
+        found = flat.searches[kind]
+        want = (found.inverse_square if value is None else value) if found.converged else None
+        assert got[name] == want, name
     assert doc["measures"] == {} and set(doc["bounds"]) == {
         "mi",
         "theorem1",
