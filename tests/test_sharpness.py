@@ -19,6 +19,7 @@ import genbound.adapters as ga
 from genbound import GenboundError, load_checkpoint
 from genbound.bounds.compression import trainable_tensors
 from genbound.flatness import (
+    KINDS,
     SearchSettings,
     bisect,
     pacbayes_expression,
@@ -312,6 +313,50 @@ def test_trained_gradient_is_the_chain_rule_of_the_merged_one(lora_run):
     for name, t in trainable_tensors(ckpt).items():
         expect = t.double() - ckpt.initial[name].double() if name in ckpt.initial else t.double()
         torch.testing.assert_close(trained.displacement[name], expect, rtol=0, atol=0)
+
+
+def trained_run(tmp, method: str, **kwargs):
+    x, y = toy_data()
+    model = MLP()
+    base = save_base(model, tmp)
+    h = ga.apply(model, method, rank=2, alpha=4.0, targets=["fc1", "fc2"], head=["classifier"],
+                 seed=4, **kwargs)  # fmt: skip
+    fit(h, (x, y), epochs=2, lr=2e-2, batch_size=32, eval_train=False)
+    ckpt = load_checkpoint(h.save(tmp / "run", base_model=base, n_train=N))
+    names = tuple(u.param for u in ckpt.updates.values())
+    return ckpt, dataclasses.replace(mlp_objective(ckpt, x, y), trainable=names)
+
+
+@pytest.mark.parametrize(("method", "kwargs"), [("cla", {}), ("vera", {}), ("rac", {"chain": 2})])
+def test_trained_gradient_against_finite_differences(tmp_path, method, kwargs):
+    """Selector, VeRA and chained updates: the directional derivative of the mean loss in
+    the trained tensors (float32 model, central differences, h = 1e-3)."""
+    ckpt, obj = trained_run(tmp_path, method, **kwargs)
+    space = trained_space(ckpt, obj)
+    g = space.gradient(space.tensors)
+    gen = torch.Generator().manual_seed(0)
+    v = {n: torch.randn(t.shape, generator=gen, dtype=torch.float64) for n, t in g.items()}
+
+    def loss(step):
+        space.evaluate({n: t + step * v[n] for n, t in space.tensors.items()})
+        return obj.mean_loss()
+
+    fd = (loss(1e-3) - loss(-1e-3)) / 2e-3
+    assert fd == pytest.approx(sum(float((g[n] * v[n]).sum()) for n in g), rel=2e-3)
+
+
+def test_a_subspace_run_has_no_adversarial_searches_in_z(tmp_path):
+    """z is expanded without gradients: the trained space's adversarial searches are left
+    out with the reason, its Gaussian ones run, and the merged space has all four."""
+    ckpt, obj = trained_run(tmp_path, "lora", subspace=12)
+    assert ckpt.subspace is not None and trained_space(ckpt, obj).gradient is None
+    s = SearchSettings(depth=3, samples=2)
+    out = flatness_of(ckpt, obj, base_values(ckpt, obj), m=N, settings=s)
+    trained = out["trained"]
+    assert set(trained.searches) == {"gaussian", "gaussian_magnitude"}
+    assert set(trained.unavailable) == {"adversarial", "adversarial_magnitude"}
+    assert "subspace" in trained.unavailable["adversarial"]
+    assert trained.coordinates == 12 and set(out["merged"].searches) == set(KINDS)
 
 
 def test_the_model_is_left_as_found(lora_run):
