@@ -46,6 +46,7 @@ class Sharpness:
         sample: which examples (a seeded random sample stratified by label).
         n_train: m, the training set's size in the PAC-Bayes expressions.
         error_name: the error whose rise is sought (the task metric's).
+        chance: that error's chance level (None: not defined).
     """
 
     spaces: dict[str, SpaceFlatness]
@@ -53,6 +54,7 @@ class Sharpness:
     sample: Sample | None
     n_train: int
     error_name: str
+    chance: float | None = None
 
 
 def _converged(doc: Mapping, kind: str, key: str) -> float | None:
@@ -123,23 +125,8 @@ class SharpnessMeasure(Measure):
             settings=settings,
             adversarial=replace(settings, samples=o.sharpness_starts),
         )
-        chance = sub.metric.chance
-        for space in spaces.values():
-            missed = [k for k, s in space.searches.items() if not s.converged]
-            if not missed:
-                continue
-            why = ""
-            if chance is not None and space.base_error + settings.target > chance:
-                why = (
-                    f" (the unperturbed train error {space.base_error:.4g} is within "
-                    f"{settings.target:g} of chance, {chance:.4g})"
-                )
-            ctx.warnings.append(
-                f"flatness in the {space.space} space: the search(es) {missed} did not "
-                f"reach a train error rise of {settings.target:g} within "
-                f"{settings.tolerance:g}{why}; the sweep leaves them out"
-            )
-        return Sharpness(spaces, sub.num_examples, sample, int(m), sub.metric.error_name)
+        metric = sub.metric
+        return Sharpness(spaces, sub.num_examples, sample, int(m), metric.error_name, metric.chance)
 
     def json(self, result, ckpt) -> dict:
         from genbound.report.serialize import jsonable
@@ -204,7 +191,14 @@ class SharpnessMeasure(Measure):
             f"{', '.join(found) if found else 'no scale the searches found'}"
         )
         if missed:
-            text += f" ({', '.join(missed)} did not converge: leave them out)"
+            text += f" ({', '.join(missed)} did not converge: leave them out"
+            target = next(iter(merged.searches.values())).settings.target
+            if result.chance is not None and merged.base_error + target > result.chance:
+                text += (
+                    f"; the unperturbed error {f(merged.base_error)} is within {target:g} of "
+                    f"chance, {f(result.chance)}"
+                )
+            text += ")"
         return [
             text + ". Jiang et al. (2020) found the magnitude-aware forms to track the gap "
             "best among some 40 measures on image classifiers; whether they do on these runs "
