@@ -253,7 +253,6 @@ def rise_curve(
     s = settings
     base = _error(evaluate, w) if base_error is None else float(base_error)
     magnitude = {n: t.abs() for n, t in w.items()}
-    draws = [_draw(w, s.seed, int(adversarial), j) for j in range(s.samples)]
 
     def spread(scale: float) -> dict[str, torch.Tensor | float]:
         """Standard deviation (Gaussian) or box radius (adversarial) per coordinate."""
@@ -268,7 +267,8 @@ def rise_curve(
     def rise(scale: float) -> Rise:
         r = spread(float(scale))
         errors = []
-        for d in draws:
+        for j in range(s.samples):  # redrawn from its seed each time: no copies held
+            d = _draw(w, s.seed, int(adversarial), j)
             if adversarial:
                 moved = _ascend(w, r, d, gradient, s.ascent_steps, s.step_size)
             else:
