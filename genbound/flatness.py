@@ -43,6 +43,7 @@ deviation; here they are variances, as the paper defines them.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -167,6 +168,7 @@ class Search:
             is sharper.
         evaluations: every step, in order.
         settings: how it ran.
+        seconds: its wall time.
     """
 
     kind: str
@@ -181,6 +183,18 @@ class Search:
     inverse_square: float
     evaluations: tuple[Evaluation, ...]
     settings: SearchSettings
+    seconds: float = math.nan
+
+    @property
+    def outcome(self) -> str:
+        """How it ended, in words."""
+        if self.converged:
+            return "converged"
+        if self.upper == self.scale and self.lower == self.settings.lower:
+            return "above the target at every scale tried, down to the lower end"
+        if self.lower == self.scale and self.upper == self.settings.upper:
+            return "below the target at every scale tried, up to the upper end"
+        return f"no scale within the tolerance after {len(self.evaluations)} steps"
 
 
 # -- the rise as a function of the scale ---------------------------------------------------
@@ -337,6 +351,7 @@ def search(
 ) -> Search:
     """The largest scale of ``kind`` at which the error rises by the target (see the
     module docstring); ``base_error`` defaults to ``evaluate(tensors)``."""
+    start = time.perf_counter()
     s = settings or SearchSettings()
     if base_error is None:
         w = {n: torch.as_tensor(t).detach().to(torch.float64) for n, t in tensors.items()}
@@ -356,6 +371,7 @@ def search(
         inverse_square=1.0 / (b.scale * b.scale),
         evaluations=b.evaluations,
         settings=s,
+        seconds=time.perf_counter() - start,
     )
 
 

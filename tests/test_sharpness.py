@@ -167,6 +167,23 @@ def test_gaussian_rise_matches_the_normal_cdf(magnitude):
     assert abs(expected - 0.1) <= 0.01 + 4 * found.rise_stderr
 
 
+def test_searches_that_cannot_bracket_say_so():
+    p = linear()
+    floor = search("gaussian_magnitude", tensors(p), p.evaluate,
+                   settings=SearchSettings(eps=5.0, depth=6))  # fmt: skip
+    assert not floor.converged and not floor.bracketed
+    assert floor.outcome == "above the target at every scale tried, down to the lower end"
+    assert floor.lower == 1e-6 and floor.upper == floor.scale and floor.rise > 0.11
+    # two classes, noise of any size: the error stays near 1/2, never 0.6 above 0
+    out = search("gaussian", tensors(p), p.evaluate,
+                 settings=SearchSettings(target=0.6, depth=6))  # fmt: skip
+    assert out.outcome == "below the target at every scale tried, up to the upper end"
+    assert out.upper == 10.0 and out.lower == out.scale and out.rise < 0.59
+    tight = search("gaussian", tensors(p), p.evaluate,
+                   settings=SearchSettings(tolerance=0.0, depth=5))  # fmt: skip
+    assert tight.outcome == "no scale within the tolerance after 5 steps"
+
+
 def test_common_random_numbers_make_the_curve_deterministic():
     p = linear()
     seen = []
@@ -429,6 +446,8 @@ def test_report_end_to_end(lora_run, tmp_path):
     assert all(scalars[n].larger_gap is True for n in got)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Flatness and sharpness (Jiang et al. 2020)" in md
+    assert md.count("| search | scale | 1/scale^2 |") == 2 and md.count("| converged |") == 8
+    assert "(one draw)" not in md and "Perturbing the merged weights, the train 0-1 error" in md
     # an unconverged search is left out of the sweep
     doc["sharpness"]["spaces"]["merged"]["searches"]["gaussian"]["converged"] = False
     assert scalars["pacbayes_flatness"].read(doc) is None

@@ -15,6 +15,7 @@ merged space's numbers (the trained tensors' depend on how each variant factors 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -24,6 +25,7 @@ from genbound.measures.reading import get, number
 from genbound.measures.registry import register_measure
 
 if TYPE_CHECKING:
+    from genbound.flatness import Search
     from genbound.flatness_spaces import SpaceFlatness
     from genbound.tasks.sampling import Sample
 
@@ -74,6 +76,15 @@ def _expression(doc: Mapping, kind: str, key: str) -> float | None:
 
 def _scalar(kind: str, description: str) -> Scalar:
     return Scalar(lambda d: _converged(d, kind, "inverse_square"), description)
+
+
+def _rise(s: Search) -> str:
+    """The rise with its standard error (one draw: none)."""
+    from genbound.numbers import format_number as f
+
+    if math.isfinite(s.rise_stderr):
+        return f"{f(s.rise)} ± {f(s.rise_stderr)}"
+    return f"{f(s.rise)} (one draw)"
 
 
 class SharpnessMeasure(Measure):
@@ -152,17 +163,30 @@ class SharpnessMeasure(Measure):
                 f"{sp.coordinates:,} coordinates, ||w - w0||^2 = {f(sp.sq_distance)}, train "
                 f"error {f(sp.base_error)} unperturbed.",
                 "",
-                "| search | scale | 1/scale^2 | rise ± s.e. | bracket | steps | converged |",
+                "| search | scale | 1/scale^2 | rise ± s.e. | bracket | steps | outcome |",
                 "|---|---|---|---|---|---|---|",
             ]
             for kind, s in sp.searches.items():
                 lines.append(
                     f"| {kind} | {NAMES[kind][0]} = {f(s.scale)} | {f(s.inverse_square)} | "
-                    f"{f(s.rise)} ± {f(s.rise_stderr)} | [{f(s.lower)}, {f(s.upper)}] | "
-                    f"{len(s.evaluations)} | {'yes' if s.converged else 'NO'} |"
+                    f"{_rise(s)} | [{f(s.lower)}, {f(s.upper)}] | "
+                    f"{len(s.evaluations)} | {s.outcome} |"
                 )
             for kind, why in sp.unavailable.items():
                 lines.append(f"| {kind} | not run: {why} | | | | | |")
+            floored = [
+                k
+                for k, s in sp.searches.items()
+                if k.endswith("magnitude") and s.outcome.startswith("above")
+            ]
+            if floored:
+                eps = sp.searches[floored[0]].settings.eps
+                lines += [
+                    "",
+                    f"{', '.join(floored)}: the rise exceeds the target already at the smallest "
+                    f"scale tried, where the perturbation is essentially Jiang et al.'s floor "
+                    f"eps = {eps:g} on each of the {sp.coordinates:,} coordinates.",
+                ]
             terms = []
             if sp.pacbayes is not None:
                 terms.append(
@@ -185,13 +209,13 @@ class SharpnessMeasure(Measure):
         if merged is None:
             return []
         found = [f"{NAMES[k][0]} = {f(s.scale)}" for k, s in merged.searches.items() if s.converged]
-        missed = [k for k, s in merged.searches.items() if not s.converged]
+        missed = [f"{k}: {s.outcome}" for k, s in merged.searches.items() if not s.converged]
         text = (
             f"Perturbing the merged weights, the train {result.error_name} rises by 0.1 at "
             f"{', '.join(found) if found else 'no scale the searches found'}"
         )
         if missed:
-            text += f" ({', '.join(missed)} did not converge: leave them out"
+            text += f" (did not converge, so leave out: {'; '.join(missed)}"
             target = next(iter(merged.searches.values())).settings.target
             if result.chance is not None and merged.base_error + target > result.chance:
                 text += (
