@@ -46,6 +46,18 @@ if TYPE_CHECKING:
     from genbound.checkpoint.model import Checkpoint
     from genbound.tasks.objective import Objective
 
+__all__ = [
+    "SPACES",
+    "Space",
+    "SpaceFlatness",
+    "flatness_of",
+    "loss_gradient",
+    "mean_error",
+    "merged_space",
+    "space_flatness",
+    "trained_space",
+]
+
 #: What each space perturbs, in words.
 SPACES = {
     "merged": "every entry of the merged weight W = W0 + dW of each updated tensor (not only "
@@ -330,16 +342,3 @@ def flatness_of(
             s.name: space_flatness(s, m=m, settings=settings, adversarial=adversarial)
             for s in built
         }
-
-
-__all__ = [
-    "SPACES",
-    "Space",
-    "SpaceFlatness",
-    "flatness_of",
-    "loss_gradient",
-    "mean_error",
-    "merged_space",
-    "space_flatness",
-    "trained_space",
-]
