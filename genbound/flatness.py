@@ -20,10 +20,12 @@ deterministic function of s. Projected-gradient ascent: ``ascent_steps`` steps
 u <- clip(u + (2.5 / steps) r * sign(grad), -r, r), r the box radius (Madry et al. 2018's
 step size), then the error at w + u.
 
-Bisection (as Jiang et al.'s code, but geometric): the bracket starts at
-[``lower``, ``upper``]; each step evaluates the rise at s = sqrt(lo hi) and stops when
+Bisection (as Jiang et al.'s code, but geometric): the first step evaluates the rise at
+``lower`` and ends the search when it already exceeds the target (as the magnitude-aware
+forms' floor eps alone can on a large model); then the bracket is [``lower``, ``upper``]
+and each step evaluates the rise at s = sqrt(lo hi) and stops when
 |rise - target| <= ``tolerance`` (converged); otherwise s becomes ``hi`` when the rise
-exceeds the target and ``lo`` when it does not, for at most ``depth`` steps. Jiang et al.
+exceeds the target and ``lo`` when it does not, for at most ``depth`` steps in all. Jiang et al.
 bisect arithmetically over [0, 2] with 15 steps and 10 samples and compare
 |accuracy drop| with the target; here the rise is signed and the bracket spans decades,
 since merged weights, trained factors and adversarial radii have scales far below 2.
@@ -326,8 +328,8 @@ def bisect(rise: Callable[[float], Rise], settings: SearchSettings) -> Bracket:
     lo, hi = s.lower, s.upper
     steps: list[Evaluation] = []
     below = above = converged = False
-    for _ in range(s.depth):
-        scale = math.sqrt(lo * hi)
+    for step in range(s.depth):
+        scale = s.lower if step == 0 else math.sqrt(lo * hi)
         found = rise(scale)
         steps.append(Evaluation(scale, found.mean, found.stderr))
         if abs(found.mean - s.target) <= s.tolerance:
@@ -335,6 +337,8 @@ def bisect(rise: Callable[[float], Rise], settings: SearchSettings) -> Bracket:
             break
         if found.mean > s.target:
             hi, above = scale, True
+            if step == 0:  # above the target at the lower end: nothing to bisect
+                break
         else:
             lo, below = scale, True
     return Bracket(scale, lo, hi, found, converged, below and above, tuple(steps))

@@ -173,7 +173,8 @@ def test_searches_that_cannot_bracket_say_so():
                    settings=SearchSettings(eps=5.0, depth=6))  # fmt: skip
     assert not floor.converged and not floor.bracketed
     assert floor.outcome == "above the target at every scale tried, down to the lower end"
-    assert floor.lower == 1e-6 and floor.upper == floor.scale and floor.rise > 0.11
+    assert floor.lower == floor.upper == floor.scale == 1e-6 and floor.rise > 0.11
+    assert len(floor.evaluations) == 1  # the lower end, then nothing to bisect
     # two classes, noise of any size: the error stays near 1/2, never 0.6 above 0
     out = search("gaussian", tensors(p), p.evaluate,
                  settings=SearchSettings(target=0.6, depth=6))  # fmt: skip
