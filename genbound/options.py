@@ -47,7 +47,12 @@ class ReportOptions:
         curvature_space: what the Hessian is taken with respect to (``CURVATURE_SPACES``).
         curvature_examples: training examples of curvature and landscapes (a seeded sample
             stratified by label).
-        trace_products: Hessian-vector products of the Hutch++ trace.
+        trace_products: Hessian-vector products of the Hutch++ trace. The defaults (256
+            examples, 10 products) were chosen from measured uncertainty
+            (``bench/curvature_budget.py`` on a demo LoRA checkpoint): Hutch++'s own
+            relative standard error 0.09 and a spread of 0.10 between samples of 256
+            examples, 0.13 together; 128 examples spread 0.23 to 0.26 between samples, 32
+            examples 0.2 to 0.4, whatever the budget.
         density_probes, density_steps: probes and Lanczos steps of the SLQ density.
         landscape_steps: points of each 1-D landscape (4 k + 1).
         pacbayes_samples: m, models drawn for the Gaussian PAC-Bayes certificate's Monte
@@ -74,7 +79,7 @@ class ReportOptions:
     mi_loss: Mapping[str, Any] | None = None
     curvature_space: str = "merged"
     curvature_examples: int = 256
-    trace_products: int = 30
+    trace_products: int = 10
     density_probes: int = 2
     density_steps: int = 20
     landscape_steps: int = 21

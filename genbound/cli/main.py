@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from genbound.errors import GenboundError
-from genbound.options import MEASURE_SPEC
+from genbound.options import MEASURE_SPEC, ReportOptions
 from genbound.parts import PARTS, check_parts
 
 
@@ -130,9 +130,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--trace-products",
         type=_positive_int,
-        default=30,
+        default=ReportOptions().trace_products,
         metavar="N",
-        help="Hessian-vector products of the Hutch++ trace (default: 30)",
+        help="Hessian-vector products of the Hutch++ trace (default: "
+        f"{ReportOptions().trace_products})",
     )
     c.add_argument(
         "--density-probes",
@@ -163,11 +164,36 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="models drawn for the Gaussian PAC-Bayes certificate, each evaluated on about "
         "N / M training examples (default: 100)",
     )
+    f = p.add_argument_group(
+        "flatness and sharpness",
+        "bisection searches for the noise scale (or adversarial radius) at which the train "
+        "error rises by 0.1; their cost is the examples times the draws times the steps",
+    )
+    for flag, field, what in (
+        ("--sharpness-examples", "sharpness_examples", "training examples of the searches"),
+        ("--sharpness-samples", "sharpness_samples", "noise draws per step (Gaussian)"),
+        ("--sharpness-starts", "sharpness_starts", "random starts per step (adversarial)"),
+        ("--sharpness-depth", "sharpness_depth", "bisection steps of each search, at most"),
+        (
+            "--sharpness-ascent-steps",
+            "sharpness_ascent_steps",
+            "projected-gradient steps per adversarial start",
+        ),
+    ):
+        default = getattr(ReportOptions(), field)
+        f.add_argument(
+            flag,
+            type=_positive_int,
+            default=default,
+            metavar="N",
+            help=f"{what} (default: {default})",
+        )
     c.add_argument(
         "--seed",
         type=_nonnegative_int,
         default=0,
-        help="seed of the example sample, Lanczos, Hutch++ and the random direction (default: 0)",
+        help="seed of the example sample, Lanczos, Hutch++, the random direction and the "
+        "flatness searches' draws (default: 0)",
     )
 
 
@@ -459,8 +485,6 @@ def _mi_loss(text: str) -> dict:
 
 def _report_options(args: argparse.Namespace):
     """The report settings the arguments choose."""
-    from genbound.options import ReportOptions
-
     return ReportOptions(
         parts=tuple(_selected_parts(args)),
         mi_loss=_mi_loss(args.mi_loss) if args.mi_loss is not None else None,
@@ -471,6 +495,11 @@ def _report_options(args: argparse.Namespace):
         density_steps=args.density_steps,
         landscape_steps=args.landscape_steps,
         pacbayes_samples=args.pacbayes_samples,
+        sharpness_examples=args.sharpness_examples,
+        sharpness_samples=args.sharpness_samples,
+        sharpness_starts=args.sharpness_starts,
+        sharpness_depth=args.sharpness_depth,
+        sharpness_ascent_steps=args.sharpness_ascent_steps,
         seed=args.seed,
         n_train=args.n_train,
         device=args.device,

@@ -57,6 +57,9 @@ _REPORT_ONLY = (
     "density_probes",
     "density_steps",
     "landscape_steps",
+    "pacbayes_samples",
+    "sharpness_examples",
+    "sharpness_samples",
 )
 
 

@@ -73,8 +73,9 @@ class DemoConfig:
         epochs: passes over the training set; batches of ``batch_size`` similar-length texts.
         layers: the adapted encoder layers (the ones below are frozen and cached).
         seed: data split, head initialisation, adapter initialisation and shuffling.
-        curvature_examples, trace_products, density_probes, density_steps, landscape_steps:
-            the reports' Hessian and landscape settings (see
+        curvature_examples, trace_products, density_probes, density_steps, landscape_steps,
+        pacbayes_samples, sharpness_examples, sharpness_samples: the reports' Hessian,
+            landscape, Gaussian-certificate and sharpness settings (see
             :class:`genbound.options.ReportOptions`).
     """
 
@@ -91,6 +92,9 @@ class DemoConfig:
     density_probes: int = 1
     density_steps: int = 20
     landscape_steps: int = 21
+    pacbayes_samples: int = 100
+    sharpness_examples: int = 512
+    sharpness_samples: int = 5
     variants: tuple[VariantSpec, ...] = field(default=())
 
     def task_kwargs(self, spec: VariantSpec | None = None) -> dict:
@@ -116,6 +120,9 @@ class DemoConfig:
             density_probes=self.density_probes,
             density_steps=self.density_steps,
             landscape_steps=self.landscape_steps,
+            pacbayes_samples=self.pacbayes_samples,
+            sharpness_examples=self.sharpness_examples,
+            sharpness_samples=self.sharpness_samples,
             seed=self.seed,
         )
 
@@ -190,7 +197,21 @@ VARIANT_SWEEP = (
     VariantSpec("random_c3la", "random_c3la", chain=2),
     VariantSpec("paca", "paca", lr=2e-3),
 )
-_GRID_CONFIG = {"n_train": 2000, "n_test": 1000, "test_first": True, "layers": (5,)}
+#: The grid's data and report settings: a fixed test set of 1,000 tweets, the top layer
+#: adapted, and reports sized so that 18 of them take about 3 minutes on 2 cores.
+_GRID_CONFIG = {
+    "n_train": 2000,
+    "n_test": 1000,
+    "test_first": True,
+    "layers": (5,),
+    "curvature_examples": 128,
+    "trace_products": 10,
+    "density_probes": 1,
+    "density_steps": 12,
+    "landscape_steps": 13,
+    "sharpness_examples": 256,
+    "sharpness_samples": 3,
+}
 DEFAULT = DemoConfig(**_GRID_CONFIG, variants=GRID + subspace_runs(("lora", "cla"), 2000))
 STUDY = DemoConfig(
     **_GRID_CONFIG, variants=STUDY_GRID + subspace_runs(("lora", "asym", "cla"), 2000)

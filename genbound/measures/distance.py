@@ -237,13 +237,9 @@ class StartDistance(Measure):
         )
         lines += [
             f"- merged: {merged} over {len(d.updates)} updates{left}; dW from the pretrained "
-            "weight W0 (start `pretrained`) or, for a tensor new to the model, from its "
-            "recorded initial value (start `recorded`)",
-            "",
+            "weight W0 or, for a tensor new to the model, from its recorded initial value "
+            "(each update's ‖dW‖_F is in the spectra table and in report.json)",
         ]
-        lines += ["| update | kind | start | ‖dW‖_F |", "|---|---|---|---|"]
-        for u in d.updates:
-            lines.append(f"| `{u.name}` | {u.kind} | {u.start} | {format_number(u.frobenius)} |")
         return lines
 
     def reading(self, result: Distance, measures) -> list[str]:
