@@ -41,6 +41,7 @@ from genbound.flatness import (
     pacbayes_magnitude_expression,
     search,
 )
+from genbound.options import SHARPNESS_SPACES
 
 if TYPE_CHECKING:
     from genbound.checkpoint.model import Checkpoint
@@ -59,12 +60,8 @@ __all__ = [
 ]
 
 #: What each space perturbs, in words.
-SPACES = {
-    "merged": "every entry of the merged weight W = W0 + dW of each updated tensor (not only "
-    "the directions an adapter reaches; a head or bias as the model holds it)",
-    "trained": "the adapter's trained tensors (B, A; dW of dense updates; DoRA's magnitudes; "
-    "VeRA's b and d; a subspace run's z), as trained",
-}
+#: The spaces the searches perturb, by name, in words.
+SPACES = SHARPNESS_SPACES
 
 
 @dataclass(frozen=True)

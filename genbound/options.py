@@ -28,6 +28,13 @@ CURVATURE_SPACES = {
     "other trained tensors in their own coordinates",
     "tensors": "every entry of the updated tensors (merged model)",
 }
+#: What the flatness and sharpness searches perturb, by ``sharpness_spaces`` name.
+SHARPNESS_SPACES = {
+    "merged": "every entry of the merged weight W = W0 + dW of each updated tensor (not only "
+    "the directions an adapter reaches; a head or bias as the model holds it)",
+    "trained": "the adapter's trained tensors (B, A; dW of dense updates; DoRA's magnitudes; "
+    "VeRA's b and d; a subspace run's z), as trained",
+}
 #: ``MODULE:ATTR`` naming a user measure (see :mod:`genbound.measures.user`).
 MEASURE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
@@ -64,6 +71,8 @@ class ReportOptions:
         sharpness_starts: random starts per step of the adversarial searches.
         sharpness_depth: bisection steps of each search, at most.
         sharpness_ascent_steps: projected-gradient steps of each adversarial start.
+        sharpness_spaces: where the searches perturb (``SHARPNESS_SPACES``); the sweep
+            ranks the merged space's, which do not depend on how dW is factored.
         seed: seeds the example samples, Lanczos, Hutch++, SLQ, the random direction, the
             Gaussian certificate's draws and the flatness searches' draws.
         n_train: N, overriding the checkpoint's record (None: the checkpoint's, else the
@@ -89,6 +98,7 @@ class ReportOptions:
     sharpness_starts: int = 1
     sharpness_depth: int = 12
     sharpness_ascent_steps: int = 3
+    sharpness_spaces: tuple[str, ...] = ("merged", "trained")
     seed: int = 0
     n_train: int | None = None
     device: str = "cpu"
@@ -100,6 +110,7 @@ class ReportOptions:
         set_(self, "parts", tuple(sorted(check_parts(self.parts))))
         set_(self, "mi_loss", dict(self.mi_loss) if self.mi_loss is not None else None)
         set_(self, "measures", tuple(self.measures))
+        set_(self, "sharpness_spaces", tuple(self.sharpness_spaces))
         _check(self)
 
     def replace(self, **changes: Any) -> ReportOptions:
@@ -115,6 +126,7 @@ class ReportOptions:
         """The options as a JSON object (``measures`` only when there are some)."""
         out = {f: getattr(self, f) for f in _FIELDS if f != "measures"}
         out["parts"] = list(self.parts)
+        out["sharpness_spaces"] = list(self.sharpness_spaces)
         if self.measures:
             out["measures"] = list(self.measures)
         return out
@@ -131,7 +143,7 @@ class ReportOptions:
                 f"{where}: unknown option(s) {unknown}; expected some of {list(_FIELDS)}."
             )
         kw = dict(doc)
-        for key in ("parts", "measures"):
+        for key in ("parts", "measures", "sharpness_spaces"):
             if key in kw:
                 if not isinstance(kw[key], (list, tuple)):
                     raise GenboundError(
@@ -189,6 +201,14 @@ def _check(o: ReportOptions) -> None:
         "cpu, cuda, cuda:N or mps",
     )
     need(o.base_svd in _BASE_SVD, "base_svd", f"one of {list(_BASE_SVD)}")
+    spaces = o.sharpness_spaces
+    need(
+        len(spaces) > 0
+        and len(set(spaces)) == len(spaces)
+        and all(isinstance(x, str) and x in SHARPNESS_SPACES for x in spaces),
+        "sharpness_spaces",
+        f"distinct names of {list(SHARPNESS_SPACES)}",
+    )
     need(
         o.mi_loss is None or o.mi_loss.get("loss") in _MI_LOSSES,
         "mi_loss",

@@ -188,6 +188,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
             metavar="N",
             help=f"{what} (default: {default})",
         )
+    f.add_argument(
+        "--sharpness-spaces",
+        type=_sharpness_spaces,
+        default=ReportOptions().sharpness_spaces,
+        metavar="SPACES",
+        help="comma-separated spaces the searches perturb: merged (every entry of W0 + dW) "
+        "and trained (the adapter's own tensors) (default: merged,trained)",
+    )
     c.add_argument(
         "--seed",
         type=_nonnegative_int,
@@ -195,6 +203,18 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="seed of the example sample, Lanczos, Hutch++, the random direction and the "
         "flatness searches' draws (default: 0)",
     )
+
+
+def _sharpness_spaces(text: str) -> tuple[str, ...]:
+    from genbound.options import SHARPNESS_SPACES
+
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names or any(x not in SHARPNESS_SPACES for x in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct names of {', '.join(SHARPNESS_SPACES)}, comma-separated; "
+            f"found {text!r}"
+        )
+    return names
 
 
 def _integer(text: str, minimum: int, what: str) -> int:
@@ -500,6 +520,7 @@ def _report_options(args: argparse.Namespace):
         sharpness_starts=args.sharpness_starts,
         sharpness_depth=args.sharpness_depth,
         sharpness_ascent_steps=args.sharpness_ascent_steps,
+        sharpness_spaces=args.sharpness_spaces,
         seed=args.seed,
         n_train=args.n_train,
         device=args.device,

@@ -60,6 +60,8 @@ _REPORT_ONLY = (
     "pacbayes_samples",
     "sharpness_examples",
     "sharpness_samples",
+    "sharpness_ascent_steps",
+    "sharpness_spaces",
 )
 
 

@@ -74,7 +74,8 @@ class DemoConfig:
         layers: the adapted encoder layers (the ones below are frozen and cached).
         seed: data split, head initialisation, adapter initialisation and shuffling.
         curvature_examples, trace_products, density_probes, density_steps, landscape_steps,
-        pacbayes_samples, sharpness_examples, sharpness_samples: the reports' Hessian,
+        pacbayes_samples, sharpness_examples, sharpness_samples, sharpness_ascent_steps,
+        sharpness_spaces: the reports' Hessian,
             landscape, Gaussian-certificate and sharpness settings (see
             :class:`genbound.options.ReportOptions`).
     """
@@ -95,6 +96,8 @@ class DemoConfig:
     pacbayes_samples: int = 100
     sharpness_examples: int = 512
     sharpness_samples: int = 5
+    sharpness_ascent_steps: int = 3
+    sharpness_spaces: tuple[str, ...] = ("merged", "trained")
     variants: tuple[VariantSpec, ...] = field(default=())
 
     def task_kwargs(self, spec: VariantSpec | None = None) -> dict:
@@ -123,6 +126,8 @@ class DemoConfig:
             pacbayes_samples=self.pacbayes_samples,
             sharpness_examples=self.sharpness_examples,
             sharpness_samples=self.sharpness_samples,
+            sharpness_ascent_steps=self.sharpness_ascent_steps,
+            sharpness_spaces=self.sharpness_spaces,
             seed=self.seed,
         )
 
@@ -211,6 +216,8 @@ _GRID_CONFIG = {
     "landscape_steps": 13,
     "sharpness_examples": 256,
     "sharpness_samples": 3,
+    "sharpness_ascent_steps": 1,
+    "sharpness_spaces": ("merged",),
 }
 DEFAULT = DemoConfig(**_GRID_CONFIG, variants=GRID + subspace_runs(("lora", "cla"), 2000))
 STUDY = DemoConfig(

@@ -135,6 +135,7 @@ class SharpnessMeasure(Measure):
             m=m,
             settings=settings,
             adversarial=replace(settings, samples=o.sharpness_starts),
+            spaces=o.sharpness_spaces,
         )
         metric = sub.metric
         return Sharpness(spaces, sub.num_examples, sample, int(m), metric.error_name, metric.chance)
