@@ -6,8 +6,9 @@ Runs (or reuses) ``genbound demo`` in ``--demo DIR`` and writes to ``--out`` (de
 * ``sweep_measures_vs_gap.png``: every measure against the measured gap, one point per run;
 * ``bounds_vs_test_error.png``: each run's compression and Gaussian PAC-Bayes bounds next
   to its test error;
-* ``lora_spectra.png``, ``lora_intruders.png``: the LoRA run's update spectra and intruders;
-* ``lora_landscape_path.png``: the LoRA run's loss along the path from the base model.
+* ``lora_spectra.png``, ``lora_intruders.png``: a LoRA run's update spectra and intruders
+  (the default demo's ``lora_r8_n2000_e8``; the fast demo's ``lora``);
+* ``lora_landscape_path.png``: that run's loss along the path from the base model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+#: The LoRA run whose spectra and landscape are shown, by demo (default, fast).
+SHOWN = ("lora_r8_n2000_e8", "lora")
 
 
 def plot_bounds_vs_error(rows: list[dict], path: Path) -> None:
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     certificates = json.loads((result.sweep / "sweep.json").read_text())["certificates"]
     plot_bounds_vs_error(certificates, args.out / "bounds_vs_test_error.png")
-    lora = result.reports["lora"] / "figures"
+    shown = next(name for name in SHOWN if name in result.reports)
+    lora = result.reports[shown] / "figures"
     for src, dst in (
         ("spectra.png", "lora_spectra.png"),
         ("intruders.png", "lora_intruders.png"),

@@ -57,3 +57,44 @@ def test_figures_script_on_the_fast_demo(fast_demo, tmp_path, capsys):
     made = {p.name for p in (tmp_path / "figs").iterdir()}
     assert {"sweep_measures_vs_gap.png", "bounds_vs_test_error.png", "lora_spectra.png"} <= made
     assert "lora_landscape_path.png" in made
+
+
+def test_default_and_study_grids_vary_one_setting_at_a_time():
+    """The default demo is the 2 x 2 x 2 x 2 grid plus two subspace runs, --study the
+    4 x 2 x 3 x 2 grid plus three; every grid run shares one learning rate, so two runs that
+    differ in the variant differ in nothing else."""
+    from itertools import product
+
+    from genbound.demo import DEFAULT, STUDY
+    from genbound.demo.sweep import CERTIFIED_N, GRID_LR
+
+    for config, methods, ranks, sizes, epochs, subs in (
+        (DEFAULT, ("lora", "cla"), (2, 8), (500, 2000), (1, 8), ("lora", "cla")),
+        (STUDY, ("lora", "asym", "cla", "c3la"), (2, 8), (500, 1000, 2000), (1, 8),
+         ("lora", "asym", "cla")),
+    ):  # fmt: skip
+        grid = [s for s in config.variants if s.subspace is None]
+        got = {(s.method, s.rank, s.n_train, s.epochs) for s in grid}
+        assert got == set(product(methods, ranks, sizes, epochs)) and len(grid) == len(got)
+        assert {s.lr for s in grid} == {GRID_LR}
+        assert all(s.chain == (2 if s.method == "c3la" else 1) for s in grid)
+        sub = [s for s in config.variants if s.subspace is not None]
+        assert [s.method for s in sub] == list(subs)
+        assert {(s.n_train, s.subspace, s.qat_bits) for s in sub} == {(CERTIFIED_N, 500, 2)}
+        assert len({s.name for s in config.variants}) == len(config.variants)
+        assert config.test_first and config.layers == (5,)
+        assert config.task_kwargs(grid[0])["n_train"] == grid[0].n_train
+
+
+def test_test_first_split_is_shared_and_nested():
+    from genbound.demo import tweets_split
+
+    small_train, small_test = tweets_split(50, 30, seed=3, test_first=True)
+    big_train, big_test = tweets_split(120, 30, seed=3, test_first=True)
+    assert small_test.texts == big_test.texts
+    assert torch.equal(small_test.labels, big_test.labels)
+    assert big_train.texts[:50] == small_train.texts
+    assert not set(big_train.texts) & set(big_test.texts)
+    old_train, old_test = tweets_split(50, 30, seed=3)  # the default order is unchanged
+    assert old_train.texts == tweets_split(50, 60, seed=3)[0].texts
+    assert old_test.texts != small_test.texts

@@ -14,8 +14,11 @@ stated):
 * ``effective_rank/mean``: effective rank of dW, mean over the matrix updates.
 * ``intruders``: intruder dimensions at ``intruder_eps`` summed over layers; need the base
   (its SVD is computed once into the on-disk cache, then read from it).
+* ``dist_merged``: sqrt(sum ||dW||_F^2) over the updates, the merged weights' distance
+  from their start; ``dist_trained``: ||theta - theta_0|| of the trained tensors whose
+  start is known (logged when some is).
 * with ``per_layer=True`` also ``dW_spectral_norm/<module>``, ``effective_rank/<module>``,
-  ``intruders/<module>``.
+  ``intruders/<module>``, ``dist_merged/<update>``.
 * expensive: ``top_eigenvalue`` (Hessian of the mean loss in the trained parameters, on
   ``hessian_data``; loss units per parameter unit squared), ``gap_loss`` (nats) and
   ``gap_error`` (0-1): test minus train mean on ``gap_data``.

@@ -80,6 +80,9 @@ STAGE_NAMES = {
     "compression": "compression bound",
     "curvature": "Hessian: top eigenvalue, trace, density",
     "landscape": "landscape slices",
+    "pacbayes": "Gaussian PAC-Bayes certificate",
+    "hessian_distance": "Hessian distance along dW",
+    "sharpness": "flatness and sharpness searches",
     "loading the task": "loading the task",
 }
 
@@ -95,6 +98,12 @@ def report_stage_names(options: ReportOptions) -> dict[str, str]:
             f"({o.density_probes} x {o.density_steps} Lanczos steps)"
         ),
         "landscape": f"landscape slices: 2 x {o.landscape_steps} losses on {n} training examples",
+        "pacbayes": f"Gaussian PAC-Bayes certificate: {o.pacbayes_samples} sampled models",
+        "hessian_distance": f"Hessian distance: dW^T H dW per layer on {n} training examples",
+        "sharpness": (
+            f"flatness and sharpness: 4 searches in {' and '.join(o.sharpness_spaces)} space "
+            f"on {o.sharpness_examples} training examples"
+        ),
     }
 
 

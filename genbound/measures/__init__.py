@@ -12,6 +12,12 @@ sweeps and the values it gives training callbacks. genbound's own, in registry o
 * ``spectra`` (:mod:`~genbound.measures.spectra`): spectra of dW and intruder dimensions;
 * ``curvature`` (:mod:`~genbound.measures.curvature`): Hessian top eigenvalue, trace, density;
 * ``landscape`` (:mod:`~genbound.measures.landscape`): 1-D loss slices;
+* ``distance`` (:mod:`~genbound.measures.distance`): how far the trained tensors and the
+  merged weights moved from their start;
+* ``hessian_distance`` (:mod:`~genbound.measures.hessian_distance`): Ju et al.'s
+  Hessian-weighted distance from the pretrained weights;
+* ``sharpness`` (:mod:`~genbound.measures.sharpness`): Jiang et al.'s PAC-Bayes flatness
+  and sharpness, plain and magnitude-aware;
 * ``sharpness`` (:mod:`~genbound.measures.sharpness`): PAC-Bayes flatness and sharpness;
 * ``gap`` (:mod:`~genbound.measures.gap`): the empirical gap.
 
