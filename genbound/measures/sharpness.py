@@ -38,6 +38,10 @@ NAMES = {
 }
 
 
+#: Fields of a search that are wall times, not results (left out of report.json).
+_TIMES = frozenset({"seconds"})
+
+
 @dataclass(frozen=True)
 class Sharpness:
     """The flatness searches of one checkpoint.
@@ -143,7 +147,8 @@ class SharpnessMeasure(Measure):
     def json(self, result, ckpt) -> dict:
         from genbound.report.serialize import jsonable
 
-        return {("sharpness",): None if result is None else jsonable(result)}
+        # wall times are not results: report.json keeps them under timings_s only
+        return {("sharpness",): None if result is None else jsonable(result, skip=_TIMES)}
 
     def markdown(self, result: Sharpness, measures) -> list[str]:
         from genbound.numbers import format_number as f
