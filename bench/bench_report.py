@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -56,15 +55,27 @@ def train(folder: Path, names: tuple[str, ...]) -> None:
             train_variant(TrainJob(spec, DEFAULT, str(folder / spec.name)))
 
 
+#: Runs a command and prints its CPU time and the peak RSS of it and its workers: a process
+#: of its own, because RUSAGE_CHILDREN's peak covers every child a process ever waited for.
+MEASURE = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "print(r.ru_utime + r.ru_stime, r.ru_maxrss)"
+)
+
+
 def timed(code: str, args: list[str]) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS GiB) of ``python -c code args`` and its workers."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, *args], check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, sys.executable, "-c", code, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, after.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    return wall, float(out[0]), int(out[1]) / 2**20  # ru_maxrss is in KiB on Linux
 
 
 def row(what: str, ours, base) -> None:
@@ -92,7 +103,6 @@ def main() -> None:
             runs = tmp / "runs"
             train(runs, (SINGLE, *SWEEP))
         single = ["report", str(runs / SINGLE), "--force", "--out"]
-        # the baseline first: the peak RSS of RUSAGE_CHILDREN only ever grows
         base = timed(BASELINE, [*single, str(tmp / "base")])
         ours = timed(GENBOUND, [*single, str(tmp / "ours")])
         row("one report (default options)", ours, base)
