@@ -117,7 +117,8 @@ def _open(path: Path, encoding: str) -> IO[str]:
         ) from None
 
 
-def _records(path: Path, encoding: str) -> _Records:
+def read_records(path: Path, encoding: str) -> _Records:
+    """The rows of a .csv or .jsonl data file (a GenboundError naming the file otherwise)."""
     fh = _open(path, encoding)
     try:
         with fh:
@@ -231,7 +232,7 @@ def read_labelled(
     more than :data:`MAX_CLASSES` classes, or text that is not CSV or JSON lines.
     """
     path = Path(path)
-    records = _records(path, encoding)
+    records = read_records(path, encoding)
     if not records.rows:
         raise input_error(
             path,
@@ -252,7 +253,7 @@ def read_labelled(
                 found=f"columns {sorted(records.columns)}",
                 cls=GenboundError,
             )
-    texts = tuple(_text(path, records, i, text_column) for i in range(len(records.rows)))
+    texts = tuple(text_at(path, records, i, text_column) for i in range(len(records.rows)))
     keys = [_label(path, records, i, label_column) for i in range(len(records.rows))]
     if label_names is not None:
         names = tuple(str(n) for n in label_names)
@@ -289,7 +290,8 @@ def read_labelled(
     return LabelledTexts(texts, torch.tensor(labels, dtype=torch.int64), names, str(path))
 
 
-def _text(path: Path, records: _Records, i: int, column: str) -> str:
+def text_at(path: Path, records: _Records, i: int, column: str) -> str:
+    """Row ``i``'s text in ``column`` (a GenboundError naming the file, row and column)."""
     value = records.rows[i][1].get(column)
     if isinstance(value, str):
         return value

@@ -1,0 +1,196 @@
+"""Texts for a causal language model: whole texts, or prompt and response pairs, read from
+``.jsonl``, ``.csv`` or ``.txt`` files and tokenized as a Trainer would.
+
+A whole text is scored on every token but its first; a prompt and response pair on the
+response's tokens only (the prompt is context). No label field is needed.
+Tokenization is ``tokenizer(text, truncation=True, max_length=L)`` with the tokenizer's
+default special tokens; for a pair, the prompt and the prompt followed by the response are
+tokenized the same way and the loss mask starts where the prompt's tokens end. How many
+texts were cut at L is counted, so a report can state it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from genbound.errors import GenboundError, input_error
+from genbound.tasks.texts import read_records, text_at
+
+
+@dataclass(frozen=True)
+class LMTexts:
+    """Texts of one split.
+
+    Attributes:
+        texts: the whole texts (with ``prompts``: the responses).
+        prompts: the prompts of prompt and response pairs, or None for whole texts.
+        source: where they were read (for messages).
+    """
+
+    texts: tuple[str, ...]
+    prompts: tuple[str, ...] | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.prompts is not None and len(self.prompts) != len(self.texts):
+            raise GenboundError(
+                f"{self.source or 'texts'}: expected one prompt per response; found "
+                f"{len(self.prompts)} prompts and {len(self.texts)} responses."
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_lm_texts(
+    path: str | Path,
+    *,
+    text_column: str | None = None,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+    encoding: str = "utf-8",
+) -> LMTexts:
+    """Read whole texts (``text_column``; a ``.txt`` file: one text per line) or prompt and
+    response pairs (``prompt_column`` and ``response_column``) from ``path``.
+
+    Raises a GenboundError naming the file, the line and the column for a missing file or
+    column, a line that is not a JSON object, a value that is not a string, or an empty
+    text or response.
+    """
+    path = Path(path)
+    pair = prompt_column is not None or response_column is not None
+    if pair == (text_column is not None) or (pair and None in (prompt_column, response_column)):
+        raise GenboundError(
+            f"{path}: expected either a text column, or a prompt column and a response "
+            f"column; found text={text_column!r}, prompt={prompt_column!r}, "
+            f"response={response_column!r}."
+        )
+    if path.suffix.lower() == ".txt":
+        if pair:
+            raise input_error(
+                path,
+                "a .txt file holds whole texts",
+                expected="--text-column (any name) for one text per line",
+                found="prompt and response columns",
+                cls=GenboundError,
+            )
+        return _text_lines(path, encoding)
+    records = read_records(path, encoding)
+    columns = (prompt_column, response_column) if pair else (text_column,)
+    for col in columns:
+        if col not in records.columns:
+            raise input_error(
+                path,
+                "column missing",
+                key=col,
+                expected=f"a column named {col!r}",
+                found=f"columns {sorted(records.columns)}",
+                cls=GenboundError,
+            )
+    n = len(records.rows)
+    scored = response_column if pair else text_column
+    texts = tuple(text_at(path, records, i, scored) for i in range(n))
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise input_error(
+                path,
+                f"empty text in {records.where(i)}",
+                key=scored,
+                expected="text with something to predict",
+                found=repr(t),
+                cls=GenboundError,
+            )
+    prompts = tuple(text_at(path, records, i, prompt_column) for i in range(n)) if pair else None
+    return LMTexts(texts, prompts, str(path))
+
+
+def _text_lines(path: Path, encoding: str) -> LMTexts:
+    try:
+        with open(path, encoding=encoding) as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError, LookupError) as exc:
+        raise input_error(
+            path,
+            "cannot read the text file",
+            expected=f"a readable {encoding} text file",
+            found=str(exc),
+            cls=GenboundError,
+        ) from None
+    texts = tuple(line for line in lines if line.strip())
+    if not texts:
+        raise input_error(
+            path, "no texts", expected="one text per line", found="none", cls=GenboundError
+        )
+    return LMTexts(texts, None, str(path))
+
+
+@dataclass(frozen=True)
+class TokenizedTexts:
+    """Token ids and loss masks of one split, one list per text.
+
+    Attributes:
+        input_ids: per text, its token ids (at most ``max_length``).
+        loss_mask: per text, 1 where the token is a target (the first token never is).
+        truncated: texts cut at ``max_length``.
+        max_length: L.
+    """
+
+    input_ids: tuple[tuple[int, ...], ...]
+    loss_mask: tuple[tuple[int, ...], ...]
+    truncated: int
+    max_length: int
+
+    @property
+    def predicted_tokens(self) -> int:
+        """Targets over all texts (N of a token-level bound)."""
+        return sum(sum(m[1:]) for m in self.loss_mask)
+
+
+def tokenize_lm(tokenizer, texts: LMTexts, max_length: int) -> TokenizedTexts:
+    """Token ids and loss masks of ``texts`` as ``tokenizer(..., truncation=True,
+    max_length=max_length)`` gives them.
+
+    Raises a GenboundError naming the source and the text when a text leaves nothing to
+    predict: fewer than two tokens, or a prompt that fills all ``max_length`` tokens.
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise GenboundError(f"max_length: expected an integer >= 2 tokens; found {max_length!r}.")
+    ids, masks, cut = [], [], 0
+    full = _texts_to_score(texts)
+    for i, text in enumerate(full):
+        enc = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        whole = tokenizer(text, truncation=False)["input_ids"]
+        cut += len(whole) > len(enc)
+        start = 1
+        if texts.prompts is not None:
+            prompt = tokenizer(texts.prompts[i], truncation=True, max_length=max_length)
+            start = max(1, _prompt_length(prompt["input_ids"], enc))
+        mask = tuple(int(j >= start) for j in range(len(enc)))
+        if sum(mask) == 0:
+            raise GenboundError(
+                f"{texts.source or 'texts'}: text {i + 1} has nothing to predict within "
+                f"max_length = {max_length} tokens ({len(enc)} tokens, the first "
+                f"{start} of them context); shorten its prompt or raise --max-length."
+            )
+        ids.append(tuple(int(t) for t in enc))
+        masks.append(mask)
+    return TokenizedTexts(tuple(ids), tuple(masks), cut, max_length)
+
+
+def _texts_to_score(texts: LMTexts) -> Sequence[str]:
+    if texts.prompts is None:
+        return texts.texts
+    return [p + r for p, r in zip(texts.prompts, texts.texts, strict=True)]
+
+
+def _prompt_length(prompt: Sequence[int], full: Sequence[int]) -> int:
+    """Tokens of ``full`` that belong to the prompt: the prompt's tokens without a trailing
+    end-of-sequence token the tokenizer adds (the common prefix of the two encodings)."""
+    n = 0
+    for a, b in zip(prompt, full, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
