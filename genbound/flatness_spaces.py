@@ -59,7 +59,6 @@ __all__ = [
     "trained_space",
 ]
 
-#: What each space perturbs, in words.
 #: The spaces the searches perturb, by name, in words.
 SPACES = SHARPNESS_SPACES
 
@@ -191,26 +190,14 @@ def merged_space(objective: Objective, base: Mapping[str, torch.Tensor]) -> Spac
 def trained_space(checkpoint: Checkpoint, objective: Objective) -> Space:
     """The ``trained`` space of ``checkpoint`` (see the module docstring)."""
     from genbound.bounds.compression import trainable_tensors, with_trainable_tensors
+    from genbound.bounds.gaussian import displacement
     from genbound.tasks.rebuild import load_updates_into, resolve_parameter
 
     model = objective.model
     w = {n: t.detach().to(torch.float64).cpu() for n, t in trainable_tensors(checkpoint).items()}
     initial = dict(checkpoint.initial or {})
-    unknown = sorted(set(initial) - set(w))
-    if unknown:
-        raise GenboundError(
-            f"{checkpoint.path}: the recorded initial values name {unknown[:3]}, which are not "
-            f"trained tensors; expected some of {sorted(w)[:3]}."
-        )
-    disp = {}
-    for n, t in w.items():
-        t0 = torch.as_tensor(initial.get(n, torch.zeros(()))).to(torch.float64).cpu()
-        if n in initial and tuple(t0.shape) != tuple(t.shape):
-            raise GenboundError(
-                f"{checkpoint.path}: the recorded initial value of {n!r} has shape "
-                f"{tuple(t0.shape)}; expected {tuple(t.shape)}."
-            )
-        disp[n] = t - t0
+    where = f"{checkpoint.path}: the recorded initial values"
+    disp = displacement(w, initial, where=where)
     given = [n for n in w if n in initial]
     reference = (
         f"the values before training the checkpoint records for {len(given)} of {len(w)} "

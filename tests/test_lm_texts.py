@@ -41,6 +41,7 @@ def test_read_texts_pairs_and_lines(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "kwargs", "message"),
     [
+        ([], {"text_column": "text"}, "no rows"),
         ([{"text": "a"}], {"text_column": "body"}, "column missing"),
         ([{"text": "   "}], {"text_column": "text"}, "empty text in line 1"),
         ([{"text": 3}], {"text_column": "text"}, "text not a string in line 1"),

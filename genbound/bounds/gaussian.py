@@ -270,21 +270,27 @@ def _flat(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _displacement(tensors, prior_centre) -> dict[str, torch.Tensor]:
-    """theta_hat - theta_0 per tensor (theta_0 = 0 where ``prior_centre`` names nothing: the
-    tensor itself, not a copy)."""
+def displacement(
+    tensors: Mapping[str, torch.Tensor],
+    centre: Mapping[str, torch.Tensor] | None,
+    *,
+    where: str = "Gaussian PAC-Bayes bound: prior_centre",
+) -> dict[str, torch.Tensor]:
+    """theta - theta_0 per float64 tensor, theta_0 from ``centre`` (0 where it names nothing:
+    the tensor itself, not a copy). A GenboundError starting with ``where`` when ``centre``
+    names a tensor not in ``tensors`` or has another shape."""
     disp = dict(tensors)
-    for name, c in (prior_centre or {}).items():
+    for name, c in (centre or {}).items():
         if name not in tensors:
             raise GenboundError(
-                f"Gaussian PAC-Bayes bound: prior_centre names {name!r}, which is not a "
-                f"trained tensor; expected some of {sorted(tensors)[:5]}."
+                f"{where} names {name!r}, which is not a trained tensor; expected some of "
+                f"{sorted(tensors)[:5]}."
             )
         c = torch.as_tensor(c).detach().to(torch.float64).cpu()
         if tuple(c.shape) != tuple(tensors[name].shape):
             raise GenboundError(
-                f"Gaussian PAC-Bayes bound: prior_centre[{name!r}] has shape {tuple(c.shape)}; "
-                f"expected {tuple(tensors[name].shape)}."
+                f"{where}[{name!r}] has shape {tuple(c.shape)}; expected "
+                f"{tuple(tensors[name].shape)}."
             )
         disp[name] = tensors[name] - c
     return disp
@@ -377,7 +383,7 @@ def gaussian_bound(
     vac_at, chance_level, vac_note = _vacuity(num_classes, chance, r, error_name)
 
     theta = _flat(tensors)
-    disp_t = _displacement(theta, prior_centre)
+    disp_t = displacement(theta, prior_centre)
     disp = torch.cat([d.reshape(-1) for d in disp_t.values()]).numpy()
     num_choices = sum(len(grid) if c == "isotropic" else len(grid) ** 2 for c in cands)
     confidence = math.log(2.0 * math.sqrt(n) / delta) + math.log(num_choices)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genbound.errors import GenboundError, input_error
-from genbound.tasks.texts import read_records, text_at
+from genbound.tasks.texts import check_columns, read_records, text_at
 
 
 @dataclass(frozen=True)
@@ -78,17 +78,7 @@ def read_lm_texts(
             )
         return _text_lines(path, encoding)
     records = read_records(path, encoding)
-    columns = (prompt_column, response_column) if pair else (text_column,)
-    for col in columns:
-        if col not in records.columns:
-            raise input_error(
-                path,
-                "column missing",
-                key=col,
-                expected=f"a column named {col!r}",
-                found=f"columns {sorted(records.columns)}",
-                cls=GenboundError,
-            )
+    check_columns(path, records, (prompt_column, response_column) if pair else (text_column,))
     n = len(records.rows)
     scored = response_column if pair else text_column
     texts = tuple(text_at(path, records, i, scored) for i in range(n))

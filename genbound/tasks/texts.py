@@ -233,26 +233,7 @@ def read_labelled(
     """
     path = Path(path)
     records = read_records(path, encoding)
-    if not records.rows:
-        raise input_error(
-            path,
-            "no rows",
-            expected="a header and at least one row"
-            if records.kind == "csv"
-            else "at least one JSON object",
-            found="none",
-            cls=GenboundError,
-        )
-    for col in (text_column, label_column):
-        if col not in records.columns:
-            raise input_error(
-                path,
-                "column missing",
-                key=col,
-                expected=f"a column named {col!r}",
-                found=f"columns {sorted(records.columns)}",
-                cls=GenboundError,
-            )
+    check_columns(path, records, (text_column, label_column))
     texts = tuple(text_at(path, records, i, text_column) for i in range(len(records.rows)))
     keys = [_label(path, records, i, label_column) for i in range(len(records.rows))]
     if label_names is not None:
@@ -288,6 +269,30 @@ def read_labelled(
         labels = [index[k] for k in keys]
         names = tuple(_name(k) for k in distinct)
     return LabelledTexts(texts, torch.tensor(labels, dtype=torch.int64), names, str(path))
+
+
+def check_columns(path: Path, records: _Records, columns: Sequence[str]) -> None:
+    """A GenboundError naming the file when it has no rows or lacks one of ``columns``."""
+    if not records.rows:
+        raise input_error(
+            path,
+            "no rows",
+            expected="a header and at least one row"
+            if records.kind == "csv"
+            else "at least one JSON object",
+            found="none",
+            cls=GenboundError,
+        )
+    for col in columns:
+        if col not in records.columns:
+            raise input_error(
+                path,
+                "column missing",
+                key=col,
+                expected=f"a column named {col!r}",
+                found=f"columns {sorted(records.columns)}",
+                cls=GenboundError,
+            )
 
 
 def text_at(path: Path, records: _Records, i: int, column: str) -> str:
