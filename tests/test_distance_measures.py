@@ -34,17 +34,23 @@ N = 24  # examples: batches of 16 and 8 (a short last batch)
 SCALE = 0.3
 
 
-def perturbed_run(tmp_path, variant="lora", links=1, **kw):
-    """A genbound run of the MLP (fc1, fc2 adapted with s = alpha / r = 2, classifier as
-    head), its trained tensors moved by seeded noise in each link; returns (checkpoint, the
-    moves, the ends): per factor parameter each link's end - start and end value (float64);
-    for the head, end - start over the run."""
+def applied(tmp_path, variant, **kw):
+    """(the MLP, its saved base, the handle of ``variant`` on fc1 and fc2, head trained)."""
     model = MLP()
     base = save_base(model, tmp_path)
     h = ga.apply(
         model, variant, rank=2, alpha=4.0, targets=["fc1", "fc2"], head=["classifier"],
         seed=3, **kw,
     )  # fmt: skip
+    return model, base, h
+
+
+def perturbed_run(tmp_path, variant="lora", links=1, **kw):
+    """A genbound run of the MLP (fc1, fc2 adapted with s = alpha / r = 2, classifier as
+    head), its trained tensors moved by seeded noise in each link; returns (checkpoint, the
+    moves, the ends): per factor parameter each link's end - start and end value (float64);
+    for the head, end - start over the run."""
+    model, base, h = applied(tmp_path, variant, **kw)
     gen = torch.Generator().manual_seed(5)
     head_start = {n: p.detach().clone() for n, p in model.named_parameters() if "classifier" in n}
     moves: dict[str, list[torch.Tensor]] = {}
@@ -70,12 +76,7 @@ def perturbed_run(tmp_path, variant="lora", links=1, **kw):
 
 def trained_run(tmp_path, variant="lora", **kw):
     """The MLP run trained 10 epochs on toy_task(N) (near a minimum: q > 0), saved."""
-    model = MLP()
-    base = save_base(model, tmp_path)
-    h = ga.apply(
-        model, variant, rank=2, alpha=4.0, targets=["fc1", "fc2"], head=["classifier"],
-        seed=3, **kw,
-    )  # fmt: skip
+    _, base, h = applied(tmp_path, variant, **kw)
     fit(h, toy_task(N), epochs=10, lr=0.02, batch_size=8, eval_train=False)
     return load_checkpoint(h.save(tmp_path / "run", base_model=base, n_train=N))
 
