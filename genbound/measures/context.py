@@ -60,9 +60,8 @@ class MeasureContext:
     seconds: dict[str, float] = field(default_factory=dict)
     task_failure: GenboundError | None = None
     _objectives: tuple[Objective, Objective] | None = None
-    _sample: tuple[Objective, Sample] | None = None
+    _samples: dict[int, tuple[Objective, Sample]] = field(default_factory=dict)
     _adapted: Objective | None = None
-    _sharpness_sample: tuple[Objective, Sample] | None = None
 
     @contextlib.contextmanager
     def timed(self, part: str, *, shown: bool = True) -> Iterator[None]:
@@ -96,29 +95,22 @@ class MeasureContext:
             self._objectives = (train, test)
         return self._objectives
 
-    def sample(self) -> tuple[Objective, Sample]:
-        """The training objective on ``options.curvature_examples`` examples (a seeded
-        sample stratified by label) and which examples they are; drawn once."""
-        if self._sample is None:
+    def sample(self, examples: int | None = None) -> tuple[Objective, Sample]:
+        """The training objective on ``examples`` examples (default
+        ``options.curvature_examples``; a seeded sample stratified by label) and which
+        examples they are; drawn once per size."""
+        n = self.options.curvature_examples if examples is None else examples
+        if n not in self._samples:
             from genbound.tasks.sampling import sample_objective
 
             train, _ = self.objectives()
-            o = self.options
-            self._sample = sample_objective(train, o.curvature_examples, seed=o.seed)
-        return self._sample
+            self._samples[n] = sample_objective(train, n, seed=self.options.seed)
+        return self._samples[n]
 
     def sharpness_sample(self) -> tuple[Objective, Sample]:
-        """The training objective on ``options.sharpness_examples`` examples, drawn like
-        :meth:`sample` (the same draw when the sizes agree); drawn once."""
-        o = self.options
-        if o.sharpness_examples == o.curvature_examples:
-            return self.sample()
-        if self._sharpness_sample is None:
-            from genbound.tasks.sampling import sample_objective
-
-            train, _ = self.objectives()
-            self._sharpness_sample = sample_objective(train, o.sharpness_examples, seed=o.seed)
-        return self._sharpness_sample
+        """:meth:`sample` of ``options.sharpness_examples`` examples (the curvature sample
+        when the sizes agree)."""
+        return self.sample(self.options.sharpness_examples)
 
     def adapted(self) -> Objective:
         """The sample's objective on a copy of the model with each factored update as an
