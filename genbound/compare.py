@@ -85,8 +85,8 @@ TARGET_STDERRS: dict[str, Callable[[Mapping], float | None]] = {
 
 #: The hyper-parameters a row records (None where a report does not say): the variant,
 #: the rank and chain length, the data seed, the training-set size, the epochs trained,
-#: the learning rate (when the checkpoint's hyper-parameters record one) and the
-#: dimension of a trained subspace (None for a full adapter).
+#: the learning rate (when the checkpoint's hyper-parameters or metrics record them) and
+#: the dimension of a trained subspace (None for a full adapter).
 HPARAMS = ("variant", "rank", "chain", "seed", "n_train", "epochs", "lr", "subspace")
 
 
@@ -120,8 +120,8 @@ def _hparams(doc: Mapping) -> dict[str, Any]:
 
 def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
     """One row per report (keyed by run name): the :data:`HPARAMS`, measures, targets with
-    their standard errors (``<target>_stderr``), ``vacuous``: the bounds at or above their trivial value in that run, and
-    ``user_measures``: the columns its user measures added (``<name>``, or ``<name>.<key>``
+    their standard errors (``<target>_stderr``), ``vacuous``: the bounds at or above their
+    trivial value in that run, and ``user_measures``: the columns its user measures added (``<name>``, or ``<name>.<key>``
     for a mapping)."""
     rows = []
     for name, doc in docs.items():
