@@ -121,11 +121,11 @@ class SpaceFlatness:
 
 
 def mean_error(objective: Objective) -> float:
-    """The objective's mean per-unit error (its metric's), in eval mode."""
-    from genbound.gap import evaluate
+    """The objective's mean per-unit error (its metric's, weighted by the units'
+    weights), in eval mode."""
+    from genbound.gap import mean_error as weighted_mean_error
 
-    _, errors = evaluate(objective)
-    return float(errors.mean())
+    return weighted_mean_error(objective)
 
 
 def loss_gradient(objective: Objective, names: list[str]) -> dict[str, torch.Tensor]:
@@ -138,7 +138,7 @@ def loss_gradient(objective: Objective, names: list[str]) -> dict[str, torch.Ten
     params = dict(model.named_parameters())
     wanted = [params[n] for n in names]
     total = [torch.zeros(p.shape, dtype=torch.float64) for p in wanted]
-    n = max(objective.num_examples, 1)
+    n = max(objective.total_weight, 1e-300)
     with preserved(model):
         model.eval()
         for p in model.parameters():
@@ -146,7 +146,7 @@ def loss_gradient(objective: Objective, names: list[str]) -> dict[str, torch.Ten
         for p in wanted:
             p.requires_grad_(True)
         for batch in objective.batches:
-            loss = objective.loss(model, batch).sum() / n
+            loss = objective.weighted_sum(objective.loss(model, batch), batch) / n
             grads = torch.autograd.grad(loss, wanted, allow_unused=True)
             for t, g in zip(total, grads, strict=True):
                 if g is not None:

@@ -15,7 +15,7 @@ from genbound.bounds.compression import (
     with_trainable_tensors,
 )
 from genbound.checkpoint.model import Checkpoint
-from genbound.gap import evaluate
+from genbound.gap import mean_error
 from genbound.tasks.objective import Objective
 from genbound.tasks.rebuild import load_updates_into
 from genbound.tasks.state import preserved_state
@@ -31,8 +31,7 @@ def train_error_with(
     """
     with preserved_state(train.model, parameters=True):
         load_updates_into(train.model, with_trainable_tensors(checkpoint, tensors))
-        _, errors = evaluate(train)
-    return float(errors.mean())
+        return mean_error(train)
 
 
 def codebook_mode(checkpoint: Checkpoint) -> str:

@@ -509,7 +509,7 @@ def gaussian_bound_on(
     """
     import dataclasses
 
-    from genbound.gap import evaluate as evaluate_objective
+    from genbound.gap import mean_error
     from genbound.state import preserved
     from genbound.tasks.packing import take_rows
     from genbound.tasks.rebuild import load_updates_into
@@ -528,8 +528,7 @@ def gaussian_bound_on(
         if units is not None:
             picks = [rows[int(u)] for u in units]
             objective = dataclasses.replace(train, batches=take_rows(train.batches, picks))
-        _, errors = evaluate_objective(objective)
-        return float(errors.mean())
+        return mean_error(objective)
 
     metric = train.metric
     kwargs.setdefault("prior_centre", checkpoint.initial)

@@ -103,10 +103,9 @@ class _Base:
         self.num_products = 0
         self._graphs: list[tuple[torch.Tensor, ...]] | None = None
         self._session: contextlib.ExitStack | None = None
-        n = objective.num_examples
-        if n <= 0:
+        if objective.num_examples <= 0:
             raise GenboundError("The objective has no examples; expected at least one batch.")
-        self._n = n
+        self._n = objective.total_weight  # the loss is the weighted mean over units
 
     # -- to define -------------------------------------------------------------------
     def _inputs(self) -> list[torch.Tensor]:  # pragma: no cover - abstract
@@ -142,7 +141,8 @@ class _Base:
     def _batch_grads(self, batch) -> tuple[torch.Tensor, ...]:
         inputs = self._inputs()
         with torch.enable_grad():
-            loss = self.objective.loss(self.model, batch).sum() / self._n
+            loss = self.objective.weighted_sum(self.objective.loss(self.model, batch), batch)
+            loss = loss / self._n
             return torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
 
     def _grads(self):

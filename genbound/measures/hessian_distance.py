@@ -156,8 +156,12 @@ def hessian_distance(
         objective, [(p, m, d) for (_, p, m), d in zip(kept, deltas, strict=True)]
     )  # (examples, layers)
     n = c.shape[0]
-    q = c.mean(axis=0)
-    cov = np.cov(c, rowvar=False, ddof=1).reshape(len(kept), len(kept)) / n if n > 1 else None
+    # units weighted as the objective weighs them (a text by its predicted tokens); the
+    # covariance is the ratio estimator's (the plain one for equal weights)
+    w = np.concatenate([objective.weights_of(b).numpy() for b in objective.batches])
+    q = (w[:, None] * c).sum(axis=0) / w.sum()
+    z = w[:, None] * (c - q) / w.mean()
+    cov = (z.T @ z) / (n * (n - 1)) if n > 1 else None
     stderr = np.sqrt(np.diag(cov)) if cov is not None else np.full(len(kept), math.nan)
     positive = np.clip(q, 0.0, None)
     grad = np.where(q > 0, 0.5 / np.sqrt(np.where(q > 0, q, 1.0)), 0.0)

@@ -62,6 +62,9 @@ class Metric:
         loss_range: the loss lies in [0, loss_range]; None when unbounded (cross-entropy).
         loss_unit: unit of the loss values (``"nats"``).
         num_classes: K for classification, else None.
+        weight_unit: what a unit's weight counts when units weigh differently
+            (``"predicted tokens"`` for a language model's texts), else None.
+        vocab_size: V of a language model, else None.
     """
 
     name: str
@@ -75,6 +78,8 @@ class Metric:
     loss_range: float | None
     loss_unit: str = "nats"
     num_classes: int | None = None
+    weight_unit: str | None = None
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         r = self.error_range

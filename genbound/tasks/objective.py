@@ -14,7 +14,13 @@ the same ones):
 * :data:`~genbound.tasks.metric.OutputLoss`: ``loss(outputs, targets) -> (B,)``, a loss
   (or error) from the outputs and ``batch.labels``;
 * :data:`PerExampleLoss`: ``loss(model, batch) -> (B,)``, the two composed (what
-  curvature and landscapes differentiate); :func:`loss_from` builds one.
+  curvature and landscapes differentiate); :func:`loss_from` builds one;
+* :data:`UnitWeight`: ``weight(batch) -> (B,)``, how much each unit counts in a mean (1
+  each by default; a causal language model's text counts its predicted tokens), so every
+  mean over an objective is ``sum_i w_i l_i / sum_i w_i``;
+* :data:`Scorer`: ``score(model, batch) -> (loss (B,), error (B,))`` in float64 without
+  gradients, for objectives whose outputs are too large to return whole (a language
+  model's logits); by default the metric's loss and error of the outputs.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ PerExampleLoss = Callable[[nn.Module, Any], torch.Tensor]
 #: ``forward(model, batch) -> (B, ...)`` model outputs (class logits (B, K) for
 #: classification).
 Forward = Callable[[nn.Module, Any], torch.Tensor]
+
+#: ``weight(batch) -> (B,)`` float64, how much each unit counts in the objective's means.
+UnitWeight = Callable[[Any], torch.Tensor]
+#: ``score(model, batch) -> (loss (B,), error (B,))``, float64, no gradients.
+Scorer = Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]
 
 #: The metric of an objective that names none: classification, K not known (no chance level).
 CLASSIFICATION = classification()
@@ -76,6 +87,12 @@ class Objective:
         metric: the :class:`~genbound.tasks.metric.Metric` the gap and the bounds read (the
             loss and error they report, the error's range and chance level, the unit of
             N); default: classification with K not known.
+        weight: ``weight(batch) -> (B,)`` how much each unit counts in every mean over the
+            objective (the gap, the curvature's loss, errors of perturbed models); None: 1
+            each. The per-unit ``loss`` is then a mean over the unit's parts (a text's
+            mean token loss, weighted by its token count).
+        score: ``score(model, batch) -> (loss, error)`` per unit, float64 (default: the
+            metric's loss and error of :meth:`outputs` cast to float64).
     """
 
     model: nn.Module
@@ -85,6 +102,8 @@ class Objective:
     description: str = ""
     forward: Forward | None = None
     metric: Metric = CLASSIFICATION
+    weight: UnitWeight | None = None
+    score: Scorer | None = None
 
     def outputs(self, batch: Batch) -> torch.Tensor:
         """(B, ...) model outputs on ``batch`` (class logits (B, K) for classification)."""
@@ -94,17 +113,60 @@ class Objective:
         """:meth:`outputs` under its classification name."""
         return self.outputs(batch)
 
+    def scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss (B,), error (B,)) per unit of ``batch``, float64, in the model's current
+        mode: ``score`` when given, else the metric's of the outputs cast to float64
+        (exact for the argmax of float32 outputs)."""
+        if self.score is not None:
+            loss, error = self.score(self.model, batch)
+            return loss.double(), error.double()
+        outputs = self.outputs(batch).double()
+        return (
+            self.metric.loss(outputs, batch.labels),
+            self.metric.error(outputs, batch.labels).double(),
+        )
+
+    def weights_of(self, batch: Batch) -> torch.Tensor:
+        """(B,) float64 weights of the units of ``batch`` (1 each without ``weight``)."""
+        if self.weight is None:
+            return torch.ones(len(batch), dtype=torch.float64)
+        w = torch.as_tensor(self.weight(batch)).detach().to(torch.float64).reshape(-1)
+        if w.shape != (len(batch),):
+            raise GenboundError(
+                f"{self.description or 'objective'}: the unit weights must have shape "
+                f"({len(batch)},), one per unit; found {tuple(w.shape)}."
+            )
+        return w
+
+    def weighted_sum(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """sum_i w_i losses_i over the units of ``batch`` (differentiable in ``losses``;
+        the plain sum without ``weight``)."""
+        if self.weight is None:
+            return losses.sum()
+        w = self.weights_of(batch).to(device=losses.device, dtype=losses.dtype)
+        return (w * losses).sum()
+
     @property
     def num_examples(self) -> int:
+        """Units (examples; texts for a language model)."""
         return sum(len(b) for b in self.batches)
 
+    @property
+    def total_weight(self) -> float:
+        """sum of the units' weights (:attr:`num_examples` without ``weight``; predicted
+        tokens for a language model): what every mean over the objective divides by."""
+        if self.weight is None:
+            return float(self.num_examples)
+        return float(sum(float(self.weights_of(b).sum()) for b in self.batches))
+
     def mean_loss(self) -> float:
-        """Mean per-example loss over all batches, summed in float64 (no grad, model mode unchanged)."""
+        """Weighted mean per-unit loss over all batches, summed in float64 (no grad, model
+        mode unchanged)."""
         total = 0.0
         with torch.no_grad():
             for b in self.batches:
-                total += float(self.loss(self.model, b).double().sum())
-        return total / max(self.num_examples, 1)
+                total += float(self.weighted_sum(self.loss(self.model, b).double(), b))
+        return total / max(self.total_weight, 1e-300)
 
 
 def outputs_of(output: Any) -> torch.Tensor:
