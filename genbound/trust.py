@@ -45,6 +45,7 @@ TASKS = Providers(
     "task",
     {
         "genbound.tasks.hf_text:text_files": "genbound.tasks.hf_text:text_files",
+        "genbound.tasks.text_data:text_data": "genbound.tasks.text_data:text_data",
         "genbound.demo.data:tweets_task": "genbound.demo.data:tweets_task",
     },
     instead="or give the task yourself with --task or --data",

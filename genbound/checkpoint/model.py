@@ -80,6 +80,9 @@ class Checkpoint:
         adapter_name: the adapter's name (PEFT's ``"default"`` for the top folder).
         others: further adapters stored beside this one (PEFT sub-folders), by name.
         notes: things the loader wants the user to know (assumptions, skipped keys).
+        objective: what the model was trained for, as the checkpoint states it
+            (``"causal_lm"`` or ``"sequence_classification"``: a PEFT ``task_type``, a
+            genbound run's record), else None.
     """
 
     path: Path
@@ -98,6 +101,7 @@ class Checkpoint:
     adapter_name: str = "default"
     others: Mapping[str, Checkpoint] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    objective: str | None = None
     #: a subspace run's coded z and how its factors are rebuilt from z, else None.
     subspace: SubspaceCode | None = None
     #: trained factors' values when their link started, by the name

@@ -120,6 +120,7 @@ CONFIG_SCHEMA = Record(
         "base_model_name_or_path": Nullable(STRING),
         "init_lora_weights": AnyOf("true, false or a string", (BOOL, STRING)),
         "bias": STRING,
+        "task_type": Nullable(STRING),
         "projection_prng_key": INT,
         "d_initial": NUMBER,
         "save_projection": BOOL,
@@ -155,6 +156,10 @@ def pattern_key(patterns: list[str], module: str) -> str | None:
         if re.match(_pattern_regex(key), module):
             return key
     return None
+
+
+#: PEFT ``task_type`` -> the objective genbound evaluates (others: not said).
+PEFT_TASK_TYPES = {"CAUSAL_LM": "causal_lm", "SEQ_CLS": "sequence_classification"}
 
 
 def _pattern_regex(key: str) -> str:
@@ -218,6 +223,7 @@ def load_peft(
         dtype=dtype,
         base=base,
         base_ref=config.get("base_model_name_or_path"),
+        objective=PEFT_TASK_TYPES.get(str(config.get("task_type") or "").upper()),
         metrics=state,
         adapter_name=adapter_name,
         others=others,

@@ -61,8 +61,21 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         nargs=2,
         type=Path,
         metavar=("TRAIN", "TEST"),
-        help="labelled texts (.csv or .jsonl) for a Hugging Face sequence classifier",
+        help="texts (.csv or .jsonl; .txt for a causal LM's whole texts): labelled for a "
+        "sequence classifier, plain or prompt/response pairs for a causal language model",
     )
+    g.add_argument(
+        "--objective",
+        choices=("auto", "causal_lm", "sequence_classification"),
+        default="auto",
+        help="what the checkpoint predicts (default auto: its PEFT task_type, else its base "
+        "model's architectures, else sequence_classification)",
+    )
+    g.add_argument(
+        "--prompt-column",
+        help="a causal LM's prompt column of --data (context only: the loss is on the response)",
+    )
+    g.add_argument("--response-column", help="a causal LM's response column of --data")
     g.add_argument("--text-column", default="text", help="text column of --data (default: text)")
     g.add_argument(
         "--label-column", default="label", help="label column of --data (default: label)"
@@ -73,7 +86,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="comma-separated label names in class-index order (default: integer labels are class indices, other labels sorted)",
     )
     g.add_argument(
-        "--max-length", type=_positive_int, default=64, help="tokens per text (default: 64)"
+        "--max-length",
+        type=_positive_int,
+        default=None,
+        help="tokens per text, longer texts are cut (default: 64 for a classifier; for a causal "
+        "LM the tokenizer's and model's limit, at most 1,024)",
     )
     g.add_argument(
         "--task",
@@ -468,11 +485,16 @@ def _task_reference(args: argparse.Namespace) -> tuple[object | None, str]:
             "text_column": args.text_column,
             "label_column": args.label_column,
             "encoding": args.encoding,
-            "max_length": args.max_length,
+            "objective": args.objective,
         }
+        if args.max_length is not None:
+            kwargs["max_length"] = args.max_length
+        if args.prompt_column is not None or args.response_column is not None:
+            kwargs["prompt_column"] = args.prompt_column
+            kwargs["response_column"] = args.response_column
         if args.label_names:
             kwargs["label_names"] = [x.strip() for x in args.label_names.split(",")]
-        return TaskReference("genbound.tasks.hf_text:text_files", kwargs), "--data"
+        return TaskReference("genbound.tasks.text_data:text_data", kwargs), "--data"
     return None, ""
 
 

@@ -280,6 +280,9 @@ def run_report_job(
             task = load_task(ref, where=where, trusted=trusted)
     if task is not None:
         task = with_device(task, options.device)
+        resolve = getattr(task, "for_checkpoint", None)
+        if callable(resolve):  # a task that depends on the checkpoint's kind (--data)
+            task = resolve(ckpt)
     hooks = {}  # measure_checkpoint's own defaults where none is given
     if stage is not None:
         hooks["stage"] = stage

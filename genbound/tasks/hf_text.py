@@ -162,16 +162,7 @@ class TextClassificationTask:
 
     def base_for(self, checkpoint: Checkpoint | None) -> Path:
         """The pretrained model folder: ``base_path``, else the checkpoint's base model."""
-        if self.base_path is not None:
-            return Path(self.base_path)
-        base = getattr(checkpoint, "base", None)
-        if base is None or not Path(base.path).is_dir():
-            raise GenboundError(
-                "text classification task: expected a base model folder (with its tokenizer) "
-                "from the checkpoint or base_path; found "
-                + (f"{base.path} (not a folder)." if base is not None else "none.")
-            )
-        return Path(base.path)
+        return base_folder(self.base_path, checkpoint, "text classification task")
 
     def build_model(
         self, checkpoint: Checkpoint | None = None, *, attn_implementation: str = "sdpa"
@@ -186,31 +177,13 @@ class TextClassificationTask:
 
         base_path = self.base_for(checkpoint)
         self.check_head(checkpoint, base_path)
-        from transformers.utils import logging as hf_logging
-
-        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice
-        hf_logging.disable_progress_bar()  # library code draws no bars
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base_path,
-                num_labels=self.num_labels,
-                attn_implementation=attn_implementation,
-                local_files_only=True,
-            )
-        except (OSError, ValueError, KeyError) as exc:  # missing files, unknown model_type
-            raise input_error(
-                base_path,
-                "cannot load the base model",
-                expected="a Hugging Face model folder (config.json and weights) of a "
-                "sequence classifier transformers knows",
-                found=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}",
-                cls=GenboundError,
-            ) from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            if bars:
-                hf_logging.enable_progress_bar()
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            base_path,
+            "sequence classifier",
+            num_labels=self.num_labels,
+            attn_implementation=attn_implementation,
+        )
         if checkpoint is not None:
             load_updates_into(model, checkpoint)
         return model.to(self.device).eval()
@@ -383,6 +356,49 @@ def _base_head(checkpoint: Checkpoint | None, base_path: Path) -> tuple[str, int
     finally:
         if opened is not None:
             opened.close()
+
+
+def load_pretrained(auto_class, base_path: Path, kind: str, **kwargs) -> nn.Module:
+    """``auto_class.from_pretrained(base_path, local_files_only=True, **kwargs)``: read from
+    the local folder only (nothing is downloaded, no remote code), with transformers'
+    verbosity and progress bars turned down while it loads and restored after; a
+    GenboundError naming the folder when it does not load as a ``kind`` transformers
+    knows."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # e.g. a fresh head's "newly initialized" notice
+    hf_logging.disable_progress_bar()  # library code draws no bars
+    try:
+        return auto_class.from_pretrained(base_path, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:  # missing files, unknown model_type
+        raise input_error(
+            base_path,
+            "cannot load the base model",
+            expected=f"a Hugging Face model folder (config.json and weights) of a {kind} "
+            "transformers knows",
+            found=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}",
+            cls=GenboundError,
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def base_folder(base_path: Path | str | None, checkpoint: Checkpoint | None, what: str) -> Path:
+    """The pretrained model folder: ``base_path``, else the checkpoint's base model; a
+    GenboundError (``what`` names the task) when there is none."""
+    if base_path is not None:
+        return Path(base_path)
+    base = getattr(checkpoint, "base", None)
+    if base is None or not Path(base.path).is_dir():
+        raise GenboundError(
+            f"{what}: expected a base model folder (with its tokenizer) from the checkpoint "
+            "or base_path; found "
+            + (f"{base.path} (not a folder)." if base is not None else "none.")
+        )
+    return Path(base.path)
 
 
 def load_tokenizer(base_path: Path):

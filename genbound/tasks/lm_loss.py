@@ -12,7 +12,7 @@ until backward, as for an unchunked loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,11 +31,15 @@ class TokenLosses:
         loss_sum: (B,) float64, summed cross-entropy (nats) over the text's predicted tokens.
         error_sum: (B,) float64, number of predicted tokens whose top-1 prediction is wrong.
         tokens: (B,) int64, predicted tokens per text (0 for a text with nothing to predict).
+        smoothed_bits_sum: (B, A) float64, per smoothing level a of ``smoothing``: the
+            summed -log2((1 - a) p + a / V) over the text's predicted tokens, p the
+            probability of the right token (bits); (B, 0) without smoothing levels.
     """
 
     loss_sum: torch.Tensor
     error_sum: torch.Tensor
     tokens: torch.Tensor
+    smoothed_bits_sum: torch.Tensor | None = None
 
 
 def next_token_losses(
@@ -45,6 +49,7 @@ def next_token_losses(
     loss_mask: torch.Tensor,
     *,
     chunk_tokens: int = CHUNK_TOKENS,
+    smoothing: Sequence[float] = (),
 ) -> TokenLosses:
     """Next-token losses of each text from the final hidden states.
 
@@ -55,6 +60,8 @@ def next_token_losses(
         loss_mask: (B, T) bool or 0/1: which tokens count as targets (position 0 never
             does: nothing predicts it).
         chunk_tokens: predicted positions per call of ``output_layer``.
+        smoothing: levels a in (0, 1] of the prediction-smoothed NLL to sum as well
+            (``smoothed_bits_sum``), from the same logits.
 
     Returns:
         :class:`TokenLosses`; ``loss_sum`` keeps the graph to ``hidden`` and the output
@@ -74,6 +81,11 @@ def next_token_losses(
         raise GenboundError(
             f"next-token losses: chunk_tokens must be a positive integer; found {chunk_tokens!r}."
         )
+    alphas = torch.tensor([float(a) for a in smoothing], dtype=torch.float64)
+    if not bool(((alphas > 0) & (alphas <= 1)).all()):
+        raise GenboundError(
+            f"next-token losses: smoothing levels must lie in (0, 1]; found {list(smoothing)}."
+        )
     b = hidden.shape[0]
     targets_mask = loss_mask[:, 1:].bool()
     text, pos = targets_mask.nonzero(as_tuple=True)  # predicted positions, text-major order
@@ -81,6 +93,8 @@ def next_token_losses(
     targets = input_ids[:, 1:][text, pos]  # (M,)
     loss_sum = torch.zeros(b, dtype=torch.float64, device=hidden.device)
     error_sum = torch.zeros(b, dtype=torch.float64, device=hidden.device)
+    smoothed = torch.zeros((b, len(alphas)), dtype=torch.float64, device=hidden.device)
+    alphas = alphas.to(hidden.device)
     for start in range(0, int(targets.shape[0]), chunk_tokens):
         stop = start + chunk_tokens
         logits = output_layer(rows[start:stop])  # (c, V)
@@ -91,5 +105,10 @@ def next_token_losses(
         wrong = (logits.detach().argmax(dim=-1) != target).double()
         loss_sum = loss_sum.index_add(0, text[start:stop], losses.double())
         error_sum = error_sum.index_add(0, text[start:stop], wrong)
+        if len(alphas):
+            p = torch.exp(-losses.detach().double())[:, None]  # (c, 1)
+            v = logits.shape[-1]
+            bits = -torch.log2((1.0 - alphas) * p + alphas / v)  # (c, A)
+            smoothed = smoothed.index_add(0, text[start:stop], bits)
     tokens = targets_mask.sum(dim=1).to(torch.int64)
-    return TokenLosses(loss_sum, error_sum, tokens)
+    return TokenLosses(loss_sum, error_sum, tokens, smoothed)
