@@ -76,6 +76,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="a causal LM's prompt column of --data (context only: the loss is on the response)",
     )
     g.add_argument("--response-column", help="a causal LM's response column of --data")
+    g.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="a causal LM's floating-point type (default auto: as saved; float32 for "
+        "precise curvature of a bfloat16 model)",
+    )
     g.add_argument("--text-column", default="text", help="text column of --data (default: text)")
     g.add_argument(
         "--label-column", default="label", help="label column of --data (default: label)"
@@ -487,6 +494,8 @@ def _task_reference(args: argparse.Namespace) -> tuple[object | None, str]:
             "encoding": args.encoding,
             "objective": args.objective,
         }
+        if args.dtype != "auto":
+            kwargs["dtype"] = args.dtype
         if args.max_length is not None:
             kwargs["max_length"] = args.max_length
         if args.prompt_column is not None or args.response_column is not None:

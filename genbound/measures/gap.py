@@ -41,15 +41,29 @@ class Gap(Measure):
         from genbound.numbers import format_pm
 
         g = result
-        return [
+        weighted = g.weight_unit is not None and g.train.n_weight is not None
+        how = (
+            f"Same weights, eval mode, means per {_one(g.weight_unit)} over all "
+            f"{g.weight_unit} of the split (± one standard error, {g.unit} as the "
+            "independent units)."
+            if weighted
+            else f"Same weights, eval mode, means per {_one(g.unit)} (± one standard error)."
+        )
+        lines = [
             "",
             "## Empirical gap",
             "",
-            f"Same weights, eval mode, means per {_one(g.unit)} (± one standard error).",
+            how,
             "",
             "| | train | test | gap (test - train) |",
             "|---|---|---|---|",
             f"| {g.unit} | {g.train.n:,} | {g.test.n:,} | |",
+        ]
+        if weighted:
+            lines.append(
+                f"| {g.weight_unit} | {g.train.n_weight:,.0f} | {g.test.n_weight:,.0f} | |"
+            )
+        lines += [
             f"| {g.loss_name} ({g.loss_unit}) | {format_pm(g.train.loss, g.train.loss_stderr)} | "
             f"{format_pm(g.test.loss, g.test.loss_stderr)} | "
             f"{format_pm(g.loss_gap, g.loss_gap_stderr)} |",
@@ -57,10 +71,23 @@ class Gap(Measure):
             f"{format_pm(g.test.error, g.test.error_stderr)} | "
             f"{format_pm(g.error_gap, g.error_gap_stderr)} |",
         ]
+        if weighted:
+            lines.append(
+                f"| per-{_one(g.unit)} mean {g.loss_name} | {g.train.unit_loss:.4f} | "
+                f"{g.test.unit_loss:.4f} | {g.test.unit_loss - g.train.unit_loss:+.4f} |"
+            )
+            lines.append(
+                f"| per-{_one(g.unit)} mean {g.error_name} | {g.train.unit_error:.4f} | "
+                f"{g.test.unit_error:.4f} | {g.test.unit_error - g.train.unit_error:+.4f} |"
+            )
+        return lines
 
     def reading(self, result: GapResult, measures) -> list[str]:
         g = result
-        z = g.error_gap / g.error_gap_stderr if g.error_gap_stderr > 0 else float("inf")
+        if g.error_gap_stderr > 0:
+            z = g.error_gap / g.error_gap_stderr
+        else:  # every unit scored alike: the gap is exactly what it is
+            z = 0.0 if g.error_gap == 0 else float("inf")
         verdict = "not distinguishable from zero" if abs(z) < 2 else "clearly different from zero"
         what = "0-1 gap" if g.error_name == "0-1 error" else f"gap in {g.error_name}"
         return [

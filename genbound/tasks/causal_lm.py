@@ -56,6 +56,9 @@ __all__ = [
 #: text and layer. Longer contexts are for a --max-length the user chooses.
 MAX_LENGTH_CAP = 1024
 
+#: The model dtypes a causal LM task takes (``auto``: as saved).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 def _no_output_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     raise GenboundError(
@@ -169,6 +172,9 @@ class CausalLMTask:
         batch_tokens: padded tokens per batch (texts of similar length share one).
         chunk_tokens: predicted positions per call of the output layer.
         device: where the model and the data live.
+        dtype: the model's floating-point type: ``"auto"`` (as saved: a bfloat16 model
+            stays bfloat16), ``"float32"``, ``"bfloat16"`` or ``"float16"``. Losses are
+            computed in at least float32 and summed in float64 either way.
     """
 
     train: LMTexts
@@ -178,8 +184,13 @@ class CausalLMTask:
     batch_tokens: int = 8192
     chunk_tokens: int = CHUNK_TOKENS
     device: str = "cpu"
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise GenboundError(
+                f"dtype: expected one of {', '.join(DTYPES)}; found {self.dtype!r}."
+            )
         if self.max_length is not None:
             check_positive("max_length", self.max_length, "tokens")
         check_positive("batch_tokens", self.batch_tokens, "tokens")
@@ -237,6 +248,7 @@ class CausalLMTask:
             base_path,
             "causal language model",
             attn_implementation=attn_implementation,
+            **({} if self.dtype == "auto" else {"dtype": getattr(torch, self.dtype)}),
         )
         if checkpoint is not None:
             load_updates_into(model, checkpoint)

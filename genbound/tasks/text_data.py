@@ -87,6 +87,8 @@ class TextData:
             1,024) for a causal LM.
         batch_size: a classifier's texts per batch.
         device: where the model and the data live.
+        dtype: a causal LM's floating-point type (``auto``: as saved; see
+            :class:`~genbound.tasks.causal_lm.CausalLMTask`).
     """
 
     train: str
@@ -102,6 +104,7 @@ class TextData:
     max_length: int | None = None
     batch_size: int = 64
     device: str = "cpu"
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -194,7 +197,12 @@ class TextData:
         test = read_lm_texts(self.test, encoding=self.encoding, **columns)
         base = base_folder(self.base_path, checkpoint, "causal language model task")
         return CausalLMTask(
-            train, test, base_path=base, max_length=self.max_length, device=self.device
+            train,
+            test,
+            base_path=base,
+            max_length=self.max_length,
+            device=self.device,
+            dtype=self.dtype,
         )
 
     def objectives(self, checkpoint: Checkpoint | None):
@@ -222,6 +230,7 @@ def text_data(
     base_path: str | None = None,
     max_length: int | None = None,
     batch_size: int = 64,
+    dtype: str = "auto",
 ) -> TextData:
     """The task of ``--data TRAIN TEST`` (see :class:`TextData`)."""
     return TextData(
@@ -237,4 +246,5 @@ def text_data(
         base_path=base_path,
         max_length=max_length,
         batch_size=batch_size,
+        dtype=dtype,
     )
