@@ -15,6 +15,7 @@ DATA_FREE_PARTS = ("spectra", "mi", "theorem1", "distance")
 DATA_PARTS = (
     "gap",
     "compression",
+    "token_bound",
     "pacbayes",
     "curvature",
     "landscape",

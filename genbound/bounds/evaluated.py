@@ -1,4 +1,5 @@
-"""Bounds that need the model run on its training data (the compression PAC-Bayes bound)."""
+"""Bounds that need the model run on its training data (the compression PAC-Bayes bound,
+and a causal LM's token- and document-level bounds)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from genbound.bounds.compression import (
     trainable_tensors,
     with_trainable_tensors,
 )
+from genbound.bounds.token_level import ALPHAS, TokenBoundResult, TrainScores, token_level_bound
 from genbound.checkpoint.model import Checkpoint
+from genbound.errors import GenboundError
 from genbound.gap import mean_error
 from genbound.tasks.objective import Objective
 from genbound.tasks.rebuild import load_updates_into
@@ -102,4 +105,72 @@ def compression_bound_on(
         preamble=preamble,
         assumptions=assumptions,
         measured=None if measured_error is None else (coded, measured_error),
+    )
+
+
+def lm_train_scores(
+    train: Objective,
+    checkpoint: Checkpoint,
+    tensors: Mapping[str, torch.Tensor],
+    alphas: Sequence[float],
+) -> TrainScores:
+    """A causal LM's :class:`~genbound.bounds.token_level.TrainScores` on ``train`` with the
+    checkpoint's trained tensors replaced by ``tensors`` (the objective's scorer must give
+    token losses: :class:`~genbound.tasks.causal_lm.LMScorer`). The model is restored
+    bit-exact afterwards."""
+    scorer = train.score
+    if not callable(getattr(scorer, "token_losses", None)):
+        raise GenboundError(
+            f"{train.description or 'objective'}: the token-level bound needs a causal language "
+            "model's objective (a scorer with token_losses); found "
+            f"{type(scorer).__name__}."
+        )
+    loss_sums, errors, tokens = [], [], []
+    with preserved_state(train.model, parameters=True), torch.no_grad():
+        load_updates_into(train.model, with_trainable_tensors(checkpoint, tensors))
+        train.model.eval()
+        for batch in train.batches:
+            t = scorer.token_losses(train.model, batch, smoothing=alphas)
+            loss_sums.append(t.smoothed_bits_sum.cpu())
+            errors.append(t.error_sum.cpu())
+            tokens.append(t.tokens.cpu().to(torch.float64))
+    bits = torch.cat(loss_sums)  # (n, A)
+    err = torch.cat(errors)
+    tok = torch.cat(tokens)
+    m = float(tok.sum())
+    return TrainScores(
+        tokens=int(m),
+        texts=int(tok.shape[0]),
+        smoothed_bits=tuple(float(x) for x in bits.sum(0) / m),
+        error=float(err.sum() / m),
+        doc_smoothed_bits=tuple(float(x) for x in (bits / tok[:, None]).mean(0)),
+        doc_error=float((err / tok).mean()),
+    )
+
+
+def token_bound_on(
+    checkpoint: Checkpoint,
+    train: Objective,
+    *,
+    alphas: Sequence[float] = ALPHAS,
+    delta: float = 0.05,
+) -> TokenBoundResult:
+    """The token- and document-level compression bounds of a causal LM ``checkpoint``,
+    its quantized scores measured on ``train`` (the whole training set)."""
+    vocab = train.metric.vocab_size
+    if vocab is None:
+        raise GenboundError(
+            f"{train.description or 'objective'}: the token-level bound is for causal language "
+            f"models; found the metric {train.metric.name!r}."
+        )
+    preamble, assumptions = subspace_code_terms(checkpoint)
+    return token_level_bound(
+        trainable_tensors(checkpoint),
+        lambda q: lm_train_scores(train, checkpoint, q, alphas),
+        vocab_size=vocab,
+        alphas=alphas,
+        delta=delta,
+        codebook=codebook_mode(checkpoint),
+        preamble=preamble,
+        assumptions=assumptions,
     )

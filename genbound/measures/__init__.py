@@ -32,6 +32,7 @@ from __future__ import annotations
 from genbound.measures import checkpoint_size  # noqa: F401
 from genbound.measures import mi  # noqa: F401
 from genbound.measures import compression  # noqa: F401
+from genbound.measures import token_bound  # noqa: F401
 from genbound.measures import gaussian  # noqa: F401
 from genbound.measures import theorem1  # noqa: F401
 from genbound.measures import spectra  # noqa: F401

@@ -102,8 +102,14 @@ class Compression(Measure):
 
     def compute(self, ctx) -> CompressionBoundResult:
         from genbound.bounds.evaluated import compression_bound_on
+        from genbound.errors import GenboundError
 
         train, _ = ctx.objectives()
+        if train.metric.vocab_size is not None:
+            raise GenboundError(
+                "a causal language model's compression bounds are stated per token and per "
+                "document: see token_bound"
+            )
         gap = ctx.results.get("gap")
         return compression_bound_on(
             ctx.checkpoint,

@@ -25,6 +25,12 @@ def _loss_range(d) -> float | None:
     return number(get(d, "bounds", "mi", "loss", "loss_range"))
 
 
+def _unit(measures) -> str:
+    """What N counts: the gap's units (texts for a language model), else examples."""
+    gap = getattr(measures, "gap", None)
+    return gap.unit if gap is not None else "examples"
+
+
 def mi_loss_of(task) -> dict:
     """The MI bound's loss a task's metric declares (the 0-1 loss without a task)."""
     metric = getattr(task, "metric", None) if task is not None else None
@@ -79,7 +85,7 @@ class MutualInformation(Measure):
             f"- MI bound on the expected gap of the {mi.loss.description}: "
             f"{format_number(mi.bound)} "
             f"({verdict}; D = {mi.d_actual:,} "
-            f"trained scalars, q = {mi.q:g} bits, N = {mi.n_train:,} from the "
+            f"trained scalars, q = {mi.q:g} bits, N = {mi.n_train:,} {_unit(measures)} from the "
             f"{source}); "
             f"Occam form at delta = {mi.delta:g}: {format_number(mi.occam_bound)}."
         ]
@@ -98,7 +104,7 @@ class MutualInformation(Measure):
                 f"The MI bound ({format_number(mi.bound, 3)}) exceeds the loss range "
                 f"({mi.loss.loss_range:g}), so it says nothing about this run: it charges "
                 f"q = {mi.q:g} bits for each of D = {mi.d_actual:,} trained scalars against "
-                f"N = {mi.n_train:,} examples. Across variants it still orders methods by "
+                f"N = {mi.n_train:,} {_unit(measures)}. Across variants it still orders methods by "
                 "D q / N, which is its content."
             ]
         return [

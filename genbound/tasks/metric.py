@@ -37,6 +37,11 @@ __all__ = [
     "mean_predictor_error",
 ]
 
+#: The smoothing level a of the MI bound's loss for a language model: the NLL of
+#: p' = (1 - a) p + a / V, in [0, ln(1 + (1 - a) V / a)] nats (Lotfi et al. 2024's grid
+#: holds 0.1).
+LM_SMOOTHING = 0.1
+
 #: ``loss(outputs, targets) -> (B,)``: one value per unit from a batch's model outputs
 #: (B, ...) and its targets (B, ...) (class indices (B,) for classification).
 OutputLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -102,10 +107,17 @@ class Metric:
 
     def mi_loss(self) -> dict[str, Any]:
         """Keyword arguments of :func:`genbound.bounds.mi_bound` for a bound on this
-        metric's error: ``{"loss": "zero_one"}`` for classification, else
+        metric's error: ``{"loss": "zero_one"}`` for classification, the NLL of predictions
+        smoothed by :data:`LM_SMOOTHING` over V tokens for a language model, else
         ``{"loss": "bounded", "loss_range": R, "loss_description": error_name}``."""
         if self.name == "classification":
             return {"loss": "zero_one"}
+        if self.vocab_size is not None:  # a language model: the smoothed NLL per text
+            return {
+                "loss": "smoothed_ce",
+                "smoothing": LM_SMOOTHING,
+                "num_classes": int(self.vocab_size),
+            }
         return {
             "loss": "bounded",
             "loss_range": float(self.error_range),
