@@ -4,8 +4,8 @@ models"; Lotfi et al. 2023 for the document level).
 
 The loss bounded is the prediction-smoothed NLL in bits: the model's next-token
 distribution p mixed with the uniform one, p' = (1 - a) p + a / V, whose NLL
--log2 p'(x) lies in [0, Delta_a], Delta_a = log2(1 + (1 - a) V / a) (its lowest value,
-at p = 1, is -log2(1 - a + a / V)). The smoothing level a is chosen from a grid A after
+-log2 p'(x) lies in [f_a, f_a + Delta_a]: f_a = -log2(1 - a + a / V) at p = 1, log2(V / a)
+at p = 0, an interval of width Delta_a = log2(1 + (1 - a) V / a). The smoothing level a is chosen from a grid A after
 seeing the data, and the quantization b from a set B, both paid by a union bound. The
 code length K (bits) of the quantized trained tensors is that of
 :mod:`genbound.bounds.compression` (codebooks plus arithmetic-coded indices).
@@ -21,10 +21,11 @@ on the training tokens. The risk is the expected next-token loss over the traini
 distribution of contexts (each token given the text before it), not over fresh documents.
 
 Document level, N = n training texts drawn i.i.d., the loss of a text its mean over its
-predicted tokens (values in [0, Delta_a]); the kl form (Maurer 2004) of the compression
-bound:
+predicted tokens (values in [f_a, f_a + Delta_a]); the kl form (Maurer 2004) of the
+compression bound on the loss shifted and scaled onto [0, 1]:
 
-    risk_a <= Delta_a kl^-1(L_a / Delta_a, (K ln 2 + ln(2 sqrt(n) / delta) + ln(|B| |A|)) / n)
+    risk_a <= f_a + Delta_a kl^-1((L_a - f_a) / Delta_a,
+                                  (K ln 2 + ln(2 sqrt(n) / delta) + ln(|B| |A|)) / n)
 
 and likewise for the per-text top-1 error rate (range 1, |A| not paid). Each of the four
 bounds holds with probability >= 1 - delta on its own.
@@ -60,7 +61,8 @@ BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def smoothed_range_bits(alpha: float, vocab_size: int) -> float:
-    """Delta_a = log2(1 + (1 - a) V / a), the width of the smoothed NLL's range (bits)."""
+    """Delta_a = log2(1 + (1 - a) V / a), the width of the smoothed NLL's range (bits):
+    from f_a (:func:`smoothed_floor_bits`, p = 1) to log2(V / a) (p = 0)."""
     return math.log2(1.0 + (1.0 - alpha) * vocab_size / alpha)
 
 
@@ -200,9 +202,9 @@ def _bounds_of(
     rhs = document_rhs(k, s.texts, delta, nb * na)
     docs = []
     for i, a in enumerate(alphas):
-        width = smoothed_range_bits(a, v)
-        train = min(max(s.doc_smoothed_bits[i], 0.0), width)
-        bound = width * kl_inverse(train / width, rhs)
+        width, low = smoothed_range_bits(a, v), smoothed_floor_bits(a, v)
+        train = min(max(s.doc_smoothed_bits[i], low), low + width)
+        bound = low + width * kl_inverse((train - low) / width, rhs)
         docs.append(LevelBound(bound, s.doc_smoothed_bits[i], bound - train, b, a, top))
     doc = min(docs, key=lambda x: x.bound)
     e = min(max(s.doc_error, 0.0), 1.0)
@@ -320,7 +322,7 @@ def token_level_bound(
         "document level: N = the n training texts, i.i.d. draws; a text's loss is its mean "
         "over its predicted tokens",
         "the loss is the prediction-smoothed NLL -log2((1 - a) p + a / V) in bits, in "
-        "[0, log2(1 + (1 - a) V / a)]; a chosen from the grid "
+        "[-log2(1 - a + a / V), log2(V / a)], a range of width log2(1 + (1 - a) V / a); a chosen from the grid "
         f"{list(alphas)} and b from {cands}, paid by a union bound",
         "the scores are those of the quantized model (the decoded code) on the training texts",
         "prior P(h) = 2^(-K(h)) over a prefix code: the base model, architecture, tensor "
