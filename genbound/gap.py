@@ -38,8 +38,8 @@ class SplitEval:
             standard error (weighted by the units' weights when they have them).
         error, error_stderr: mean error (the metric's, e.g. 0-1) and its standard error.
         max_loss: the largest per-unit loss (to check a clipping range).
-        n_weight: sum of the units' weights (predicted tokens of a language model), None
-            when every unit counts 1.
+        n_tokens: sum of the units' weights: the predicted tokens of a language model's
+            texts; None when every unit counts 1.
         unit_loss, unit_error: the unweighted means over units (per-document means), None
             when every unit counts 1 (they equal ``loss`` and ``error``).
     """
@@ -50,7 +50,7 @@ class SplitEval:
     error: float
     error_stderr: float
     max_loss: float
-    n_weight: float | None = None
+    n_tokens: int | float | None = None
     unit_loss: float | None = None
     unit_error: float | None = None
 
@@ -172,10 +172,15 @@ def split_eval(
         error=error,
         error_stderr=error_se,
         max_loss=float(losses.max(initial=0.0)),
-        n_weight=float(w.sum()) if weighted else None,
+        n_tokens=_whole(float(w.sum())) if weighted else None,
         unit_loss=float(losses.mean()) if weighted and n else None,
         unit_error=float(errors.mean()) if weighted and n else None,
     )
+
+
+def _whole(x: float) -> int | float:
+    """``x`` as an int when it is a whole number (a count of tokens)."""
+    return int(x) if x.is_integer() else x
 
 
 def empirical_gap(train: Objective, test: Objective) -> GapResult:

@@ -78,6 +78,7 @@ def test_registry_order_scalars_and_dependencies():
         "size",
         "mi",
         "compression",
+        "token_bound",
         "pacbayes",
         "theorem1",
         "spectra",
@@ -147,8 +148,13 @@ def test_every_scalar_reads_what_its_measure_writes(setup, tmp_path):
         "mi",
         "theorem1",
         "compression",
+        "token_level",
         "pacbayes",
     }
+    # a classifier has no token-level bound: the key is there, empty, and reads as missing
+    assert doc["bounds"]["token_level"] is None
+    assert "token_bound" not in m.skipped and "token_bound" not in m.results
+    assert got["token_bound_bits"] is None and got["document_bound_bits"] is None
 
 
 # -- user measures -------------------------------------------------------------------------

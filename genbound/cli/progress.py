@@ -78,6 +78,7 @@ STAGE_NAMES = {
     "model": "rebuilding the model, caching activations",
     "gap": "empirical gap",
     "compression": "compression bound",
+    "token_bound": "token- and document-level bounds",
     "curvature": "Hessian: top eigenvalue, trace, density",
     "landscape": "landscape slices",
     "pacbayes": "Gaussian PAC-Bayes certificate",

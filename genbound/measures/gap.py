@@ -41,7 +41,7 @@ class Gap(Measure):
         from genbound.numbers import format_pm
 
         g = result
-        weighted = g.weight_unit is not None and g.train.n_weight is not None
+        weighted = g.weight_unit is not None and g.train.n_tokens is not None
         how = (
             f"Same weights, eval mode, means per {_one(g.weight_unit)} over all "
             f"{g.weight_unit} of the split (± one standard error, {g.unit} as the "
@@ -61,7 +61,7 @@ class Gap(Measure):
         ]
         if weighted:
             lines.append(
-                f"| {g.weight_unit} | {g.train.n_weight:,.0f} | {g.test.n_weight:,.0f} | |"
+                f"| {g.weight_unit} | {g.train.n_tokens:,.0f} | {g.test.n_tokens:,.0f} | |"
             )
         lines += [
             f"| {g.loss_name} ({g.loss_unit}) | {format_pm(g.train.loss, g.train.loss_stderr)} | "

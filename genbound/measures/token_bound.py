@@ -97,10 +97,12 @@ class TokenBound(Measure):
         ),
     }
 
-    def compute(self, ctx) -> TokenBoundResult:
+    def compute(self, ctx) -> TokenBoundResult | None:
         from genbound.bounds.evaluated import token_bound_on
 
         train, _ = ctx.objectives()
+        if train.metric.vocab_size is None:
+            return None  # not a language model: the compression measure bounds it
         return token_bound_on(ctx.checkpoint, train)
 
     def json(self, result, ckpt) -> dict:

@@ -92,7 +92,13 @@ def render_markdown(info: dict, measures: Measures) -> str:
         f"{info['num_trainable_by_formula']:,} from the {info['variant']} formula",
         *_subspace_lines(info.get("subspace")),
         f"- stored dtype: {info['dtype']} ({info['bits_per_param']} bits per parameter)",
-        f"- training examples: {f'{n:,} ({measures.n_train_source})' if n is not None else 'unknown'}",
+        f"- training {measures.gap.unit if measures.gap is not None else 'examples'}: "
+        f"{f'{n:,} ({measures.n_train_source})' if n is not None else 'unknown'}"
+        + (
+            f", {measures.gap.train.n_tokens:,.0f} {measures.gap.weight_unit}"
+            if measures.gap is not None and measures.gap.weight_unit is not None
+            else ""
+        ),
         f"- data: {measures.task or 'none (data-free report)'}",
     ]
     reading = reading_lines(measures)
