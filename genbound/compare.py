@@ -118,6 +118,15 @@ def _hparams(doc: Mapping) -> dict[str, Any]:
     }
 
 
+def _objective(doc: Mapping) -> str | None:
+    """``"causal_lm"`` for a report whose gap weighs texts by their predicted tokens,
+    ``"classification"`` for another gap, None without a gap."""
+    gap = doc.get("gap")
+    if not isinstance(gap, Mapping):
+        return None
+    return "causal_lm" if gap.get("weight_unit") == "predicted tokens" else "classification"
+
+
 def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
     """One row per report (keyed by run name): the :data:`HPARAMS`, measures, targets with
     their standard errors (``<target>_stderr``), ``vacuous``: the bounds at or above their
@@ -125,7 +134,7 @@ def sweep_rows(docs: Mapping[str, Mapping]) -> list[Row]:
     for a mapping)."""
     rows = []
     for name, doc in docs.items():
-        row: Row = {"run": name, **_hparams(doc)}
+        row: Row = {"run": name, "objective": _objective(doc), **_hparams(doc)}
         vacuous = []
         for m, measure in MEASURES.items():
             row[m] = measure.read(doc)

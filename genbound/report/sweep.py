@@ -44,6 +44,20 @@ TABLE_COLUMNS = (
     ("log10_phi_dW", "log10 Φ_dW"),
     ("sum_dW_frobenius", "Σ‖dW‖_F"),
 )
+#: The table of a sweep of causal language models.
+LM_TABLE_COLUMNS = (
+    ("run", "run"),
+    ("variant", "variant"),
+    ("num_trainable", "D"),
+    ("train_error", "train top-1 err"),
+    ("test_error", "test top-1 err"),
+    ("gap_loss", "gap (nats/token) ± se"),
+    ("gap_error", "gap (top-1) ± se"),
+    ("token_bound_bits", "token bound (bits/token)"),
+    ("document_bound_bits", "document bound (bits/token)"),
+    ("mi_bound", "MI bound"),
+    ("sum_dW_frobenius", "Σ‖dW‖_F"),
+)
 CURVATURE_COLUMNS = (
     ("run", "run"),
     ("hessian_top_eigenvalue", "top eigenvalue"),
@@ -57,6 +71,26 @@ TARGET_LABELS = {
     "gap_error": "measured 0-1 gap (test - train)",
     "gap_loss": "measured cross-entropy gap (test - train)",
 }
+#: The same for a sweep of causal language models.
+LM_TARGET_LABELS = {
+    "gap_error": "measured top-1 next-token error gap",
+    "gap_loss": "measured next-token cross-entropy gap (nats/token)",
+}
+
+
+def causal_lm_sweep(rows: Sequence[Mapping]) -> bool:
+    """Whether every run with a measured gap is a causal language model (at least one)."""
+    kinds = {r.get("objective") for r in rows if r.get("objective") is not None}
+    return kinds == {"causal_lm"}
+
+
+def sweep_target(rows: Sequence[Mapping]) -> str:
+    """The gap the measures are ranked against: the next-token cross-entropy gap for a
+    sweep of causal LMs (what their bounds and training are about; the top-1 error of a
+    next token moves little), else the 0-1 gap (:data:`TARGET`)."""
+    return "gap_loss" if causal_lm_sweep(rows) else TARGET
+
+
 #: Columns that hold errors or bounds on them (printed never rounded onto 0 or 1).
 PROBABILITIES = frozenset({"train_error", "test_error", "compression_bound"})
 #: Columns printed with their standard error (``<key>_stderr`` of the row) when it has one.
@@ -139,14 +173,23 @@ def correlation_markdown(rows: Sequence[Mapping], corr: Sequence[Correlation]) -
 def sweep_markdown(
     rows: list[dict], corr: list[Correlation], certificates: Sequence[Mapping] = ()
 ) -> str:
+    lm = causal_lm_sweep(rows)
+    what = (
+        "Causal language models: losses are next-token cross-entropies per predicted token, "
+        "errors top-1 next-token errors, the token and document bounds are on the smoothed "
+        "NLL (vacuous at or above log2 V), and the measures are ranked against the "
+        "cross-entropy gap. "
+        if lm
+        else ""
+    )
     lines = [
         "# genbound sweep comparison",
         "",
         f"{len(rows)} checkpoints. Errors and gaps are measured (test - train, same weights, "
         "eval mode). A bound marked (vacuous) is at or above its trivial value in that run "
-        "(chance for the compression bound, the loss range for the MI bound).",
+        "(chance for the compression bound, the loss range for the MI bound). " + what,
         "",
-        *_table(rows, TABLE_COLUMNS),
+        *_table(rows, LM_TABLE_COLUMNS if lm else TABLE_COLUMNS),
         *certificate_markdown(certificates),
     ]
     if any(r.get(k) is not None for r in rows for k, _ in CURVATURE_COLUMNS[1:]):
@@ -206,7 +249,8 @@ def plot_measures(
         readable_axis(ax, [], "y", max_ticks=5)
         ax.tick_params(labelsize=7)
         ax.set_xlabel(measure_description(c.measure), fontsize=8)
-        ax.set_ylabel(TARGET_LABELS.get(target, target), fontsize=8)
+        labels = LM_TARGET_LABELS if causal_lm_sweep(rows) else TARGET_LABELS
+        ax.set_ylabel(labels.get(target, target), fontsize=8)
         ax.set_title(f"#{c.rank}: tau {signed(c.tau)}, {p_value(c)}", fontsize=9)
     return save_figure(fig, path)
 
@@ -222,7 +266,8 @@ def write_sweep(out_dir: str | Path, docs: Mapping[str, Mapping], *, seed: int =
     embedded) and (when a measure is ranked) ``figures/measures_vs_gap.png``, atomically:
     the folder is filled beside ``out_dir`` and replaces it whole."""
     rows = sweep_rows(docs)
-    corr = rank_correlations(rows, target=TARGET, seed=seed) if len(rows) >= 2 else []
+    target = sweep_target(rows)
+    corr = rank_correlations(rows, target=target, seed=seed) if len(rows) >= 2 else []
     certs = certificate_rows(docs)
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
@@ -231,6 +276,6 @@ def write_sweep(out_dir: str | Path, docs: Mapping[str, Mapping], *, seed: int =
         md = sweep_markdown(rows, corr, certs)
         (tmp / "sweep.md").write_text(md)
         (tmp / "figures").mkdir()
-        plot_measures(rows, corr, tmp / FIGURE)
+        plot_measures(rows, corr, tmp / FIGURE, target)
         (tmp / "sweep.html").write_text(markdown_to_html(md, tmp, "genbound sweep comparison"))
     return out
