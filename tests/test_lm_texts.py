@@ -93,3 +93,40 @@ def test_nothing_to_predict_is_an_error(tokenizer):
         tokenize_lm(tokenizer, texts, max_length=5)
     with pytest.raises(GenboundError, match="max_length"):
         tokenize_lm(tokenizer, texts, max_length=1)
+
+
+CHAT = (
+    "{% for m in messages %}[CLS] {{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}[CLS] assistant : {% endif %}"
+)
+
+
+def test_chat_template_formats_pairs_as_the_template_writes_them(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = CHAT
+    texts = LMTexts(
+        ("the mat", "a chair by the door"), ("where did the cat sit ?", "and the dog ?"), "t"
+    )
+    out = tokenize_lm(tok, texts, max_length=64, chat_template=True)
+    for i, (r, p) in enumerate(zip(texts.texts, texts.prompts, strict=True)):
+        full = f"[CLS] user : {p} [SEP] [CLS] assistant : {r} [SEP] "
+        prompt = f"[CLS] user : {p} [SEP] [CLS] assistant : "
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        start = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        assert out.input_ids[i] == tuple(ids)
+        assert ids[:start] == tok(prompt, add_special_tokens=False)["input_ids"]
+        assert out.loss_mask[i] == tuple(int(j >= start) for j in range(len(ids)))
+        # the response and the template's closing [SEP] are the targets
+        assert tok.decode([t for t, m in zip(ids, out.loss_mask[i], strict=True) if m]) == (
+            tok.decode(tok(f"{r} [SEP]", add_special_tokens=False)["input_ids"])
+        )
+
+
+def test_chat_template_needs_pairs_and_a_template(tokenizer):
+    pairs = LMTexts(("b",), ("a",), "t")
+    with pytest.raises(GenboundError, match="no chat template"):
+        tokenize_lm(tokenizer, pairs, max_length=16, chat_template=True)
+    with pytest.raises(GenboundError, match="prompt and response pairs"):
+        tokenize_lm(tokenizer, LMTexts(("a b",), None, "t"), max_length=16, chat_template=True)

@@ -77,6 +77,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--response-column", help="a causal LM's response column of --data")
     g.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="format prompt/response pairs with the tokenizer's chat template (a user and an "
+        "assistant turn) before tokenizing, as TRL's SFTTrainer does",
+    )
+    g.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
         default="auto",
@@ -496,6 +502,8 @@ def _task_reference(args: argparse.Namespace) -> tuple[object | None, str]:
         }
         if args.dtype != "auto":
             kwargs["dtype"] = args.dtype
+        if args.chat_template:
+            kwargs["chat_template"] = True
         if args.max_length is not None:
             kwargs["max_length"] = args.max_length
         if args.prompt_column is not None or args.response_column is not None:

@@ -176,6 +176,8 @@ class CausalLMTask:
         batch_tokens: padded tokens per batch (texts of similar length share one).
         chunk_tokens: predicted positions per call of the output layer.
         device: where the model and the data live.
+        chat_template: format prompt and response pairs with the tokenizer's chat template
+            (see :mod:`genbound.tasks.lm_texts`).
         dtype: the model's floating-point type: ``"auto"`` (as saved: a bfloat16 model
             stays bfloat16), ``"float32"``, ``"bfloat16"`` or ``"float16"``. Losses are
             computed in at least float32 and summed in float64 either way.
@@ -189,6 +191,7 @@ class CausalLMTask:
     chunk_tokens: int = CHUNK_TOKENS
     device: str = "cpu"
     dtype: str = "auto"
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -263,7 +266,7 @@ class CausalLMTask:
         L are logged."""
         tok = load_tokenizer(base_path)
         length = self.max_length or default_max_length(tok, base_path)
-        out = tokenize_lm(tok, data, length)
+        out = tokenize_lm(tok, data, length, chat_template=self.chat_template)
         if out.truncated:
             log.warning(
                 "%s: %d of %d texts are longer than max_length = %d tokens and were cut",

@@ -7,6 +7,11 @@ Tokenization is ``tokenizer(text, truncation=True, max_length=L)`` with the toke
 default special tokens; for a pair, the prompt and the prompt followed by the response are
 tokenized the same way and the loss mask starts where the prompt's tokens end. How many
 texts were cut at L is counted, so a report can state it.
+
+With ``chat_template``, a pair is first formatted by the tokenizer's chat template as a
+user turn and an assistant turn (the prompt: the user turn and the generation prompt), as
+TRL's SFTTrainer does for conversations, and tokenized without adding special tokens again
+(the template writes them).
 """
 
 from __future__ import annotations
@@ -138,24 +143,32 @@ class TokenizedTexts:
         return sum(sum(m[1:]) for m in self.loss_mask)
 
 
-def tokenize_lm(tokenizer, texts: LMTexts, max_length: int) -> TokenizedTexts:
+def tokenize_lm(
+    tokenizer, texts: LMTexts, max_length: int, *, chat_template: bool = False
+) -> TokenizedTexts:
     """Token ids and loss masks of ``texts`` as ``tokenizer(..., truncation=True,
-    max_length=max_length)`` gives them.
+    max_length=max_length)`` gives them (pairs formatted by the chat template first when
+    ``chat_template``: see the module docstring).
 
     Raises a GenboundError naming the source and the text when a text leaves nothing to
-    predict: fewer than two tokens, or a prompt that fills all ``max_length`` tokens.
+    predict: fewer than two tokens, or a prompt that fills all ``max_length`` tokens; or
+    when ``chat_template`` is asked of whole texts or of a tokenizer without one.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise GenboundError(f"max_length: expected an integer >= 2 tokens; found {max_length!r}.")
+    full, prompts = _texts_to_score(texts), texts.prompts
+    special = {}
+    if chat_template:
+        full, prompts = _chat_formatted(tokenizer, texts)
+        special = {"add_special_tokens": False}
     ids, masks, cut = [], [], 0
-    full = _texts_to_score(texts)
     for i, text in enumerate(full):
-        enc = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-        whole = tokenizer(text, truncation=False)["input_ids"]
+        enc = tokenizer(text, truncation=True, max_length=max_length, **special)["input_ids"]
+        whole = tokenizer(text, truncation=False, **special)["input_ids"]
         cut += len(whole) > len(enc)
         start = 1
-        if texts.prompts is not None:
-            prompt = tokenizer(texts.prompts[i], truncation=True, max_length=max_length)
+        if prompts is not None:
+            prompt = tokenizer(prompts[i], truncation=True, max_length=max_length, **special)
             start = max(1, _prompt_length(prompt["input_ids"], enc))
         mask = tuple(int(j >= start) for j in range(len(enc)))
         if sum(mask) == 0:
@@ -167,6 +180,32 @@ def tokenize_lm(tokenizer, texts: LMTexts, max_length: int) -> TokenizedTexts:
         ids.append(tuple(int(t) for t in enc))
         masks.append(mask)
     return TokenizedTexts(tuple(ids), tuple(masks), cut, max_length)
+
+
+def _chat_formatted(tokenizer, texts: LMTexts) -> tuple[list[str], list[str]]:
+    """(user + assistant turns, user turn + generation prompt) of each pair, as the
+    tokenizer's chat template writes them."""
+    if texts.prompts is None:
+        raise GenboundError(
+            f"{texts.source or 'texts'}: --chat-template formats prompt and response pairs; "
+            "found whole texts. Give --prompt-column and --response-column, or drop "
+            "--chat-template."
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        raise GenboundError(
+            f"--chat-template: the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no "
+            "chat template (tokenizer_config.json 'chat_template' or chat_template.jinja); "
+            "drop --chat-template to score the plain prompt followed by the response."
+        )
+    full, prompts = [], []
+    for p, r in zip(texts.prompts, texts.texts, strict=True):
+        user = [{"role": "user", "content": p}]
+        prompts.append(
+            tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        )
+        turns = [*user, {"role": "assistant", "content": r}]
+        full.append(tokenizer.apply_chat_template(turns, tokenize=False))
+    return full, prompts
 
 
 def _texts_to_score(texts: LMTexts) -> Sequence[str]:

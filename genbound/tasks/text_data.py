@@ -87,6 +87,8 @@ class TextData:
             1,024) for a causal LM.
         batch_size: a classifier's texts per batch.
         device: where the model and the data live.
+        chat_template: format a causal LM's prompt and response pairs with the
+            tokenizer's chat template.
         dtype: a causal LM's floating-point type (``auto``: as saved; see
             :class:`~genbound.tasks.causal_lm.CausalLMTask`).
     """
@@ -105,6 +107,7 @@ class TextData:
     batch_size: int = 64
     device: str = "cpu"
     dtype: str = "auto"
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -115,6 +118,11 @@ class TextData:
             raise GenboundError(
                 "--prompt-column and --response-column go together; found only "
                 + ("--prompt-column." if self.prompt_column is not None else "--response-column.")
+            )
+        if self.chat_template and self.prompt_column is None:
+            raise GenboundError(
+                "--chat-template formats a causal LM's prompt and response pairs; give "
+                "--prompt-column and --response-column."
             )
         if self.prompt_column is not None and self.objective == SEQUENCE_CLASSIFICATION:
             raise GenboundError(
@@ -203,6 +211,7 @@ class TextData:
             max_length=self.max_length,
             device=self.device,
             dtype=self.dtype,
+            chat_template=self.chat_template,
         )
 
     def objectives(self, checkpoint: Checkpoint | None):
@@ -231,6 +240,7 @@ def text_data(
     max_length: int | None = None,
     batch_size: int = 64,
     dtype: str = "auto",
+    chat_template: bool = False,
 ) -> TextData:
     """The task of ``--data TRAIN TEST`` (see :class:`TextData`)."""
     return TextData(
@@ -247,4 +257,5 @@ def text_data(
         max_length=max_length,
         batch_size=batch_size,
         dtype=dtype,
+        chat_template=chat_template,
     )
