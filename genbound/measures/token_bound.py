@@ -3,15 +3,18 @@ document (Lotfi et al. 2024), on the prediction-smoothed NLL and the top-1 error
 
 Needs a causal-LM task: the quantized trained tensors are scored on the task's whole
 training set. ``report.json``: ``bounds.token_level`` with every input needed to check the
-numbers by hand (see :mod:`genbound.bounds.token_level` for the formulas).
+numbers by hand (see :mod:`genbound.bounds.token_level` for the formulas); the quantized
+tensors of the token-level bound's b are written as ``quantized.safetensors``.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from genbound.measures.base import Measure, Scalar
+from genbound.measures.compression import QUANTIZED_FILE
 from genbound.measures.reading import get, number
 from genbound.measures.registry import register_measure
 
@@ -64,6 +67,7 @@ def token_bound_json(r: TokenBoundResult | None) -> dict | None:
         "num_bit_candidates": len(r.candidates),
         "candidates": cands,
         "loss_unit": "bits/token",
+        "quantized_tensors": QUANTIZED_FILE,
         "assumptions": list(r.assumptions),
         "warnings": list(r.warnings),
     }
@@ -177,6 +181,12 @@ class TokenBound(Measure):
             "More tokens, fewer trained parameters (a subspace run), or a coarser code "
             "would be needed."
         ]
+
+    def write_files(self, result: TokenBoundResult, folder: Path) -> None:
+        from genbound.io import save_tensors
+
+        tensors = {k: v.contiguous() for k, v in result.quantized.items()}
+        save_tensors(tensors, folder / QUANTIZED_FILE)
 
     def log_values(self, result: TokenBoundResult, *, per_layer: bool, intruder_eps: float):
         return {
