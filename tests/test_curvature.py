@@ -86,6 +86,29 @@ def test_batches_weighted_by_size_and_graph_cache_agrees():
     torch.testing.assert_close(a, H @ v, rtol=1e-9, atol=1e-12)
 
 
+def test_graph_budget_keeps_leading_batches_and_recomputes_the_rest():
+    """With a budget for one batch's saved activations, the first batch's graph is kept,
+    the others recomputed every product; the products equal the exact Hessian's."""
+    obj, X, y = mlp_objective(sizes=(40, 30, 20))
+    H = exact_hessian(obj.model, X, y, obj.trainable)
+    v = torch.randn(H.shape[0], 2, dtype=torch.float64)
+    with HessianOperator(obj) as op:
+        op.matmat(v)
+        first = op.kept_bytes  # every batch fits the default budget
+        assert op.kept_batches == 3 and first > 0
+    with HessianOperator(obj) as op:
+        op.graph_bytes = first // 2  # room for the first of three batches only
+        a, a2 = op.matmat(v), op.matmat(v)
+        assert op.kept_batches == 1 and 0 < op.kept_bytes <= op.graph_bytes
+    with HessianOperator(obj) as op:
+        op.graph_bytes = 0
+        b = op.matmat(v)
+        assert op.kept_batches == 0 and op.kept_bytes == 0
+    torch.testing.assert_close(a, H @ v, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a2, a, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+
+
 def test_reproducible_and_pattern_selection():
     obj, *_ = mlp_objective()
     a = top_eigenvalues(obj, k=2, seed=5)

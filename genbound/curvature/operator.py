@@ -19,6 +19,11 @@ Use an operator inside ``with op:`` (entry points do): that enters
 batch's gradient graph for all products (one forward and backward per batch in total,
 then one double backward per batch and product). A product outside ``with`` opens a
 session for itself.
+
+Kept graphs hold the batches' activations. They are kept batch by batch while the
+tensors they save (parameters not counted: they are shared) stay within
+:data:`GRAPH_CACHE_BYTES`; the batches beyond are recomputed for every product, so a large
+model's curvature runs in bounded memory at the cost of a forward pass per such batch.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ __all__ = [
     "find_adapted",
     "select_parameters",
 ]
+
+#: Bytes of saved activations kept across Hessian-vector products (4 GiB).
+GRAPH_CACHE_BYTES = 4 * 2**30
 
 FACTORS = "factors (A, B)"
 MERGED = "merged dW"
@@ -96,11 +104,15 @@ class _Base:
 
     parameterization: str = FACTORS
 
-    def __init__(self, objective, cache_graphs: bool = True):
+    def __init__(self, objective, cache_graphs: bool = True, graph_bytes: int = GRAPH_CACHE_BYTES):
         self.objective = objective
         self.model: nn.Module = objective.model
         self.cache_graphs = bool(cache_graphs)
+        self.graph_bytes = int(graph_bytes)
         self.num_products = 0
+        #: batches whose graphs are kept, and the bytes their saved tensors take
+        self.kept_batches = 0
+        self.kept_bytes = 0
         self._graphs: list[tuple[torch.Tensor, ...]] | None = None
         self._session: contextlib.ExitStack | None = None
         if objective.num_examples <= 0:
@@ -138,26 +150,50 @@ class _Base:
             session.close()
 
     # -- products ----------------------------------------------------------------------
-    def _batch_grads(self, batch) -> tuple[torch.Tensor, ...]:
+    def _batch_grads(self, batch, saved: list[int] | None = None) -> tuple[torch.Tensor, ...]:
+        """The batch's gradient with its graph; ``saved`` (one int) accumulates the bytes
+        of the non-parameter tensors the graph saves."""
         inputs = self._inputs()
-        with torch.enable_grad():
+        hooks = contextlib.nullcontext()
+        if saved is not None:
+            shared = {p.data_ptr() for p in self.model.parameters()}
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                if t.data_ptr() not in shared:
+                    saved[0] += t.numel() * t.element_size()
+                return t
+
+            hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        with torch.enable_grad(), hooks:
             loss = self.objective.weighted_sum(self.objective.loss(self.model, batch), batch)
             loss = loss / self._n
             return torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
 
     def _grads(self):
-        """Yield each batch's gradient (with graph), cached across products if allowed."""
+        """Yield each batch's gradient (with graph); graphs are kept across products, if
+        allowed, for as many leading batches as :attr:`graph_bytes` holds."""
+        batches = self.objective.batches
         if self._graphs is not None:
             yield from self._graphs
+            for batch in batches[len(self._graphs) :]:
+                yield self._batch_grads(batch)
             return
         keep = [] if self.cache_graphs and self._session is not None else None
-        for batch in self.objective.batches:
-            g = self._batch_grads(batch)
-            if keep is not None:
+        for batch in batches:
+            if keep is None:
+                yield self._batch_grads(batch)
+                continue
+            saved = [0]
+            g = self._batch_grads(batch, saved)
+            if self.kept_bytes + saved[0] <= self.graph_bytes:
                 keep.append(g)
+                self.kept_bytes += saved[0]
+            else:  # the budget is spent: this and later batches are recomputed
+                self._graphs, self.kept_batches = keep, len(keep)
+                keep = None
             yield g
         if keep is not None:
-            self._graphs = keep
+            self._graphs, self.kept_batches = keep, len(keep)
 
     def matmat(self, vs: torch.Tensor) -> torch.Tensor:
         """H V for V (size x p) float64; returns (size x p) float64."""
