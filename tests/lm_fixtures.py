@@ -4,18 +4,24 @@ Hugging Face Trainer or by a plain torch loop, and data files of real texts.
 
 Everything is read from local folders (``local_files_only=True``); nothing is downloaded.
 :func:`lm_bundle` builds each kind once per test session (and per xdist worker).
+
+The plain reference (:func:`reference`, :func:`reference_padded`): PEFT's merged model in
+float64 run by transformers on each text as the tokenizer encodes it, every predicted
+token's loss, top-1 error and probability taken from the full logits.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import torch
 
 #: LoRA target of each kind of base (the attention's query projection is among them).
@@ -245,3 +251,128 @@ def lm_bundle(tmp_path_factory, kind: str) -> LMBundle:
             write_split(root, "test", test_rows),
         )
     return _BUNDLES[key]
+
+
+# ---------------------------------------------------------------- the plain reference
+@dataclass
+class RefText:
+    """One text as plain torch scores it: its token ids, the first predicted position, and
+    per predicted token the loss (nats), top-1 error, probability of the right token and
+    margin (|its logit - the largest other logit|: how far the top-1 decision is from a
+    tie)."""
+
+    ids: list[int]
+    start: int
+    losses: np.ndarray
+    errors: np.ndarray
+    probs: np.ndarray
+    margins: np.ndarray
+
+    @property
+    def key(self) -> tuple:
+        return tuple(self.ids), self.start
+
+
+def base_tokenizer(bundle):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundle.base, local_files_only=True)
+
+
+_MERGED: dict = {}
+
+
+def merged_model(bundle):
+    """PEFT's merge_and_unload() of the adapter on the base, in float64 (torch's SDPA:
+    transformers' eager attention takes its softmax in float32, where a float64 padding
+    mask's minimum becomes -inf and a left-padded row turns to nan)."""
+    if bundle.adapter not in _MERGED:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(
+            bundle.base, local_files_only=True, attn_implementation="sdpa"
+        )
+        merged = PeftModel.from_pretrained(base, bundle.adapter).merge_and_unload()
+        _MERGED[bundle.adapter] = merged.double().eval()
+    return _MERGED[bundle.adapter]
+
+
+def max_length_of(tok, model) -> int:
+    return min(tok.model_max_length, model.config.max_position_embeddings)
+
+
+def encode(tok, rows, form: str, max_length: int) -> list[tuple[list[int], int]]:
+    """(token ids, first predicted position) per row, as tokenizer(..., truncation=True,
+    max_length=L) gives them; for pairs, the prompt's tokens (without the end-of-sequence
+    token the tokenizer appends, which the whole text's encoding does not hold there) are
+    context."""
+    out = []
+    for r in rows:
+        if form == "text":
+            out.append((tok(r["text"], truncation=True, max_length=max_length)["input_ids"], 1))
+            continue
+        full = tok(r["prompt"] + r["response"], truncation=True, max_length=max_length)
+        prompt = tok(r["prompt"], truncation=True, max_length=max_length)["input_ids"]
+        if prompt[-1] in tok.all_special_ids:
+            prompt = prompt[:-1]
+        assert full["input_ids"][: len(prompt)] == prompt  # the split is at a word boundary
+        out.append((full["input_ids"], max(1, len(prompt))))
+    return out
+
+
+def _score(logits: torch.Tensor, ids: list[int], start: int) -> tuple:
+    """Per predicted token t >= start: -log p(ids[t]), argmax != ids[t], p(ids[t]) and the
+    margin of the right token's logit to the largest other one."""
+    target = torch.tensor(ids[start:])
+    rows = logits[start - 1 : len(ids) - 1].double()
+    lp = torch.log_softmax(rows, dim=-1).gather(1, target[:, None])[:, 0]
+    wrong = rows.argmax(-1) != target
+    right = rows.gather(1, target[:, None])[:, 0]
+    other = rows.scatter(1, target[:, None], -math.inf).max(-1).values
+    return (-lp).numpy(), wrong.double().numpy(), lp.exp().numpy(), (right - other).abs().numpy()
+
+
+def reference(bundle, rows, form: str, max_length: int | None = None) -> list[RefText]:
+    """Each text run alone (no padding) through the merged model."""
+    tok, model = base_tokenizer(bundle), merged_model(bundle)
+    length = max_length or max_length_of(tok, model)
+    out = []
+    with torch.no_grad():
+        for ids, start in encode(tok, rows, form, length):
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            out.append(RefText(ids, start, *_score(logits, ids, start)))
+    return out
+
+
+def reference_padded(bundle, rows, form: str, side: str, max_length: int | None = None):
+    """The texts in one batch padded on ``side`` (left: explicit position ids)."""
+    tok, model = base_tokenizer(bundle), merged_model(bundle)
+    enc = encode(tok, rows, form, max_length or max_length_of(tok, model))
+    width = max(len(ids) for ids, _ in enc)
+    ids_b = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.int64)
+    mask = torch.zeros((len(enc), width), dtype=torch.int64)
+    for i, (ids, _) in enumerate(enc):
+        cols = slice(width - len(ids), width) if side == "left" else slice(0, len(ids))
+        ids_b[i, cols] = torch.tensor(ids)
+        mask[i, cols] = 1
+    kwargs = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if side == "left" else {}
+    with torch.no_grad():
+        logits = model(input_ids=ids_b, attention_mask=mask, **kwargs).logits
+    out = []
+    for i, (ids, start) in enumerate(enc):
+        off = width - len(ids) if side == "left" else 0
+        out.append(RefText(ids, start, *_score(logits[i, off : off + len(ids)], ids, start)))
+    return out
+
+
+#: The smallest margin (logits) at which a float32 model's top-1 decision is compared with
+#: the float64 reference's: float32 logits of these models are good to about 1e-6.
+MIN_MARGIN = 1e-5
+
+
+def assert_decisions_well_posed(ref: list[RefText]) -> None:
+    """No right token's logit is within :data:`MIN_MARGIN` of another's, so a float32 top-1
+    error can be compared exactly with the reference's."""
+    low = min(float(r.margins.min()) for r in ref)
+    assert low > MIN_MARGIN, f"a top-1 decision is a near-tie (margin {low:.3g}); reseed"

@@ -9,14 +9,23 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from conftest import build_peft, tiny_bert
 from helpers import assert_rel_close
-from lm_fixtures import QUERY_WEIGHT, lm_bundle
+from lm_fixtures import (
+    QUERY_WEIGHT,
+    assert_decisions_well_posed,
+    base_tokenizer,
+    encode,
+    lm_bundle,
+    max_length_of,
+    merged_model,
+    reference,
+    reference_padded,
+)
 
 from genbound.checkpoint import load_checkpoint
 from genbound.errors import GenboundError
@@ -33,113 +42,6 @@ SMOOTHING = (0.05, 0.5, 1.0)
 @pytest.fixture(scope="session", params=KINDS)
 def bundle(request, tmp_path_factory):
     return lm_bundle(tmp_path_factory, request.param)
-
-
-# ---------------------------------------------------------------- the plain reference
-@dataclass
-class RefText:
-    """One text as plain torch scores it: its token ids, the first predicted position, and
-    per predicted token the loss (nats), top-1 error and probability of the right token."""
-
-    ids: list[int]
-    start: int
-    losses: np.ndarray
-    errors: np.ndarray
-    probs: np.ndarray
-
-    @property
-    def key(self) -> tuple:
-        return tuple(self.ids), self.start
-
-
-def _tokenizer(bundle):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(bundle.base, local_files_only=True)
-
-
-_MERGED: dict = {}
-
-
-def merged_model(bundle):
-    """PEFT's merge_and_unload() of the adapter on the base, in float64 (torch's SDPA:
-    transformers' eager attention takes its softmax in float32, where a float64 padding
-    mask's minimum becomes -inf and a left-padded row turns to nan)."""
-    if bundle.adapter not in _MERGED:
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        base = AutoModelForCausalLM.from_pretrained(
-            bundle.base, local_files_only=True, attn_implementation="sdpa"
-        )
-        merged = PeftModel.from_pretrained(base, bundle.adapter).merge_and_unload()
-        _MERGED[bundle.adapter] = merged.double().eval()
-    return _MERGED[bundle.adapter]
-
-
-def max_length_of(tok, model) -> int:
-    return min(tok.model_max_length, model.config.max_position_embeddings)
-
-
-def encode(tok, rows, form: str, max_length: int) -> list[tuple[list[int], int]]:
-    """(token ids, first predicted position) per row, as tokenizer(..., truncation=True,
-    max_length=L) gives them; for pairs, the prompt's tokens (without the end-of-sequence
-    token the tokenizer appends, which the whole text's encoding does not hold there) are
-    context."""
-    out = []
-    for r in rows:
-        if form == "text":
-            out.append((tok(r["text"], truncation=True, max_length=max_length)["input_ids"], 1))
-            continue
-        full = tok(r["prompt"] + r["response"], truncation=True, max_length=max_length)
-        prompt = tok(r["prompt"], truncation=True, max_length=max_length)["input_ids"]
-        if prompt[-1] in tok.all_special_ids:
-            prompt = prompt[:-1]
-        assert full["input_ids"][: len(prompt)] == prompt  # the split is at a word boundary
-        out.append((full["input_ids"], max(1, len(prompt))))
-    return out
-
-
-def _score(logits: torch.Tensor, ids: list[int], start: int) -> tuple:
-    """Per predicted token t >= start: -log p(ids[t]), argmax != ids[t], p(ids[t])."""
-    target = torch.tensor(ids[start:])
-    logp = torch.log_softmax(logits[start - 1 : len(ids) - 1].double(), dim=-1)
-    lp = logp.gather(1, target[:, None])[:, 0]
-    wrong = logits[start - 1 : len(ids) - 1].argmax(-1) != target
-    return (-lp).numpy(), wrong.double().numpy(), lp.exp().numpy()
-
-
-def reference(bundle, rows, form: str, max_length: int | None = None) -> list[RefText]:
-    """Each text run alone (no padding) through the merged model."""
-    tok, model = _tokenizer(bundle), merged_model(bundle)
-    length = max_length or max_length_of(tok, model)
-    out = []
-    with torch.no_grad():
-        for ids, start in encode(tok, rows, form, length):
-            logits = model(input_ids=torch.tensor([ids])).logits[0]
-            out.append(RefText(ids, start, *_score(logits, ids, start)))
-    return out
-
-
-def reference_padded(bundle, rows, form: str, side: str, max_length: int | None = None):
-    """The texts in one batch padded on ``side`` (left: explicit position ids)."""
-    tok, model = _tokenizer(bundle), merged_model(bundle)
-    enc = encode(tok, rows, form, max_length or max_length_of(tok, model))
-    width = max(len(ids) for ids, _ in enc)
-    ids_b = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.int64)
-    mask = torch.zeros((len(enc), width), dtype=torch.int64)
-    for i, (ids, _) in enumerate(enc):
-        cols = slice(width - len(ids), width) if side == "left" else slice(0, len(ids))
-        ids_b[i, cols] = torch.tensor(ids)
-        mask[i, cols] = 1
-    kwargs = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if side == "left" else {}
-    with torch.no_grad():
-        logits = model(input_ids=ids_b, attention_mask=mask, **kwargs).logits
-    out = []
-    for i, (ids, start) in enumerate(enc):
-        off = width - len(ids) if side == "left" else 0
-        out.append(RefText(ids, start, *_score(logits[i, off : off + len(ids)], ids, start)))
-    return out
 
 
 # ---------------------------------------------------------------- genbound's side
@@ -206,6 +108,7 @@ def test_gap_equals_plain_torch_and_peft_token_by_token(bundle, form):
                 np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
                 np.testing.assert_array_equal(a.errors, b.errors)
         # per text: genbound's mean token loss, error rate and predicted tokens
+        assert_decisions_well_posed(ref)
         got = units_of(objective)
         assert sum(len(v) for v in got.values()) == len(ref) == len(rows)
         for r in ref:
@@ -233,7 +136,7 @@ def test_gap_equals_plain_torch_and_peft_token_by_token(bundle, form):
 def test_prompt_tokens_are_not_scored(bundle):
     """The pair form scores fewer tokens than the whole text of the same words: exactly the
     prompt's tokens after the first."""
-    tok = _tokenizer(bundle)
+    tok = base_tokenizer(bundle)
     train, _ = task_of(bundle, "pair").objectives(checkpoint_of(bundle))
     got = units_of(train)
     for r in bundle.train_rows:
@@ -247,7 +150,7 @@ def test_truncated_texts_are_scored_as_cut(bundle, caplog):
     """With max_length L below the texts' lengths each text keeps its first L tokens (as
     the tokenizer cuts them) and the cut is logged with its count."""
     length = 12
-    tok = _tokenizer(bundle)
+    tok = base_tokenizer(bundle)
     cut = sum(len(tok(r["text"])["input_ids"]) > length for r in bundle.train_rows)
     assert cut > 0
     with caplog.at_level("WARNING", logger="genbound.tasks.causal_lm"):
@@ -338,7 +241,7 @@ def test_objective_gradient_equals_autograd_of_the_merged_model(bundle):
 
     model = merged_model(bundle)
     ref_param = dict(model.named_parameters())[name]
-    tok = _tokenizer(bundle)
+    tok = base_tokenizer(bundle)
     enc = encode(tok, bundle.train_rows, "text", max_length_of(tok, model))
     width = max(len(ids) for ids, _ in enc)
     ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.int64)
