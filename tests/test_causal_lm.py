@@ -126,7 +126,7 @@ def test_gap_equals_plain_torch_and_peft_token_by_token(bundle, form):
         assert rel(split.unit_error, np.mean([r.errors.mean() for r in ref])) < 1e-12
         assert rel(split.max_loss, max(r.losses.mean() for r in ref)) < 1e-5
         assert 0 < split.error < 1  # some tokens right, some wrong: the error is tested
-    # the gap is a difference of two means each within 1e-5 of its own size
+    # the gap: test minus train of the means checked above
     assert abs(gap.loss_gap - (gap.test.loss - gap.train.loss)) < 1e-12
     assert abs(gap.error_gap - (gap.test.error - gap.train.error)) < 1e-12
     assert gap.loss_unit == "nats/token" and gap.unit == "texts"
@@ -134,8 +134,8 @@ def test_gap_equals_plain_torch_and_peft_token_by_token(bundle, form):
 
 
 def test_prompt_tokens_are_not_scored(bundle):
-    """The pair form scores fewer tokens than the whole text of the same words: exactly the
-    prompt's tokens after the first."""
+    """The pair form scores fewer tokens than the whole text of the same words: fewer by
+    the prompt's own tokens (without the special tokens the tokenizer adds)."""
     tok = base_tokenizer(bundle)
     train, _ = task_of(bundle, "pair").objectives(checkpoint_of(bundle))
     got = units_of(train)
