@@ -200,7 +200,8 @@ def test_texts_longer_than_max_length_are_cut_and_the_cut_is_stated(llama, tmp_p
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     _no_traceback(res.stderr)
-    gap = json.loads((out / "report.json").read_text())["gap"]
+    doc = json.loads((out / "report.json").read_text())
+    gap = doc["gap"]
     for name, rows, path in (
         ("train", llama.train_rows, llama.train_file),
         ("test", llama.test_rows, llama.test_file),
@@ -213,14 +214,11 @@ def test_texts_longer_than_max_length_are_cut_and_the_cut_is_stated(llama, tmp_p
             "and were cut"
         )
         assert res.stderr.count(line) == 1, res.stderr
+        assert doc["warnings"].count(line) == 1, doc["warnings"]  # kept with the report
         assert gap[name]["n_tokens"] == sum(min(n, length) - 1 for n in lengths)
         _check_split(gap[name], reference(llama, rows, "text", max_length=length))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CausalLMTask.description writes 'max 20's tokens' (genbound/tasks/causal_lm.py)",
-)
 def test_report_names_the_max_length_in_words(llama, tmp_path, capsys):
     out = tmp_path / "rep"
     argv = _argv(llama, llama.train_file, llama.test_file, out, "--max-length", "20")

@@ -75,15 +75,17 @@ class MeasureContext:
 
     def objectives(self) -> tuple[Objective, Objective]:
         """The task's (train, test) objectives of the merged model, built once (stage
-        ``model``)."""
+        ``model``). What genbound's tasks log as warnings while building them (texts cut
+        at the maximum length) goes into the report's warnings too."""
         if self._objectives is None:
             assert self.task is not None, "objectives() needs a task"
-            with self.timed("model"):
+            with self.timed("model"), _task_warnings() as said:
                 try:
                     train, test = self.task.objectives(self.checkpoint)
                 except GenboundError as exc:  # the task and the checkpoint disagree
                     self.task_failure = exc
                     raise
+            self.warnings.extend(said)
             n = self.n_train
             if n is not None and train.num_examples != n:
                 self.warnings.append(
@@ -122,3 +124,23 @@ class MeasureContext:
             self._adapted, notes = adapter_objective(sub, self.checkpoint)
             self.warnings.extend(notes)
         return self._adapted
+
+
+@contextlib.contextmanager
+def _task_warnings() -> Iterator[list[str]]:
+    """The messages of warnings logged under ``genbound.tasks`` meanwhile (still logged)."""
+    import logging
+
+    said: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    logger = logging.getLogger("genbound.tasks")
+    handler = Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)

@@ -223,10 +223,10 @@ class CausalLMTask:
     @property
     def description(self) -> str:
         form = "prompt/response pairs" if self.train.prompts is not None else "texts"
+        limit = f"{self.max_length:,}" if self.max_length is not None else "the model's limit of"
         return (
             f"causal language modelling, {len(self.train):,} train / {len(self.test):,} test "
-            f"{form} from {self.train.source}, max "
-            f"{self.max_length if self.max_length is not None else 'the model'}'s tokens"
+            f"{form} from {self.train.source}, at most {limit} tokens each"
         )
 
     def base_for(self, checkpoint: Checkpoint | None) -> Path:

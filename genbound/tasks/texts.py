@@ -158,7 +158,7 @@ def _jsonl_records(path: Path, lines: Iterable[str]) -> _Records:
                 path,
                 "not a JSON object",
                 key=f"line {lineno}",
-                expected='one JSON object per line ({"text": ..., "label": ...})',
+                expected="one JSON object per line",
                 found=f"a JSON {json_type(obj)}",
                 cls=GenboundError,
             )
