@@ -156,3 +156,96 @@ def test_alpha_grid_is_paid():
         s.smoothed_bits[i] + width * math.sqrt((k * math.log(2) + math.log(1 / 0.05)) / (2 * 5000)),
         rel=1e-12,
     )
+
+
+# -- a report end to end, recomputed from what it writes ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_report(tmp_path_factory):
+    from lm_fixtures import lm_bundle
+
+    from genbound.cli.main import main
+
+    bundle = lm_bundle(tmp_path_factory, "llama")
+    out = tmp_path_factory.mktemp("token_bound") / "rep"
+    argv = ["report", str(bundle.adapter), "--base", str(bundle.base), "--data"]
+    argv += [str(bundle.train_file), str(bundle.test_file), "--only", "gap,token_bound"]
+    assert main([*argv, "--out", str(out)]) == 0
+    import json
+
+    return bundle, out, json.loads((out / "report.json").read_text())
+
+
+def test_report_bounds_recomputed_by_hand(llama_report):
+    _, _, doc = llama_report
+    t = doc["bounds"]["token_level"]
+    alphas, ranges, delta = t["alphas"], t["loss_ranges_bits"], t["delta"]
+    v, m, n = t["vocab_size"], t["n_tokens"], t["n_texts"]
+    nb, na = t["num_bit_candidates"], len(alphas)
+    assert m == doc["gap"]["train"]["n_tokens"] and n == doc["gap"]["train"]["n"]
+    assert v == 30_522 and ranges == [math.log2(1 + (1 - a) * v / a) for a in alphas]
+    best = {"tok": math.inf, "err": math.inf, "doc": math.inf, "derr": math.inf}
+    evaluated = [c for c in t["candidates"] if c["evaluated"]]
+    assert evaluated
+    for c in evaluated:
+        k = c["code_bits"] * math.log(2)
+        tok_c = math.sqrt((k + math.log(nb * na / delta)) / (2 * m))
+        for i, a in enumerate(alphas):
+            best["tok"] = min(best["tok"], c["train_smoothed_bits"][i] + ranges[i] * tok_c)
+            low = -math.log2(1 - a + a / v)
+            rhs = (k + math.log(2 * math.sqrt(n) / delta) + math.log(nb * na)) / n
+            q = (c["train_doc_smoothed_bits"][i] - low) / ranges[i]
+            best["doc"] = min(best["doc"], low + ranges[i] * kl_inverse_ref(q, rhs))
+        err_c = math.sqrt((k + math.log(nb / delta)) / (2 * m))
+        best["err"] = min(best["err"], c["train_error"] + err_c)
+        erhs = (k + math.log(2 * math.sqrt(n) / delta) + math.log(nb)) / n
+        best["derr"] = min(best["derr"], kl_inverse_ref(c["train_doc_error"], erhs))
+    assert t["token_bits"]["bound"] == pytest.approx(best["tok"], rel=1e-12)
+    assert t["token_error"]["bound"] == pytest.approx(best["err"], rel=1e-12)
+    assert t["doc_bits"]["bound"] == pytest.approx(best["doc"], rel=1e-9)
+    assert t["doc_error"]["bound"] == pytest.approx(best["derr"], rel=1e-9)
+    assert t["token_bits"]["vacuous_at"] == pytest.approx(math.log2(v))
+
+
+def test_quantized_scores_equal_peft_with_the_written_factors(llama_report):
+    """The chosen candidate's training scores, recomputed by PEFT's own model with the
+    written quantized factors as its LoRA weights, token by token in float64."""
+    from lm_fixtures import base_tokenizer
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    bundle, out, doc = llama_report
+    t = doc["bounds"]["token_level"]
+    chosen = next(c for c in t["candidates"] if c["bits"] == t["token_bits"]["bits"])
+    q = load_file(str(out / t["quantized_tensors"]))
+    base = AutoModelForCausalLM.from_pretrained(bundle.base, local_files_only=True)
+    model = PeftModel.from_pretrained(base, bundle.adapter, local_files_only=True)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in q.items():
+            module, factor = key.split("::")
+            name = f"base_model.model.{module}.lora_{factor}.default.weight"
+            assert params[name].shape == value.shape
+            params[name].copy_(value)
+    model = model.merge_and_unload().double().eval()
+    tok = base_tokenizer(bundle)
+    alphas, v = t["alphas"], t["vocab_size"]
+    bits_sum, wrong, tokens, per_text = np.zeros(len(alphas)), 0.0, 0, []
+    with torch.no_grad():
+        for row in bundle.train_rows:
+            ids = tok(row["text"], truncation=True, max_length=128)["input_ids"]
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            p = torch.softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+            bits = np.array([(-np.log2((1 - a) * p.numpy() + a / v)).sum() for a in alphas])
+            bits_sum += bits
+            wrong += float((logits.argmax(-1) != torch.tensor(ids[1:])).sum())
+            tokens += len(ids) - 1
+            per_text.append(bits / (len(ids) - 1))
+    assert tokens == t["n_tokens"]
+    np.testing.assert_allclose(chosen["train_smoothed_bits"], bits_sum / tokens, rtol=1e-5)
+    np.testing.assert_allclose(
+        chosen["train_doc_smoothed_bits"], np.mean(per_text, axis=0), rtol=1e-5
+    )
+    assert chosen["train_error"] == pytest.approx(wrong / tokens, abs=1e-12)
