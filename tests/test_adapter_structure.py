@@ -9,6 +9,7 @@ import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from test_adapters import CHAINED, MLP, save_base
@@ -285,3 +286,22 @@ def test_a_new_update_kind_is_read_coded_and_rebuilt_without_changes(rowscaled, 
                                                             "updates": written}, t))  # fmt: skip
     for name, u in ckpt.updates.items():
         torch.testing.assert_close(again.updates[name].delta(torch.float64), u.delta(torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_factor_basis_keeps_the_rank_of_half_precision_factors(dtype):
+    """A LoRA factor stored in half precision (a bfloat16 model's) spans as many
+    directions as numpy counts in float64 for the same stored values."""
+    from genbound.adapters.tangent import basis
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, rank in (((2048, 16), 16), ((256, 8), 8)):
+        x = (0.01 * torch.randn(*shape, generator=gen)).to(dtype)
+        q = basis(x)
+        assert q.shape == (shape[0], np.linalg.matrix_rank(x.double().numpy())) == (shape[0], rank)
+        # orthonormal, and spanning x's columns
+        torch.testing.assert_close(q.T @ q, torch.eye(rank, dtype=torch.float64))
+        xd = x.double()
+        torch.testing.assert_close(q @ (q.T @ xd), xd, rtol=0, atol=1e-12)
+    low = torch.randn(256, 3, generator=gen) @ torch.randn(3, 8, generator=gen)
+    assert basis(low.to(dtype)).shape[1] >= 3  # rounding may add directions, never drop them

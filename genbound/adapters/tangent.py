@@ -30,11 +30,14 @@ class NoTangent(Exception):
 
 
 def basis(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the column space of x (float64), by SVD with a rank cutoff."""
+    """Orthonormal basis of the column space of x (float64), by SVD with a rank cutoff:
+    singular values below s_max max(shape) eps, eps that of x's dtype (float32's for a
+    half-precision x, whose own eps times a dimension of a few hundred exceeds 1)."""
     u, s, _ = torch.linalg.svd(x.detach().double(), full_matrices=False)
     if s.numel() == 0 or float(s[0]) == 0.0:
         return u[:, :0]
-    keep = s > s[0] * max(x.shape) * torch.finfo(x.dtype).eps
+    eps = torch.finfo(x.dtype if x.dtype.itemsize >= 4 else torch.float32).eps
+    keep = s > s[0] * max(x.shape) * eps
     return u[:, keep]
 
 
