@@ -244,6 +244,40 @@ def test_merged_operator_is_the_projected_w_hessian_entry_by_entry(layer_cls):
         assert op.dimension == 2 * obj.model[0].n == int(torch.linalg.matrix_rank(P))
 
 
+@pytest.mark.parametrize("layer_cls", [LoraLayer, AsymLayer, _selector_layer])
+def test_tangent_coordinates_are_the_merged_operator_seen_through_j(layer_cls):
+    """In tangent coordinates the operator is J^T (P H_W P) J: the same non-zero spectrum
+    and trace as the merged operator, on vectors of sum r (n + m) entries; the top
+    eigenvalue and trace the algorithms report agree."""
+    from genbound.curvature.algorithms import hutchpp, lanczos
+
+    obj, X, y = adapted_objective(layer_cls)
+    merged = MergedHessianOperator(obj)
+    op = merged.in_coordinates()
+    assert op.dimension == merged.dimension and op.size < merged.size
+    eye = torch.eye(op.size, dtype=torch.float64)
+    with op:
+        C = op.matmat(eye)
+        Pc = op.project(eye)
+    obj.model[0].fused = False
+    H = exact_w_hessian(obj.model, X, y).detach()
+    P = projector_matrix(merged)
+    torch.testing.assert_close(C, C.T, atol=1e-10, rtol=0)
+    torch.testing.assert_close(Pc @ Pc, Pc, atol=1e-10, rtol=0)  # a projector
+    assert int(torch.linalg.matrix_rank(Pc)) == merged.dimension
+    ev_c = torch.linalg.eigvalsh(C).numpy()
+    ev_m = torch.linalg.eigvalsh(P @ H @ P).numpy()
+    nz = lambda ev: np.sort(ev[np.abs(ev) > 1e-9])  # noqa: E731
+    np.testing.assert_allclose(nz(ev_c), nz(ev_m), rtol=1e-8, atol=1e-10)
+    assert float(torch.trace(C)) == pytest.approx(float(torch.trace(P @ H @ P)), rel=1e-9)
+    obj.model[0].fused = True
+    with merged.in_coordinates() as view:
+        top = lanczos(view, 1, tol=1e-8)
+        trace = hutchpp(view, 24, seed=1)
+    assert top.converged and top.eigenvalues[0] == pytest.approx(ev_m.max(), rel=1e-6)
+    assert abs(trace.trace - float(torch.trace(P @ H @ P))) <= 3 * trace.stderr
+
+
 def test_merged_curvature_does_not_depend_on_the_factorisation():
     obj, *_ = adapted_objective()
     layer = obj.model[0]
@@ -345,3 +379,22 @@ def test_lanczos_tridiagonal_against_the_matrix(steps):
     np.testing.assert_allclose((basis.T @ a @ basis).numpy(), t, atol=1e-10)
     if j == 12:  # the whole space: T has exactly the matrix's eigenvalues
         np.testing.assert_allclose(np.linalg.eigvalsh(t), evals.numpy(), atol=1e-10)
+
+
+def test_reports_switch_to_tangent_coordinates_for_long_vectors(monkeypatch):
+    """Above COORDINATES_ABOVE entries the report's curvature runs in tangent coordinates
+    and finds the same top eigenvalue (and an unbiased trace) as in dW coordinates."""
+    import genbound.curvature.operator as operator
+    from genbound.measures.curvature import hessian_curvature
+
+    obj, X, y = adapted_objective()
+    H = exact_w_hessian(obj.model, X, y).detach()
+    P = projector_matrix(MergedHessianOperator(obj))
+    exact = torch.linalg.eigvalsh(P @ H @ P).numpy()
+    direct = hessian_curvature(obj, "merged", 0, 12, 1, 4)
+    monkeypatch.setattr(operator, "COORDINATES_ABOVE", 0)
+    coords = hessian_curvature(obj, "merged", 0, 12, 1, 4)
+    for cv in (direct, coords):
+        assert cv.top.eigenvalues[0] == pytest.approx(exact.max(), rel=2e-3)
+        assert abs(cv.trace.trace - exact.sum()) <= 4 * cv.trace.stderr
+    assert coords.top.dimension == direct.top.dimension

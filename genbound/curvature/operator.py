@@ -47,6 +47,7 @@ __all__ = [
     "AdaptedModule",
     "HessianOperator",
     "MergedHessianOperator",
+    "TangentCoordinateOperator",
     "find_adapted",
     "select_parameters",
 ]
@@ -368,6 +369,10 @@ class MergedHessianOperator(_Base):
     def _inputs(self) -> list[torch.Tensor]:
         return [t for c in self._coords for t in c.tensors] + self._others
 
+    def in_coordinates(self) -> TangentCoordinateOperator:
+        """This operator with tangent-coordinate vectors (:class:`TangentCoordinateOperator`)."""
+        return TangentCoordinateOperator(self)
+
     def _prepare(self, stack: contextlib.ExitStack) -> None:
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -411,6 +416,76 @@ class MergedHessianOperator(_Base):
             out[rows] = coords.from_coordinates(pieces).reshape(p, -1).T
         out[others_start:] = hc[start:]
         return out
+
+
+#: Merged-dW vectors longer than this (2^24 entries, 128 MiB in float64) are replaced by
+#: tangent coordinates in reports (:meth:`MergedHessianOperator.in_coordinates`).
+COORDINATES_ABOVE = 2**24
+
+
+class TangentCoordinateOperator:
+    """A :class:`MergedHessianOperator` whose vectors are the tangent spaces' own
+    coordinates (each adapted layer's coordinate tensors, e.g. Y (rb x m) and Z (n x ra),
+    flattened in order, then the other selected parameters) instead of n x m dW blocks.
+
+    It is J^T H_W J, the same operator as P_T H_W P_T seen through the partial isometry J:
+    on the coordinates J^T J projects onto (:meth:`project`), the spectrum, trace and
+    density are those of the merged operator, while a vector has sum r (n + m) entries
+    rather than sum n m (for LoRA r = 16 on the attention of a 1.1B model, 4.5 million
+    instead of 208 million: 36 MB instead of 1.7 GB in float64). Products are the merged
+    operator's own (its session, graphs and product count).
+    """
+
+    def __init__(self, merged: MergedHessianOperator):
+        self.merged = merged
+        self.parameterization = merged.parameterization
+        self.layers = merged.layers
+        self.names = merged.names
+        self.dimension = merged.dimension
+        self.dtype = merged.dtype
+        self._sizes = [sum(t.numel() for t in c.tensors) for c in merged._coords]
+        self.size = sum(self._sizes) + sum(p.numel() for p in merged._others)
+
+    @property
+    def num_products(self) -> int:
+        return self.merged.num_products
+
+    def __enter__(self):
+        self.merged.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.merged.__exit__(*exc)
+
+    def project(self, cs: torch.Tensor) -> torch.Tensor:
+        """J^T J C for C (size x p): the coordinates of the tangent vectors C stands for."""
+        out, p, start = cs.clone(), cs.shape[1], 0
+        for coords, k in zip(self.merged._coords, self._sizes, strict=True):
+            parts, i = [], start
+            for t in coords.tensors:
+                parts.append(cs[i : i + t.numel()].T.reshape(p, *t.shape).double())
+                i += t.numel()
+            back = coords.to_coordinates(coords.tangent.from_coordinates(parts))
+            out[start : start + k] = torch.cat([u.reshape(p, -1) for u in back], dim=1).T
+            start += k
+        return out
+
+    def matmat(self, cs: torch.Tensor) -> torch.Tensor:
+        """J^T H_W J C for C (size x p) float64."""
+        if cs.ndim != 2 or cs.shape[0] != self.size:
+            raise GenboundError(
+                f"Hessian products take vectors of length {self.size} (as columns); "
+                f"found shape {tuple(cs.shape)}."
+            )
+        if self.merged._session is None:
+            with self:
+                return self.matmat(cs)
+        out = self.merged._input_products(self.project(cs))
+        self.merged.num_products += cs.shape[1]
+        return self.project(out)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matmat(v.reshape(-1, 1))[:, 0]
 
 
 class _TangentCoordinates:

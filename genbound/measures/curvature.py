@@ -65,12 +65,15 @@ def hessian_curvature(
     one operator."""
     from genbound.curvature.algorithms import hutchpp, lanczos, slq_density
     from genbound.curvature.api import hessian_operator
-    from genbound.curvature.operator import find_adapted
+    from genbound.curvature.operator import COORDINATES_ABOVE, find_adapted
 
     parameterization = "merged" if space == "merged" else "factors"
     if space == "merged" and not find_adapted(objective.model, objective.trainable)[0]:
         parameterization, space = "factors", "tensors"  # no adapter layer: nothing to merge
-    with hessian_operator(objective, parameterization=parameterization) as op:
+    merged = hessian_operator(objective, parameterization=parameterization)
+    # long dW vectors (a large model's): the same operator in its tangent coordinates
+    view = merged.in_coordinates() if getattr(merged, "size", 0) > COORDINATES_ABOVE else merged
+    with view as op:
         top = lanczos(op, 1, tol=1e-3, seed=seed)
         trace = hutchpp(op, trace_products, seed=seed)
         density = slq_density(op, probes, steps, seed=seed, grid_size=512)
