@@ -174,6 +174,7 @@ class _Base:
         """Yield each batch's gradient (with graph); graphs are kept across products, if
         allowed, for as many leading batches as :attr:`graph_bytes` holds."""
         batches = self.objective.batches
+        # a graph not kept is released before the next batch's is built (never two at once)
         if self._graphs is not None:
             yield from self._graphs
             for batch in batches[len(self._graphs) :]:
@@ -193,6 +194,7 @@ class _Base:
                 self._graphs, self.kept_batches = keep, len(keep)
                 keep = None
             yield g
+            del g
         if keep is not None:
             self._graphs, self.kept_batches = keep, len(keep)
 
@@ -235,6 +237,7 @@ class _Base:
                     gs, xs, grad_outputs=outs, retain_graph=True, allow_unused=True
                 )
                 out[:, j] += self._flat(hv, xs)
+            del g, used, gs  # this batch's graph, unless kept, goes before the next is built
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
