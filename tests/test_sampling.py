@@ -213,3 +213,17 @@ def test_left_padded_rows_keep_their_padding_and_losses():
         got = sorted(float(x) for b in sub.batches for x in cross_entropy_loss(obj.model, b))
         ref = sorted(float(x) for b in right.batches for x in cross_entropy_loss(obj.model, b))
     np.testing.assert_allclose(got, ref, rtol=1e-12)  # the same examples (mean pooling)
+
+
+def test_analysis_batches_shrink_for_large_models():
+    """1,024 padded tokens per batch up to 600 million parameters, then halving (a power
+    of two, at least 128)."""
+    from genbound.tasks.sampling import analysis_batch_tokens
+
+    class Sized(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.empty(n, device="meta"))
+
+    for params, tokens in ((10**6, 1024), (6 * 10**8, 1024), (11 * 10**8, 512), (7 * 10**9, 128)):
+        assert analysis_batch_tokens(Sized(params)) == tokens

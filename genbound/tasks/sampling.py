@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ import torch
 
 from genbound.errors import GenboundError
 from genbound.tasks.objective import Batch, Objective
-from genbound.tasks.packing import take_rows
+from genbound.tasks.packing import MAX_TOKENS, take_rows
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,12 @@ def sample_rows(batches: Sequence[Batch], n: int, seed: int) -> list[tuple[int, 
     return picks
 
 
-def sample_objective(objective: Objective, n: int, *, seed: int) -> tuple[Objective, Sample]:
+def sample_objective(
+    objective: Objective, n: int, *, seed: int, max_tokens: int | None = None
+) -> tuple[Objective, Sample]:
     """The objective on a stratified random sample of ``n`` of its examples (all of them
-    when it has at most ``n``), repacked, and a record of the sample."""
+    when it has at most ``n``), repacked (at most ``max_tokens`` padded tokens per batch;
+    default :func:`analysis_batch_tokens` of the model), and a record of the sample."""
     if n < 1:
         raise GenboundError(f"the example sample size must be at least 1; found {n}.")
     if seed < 0:
@@ -142,10 +146,27 @@ def sample_objective(objective: Objective, n: int, *, seed: int) -> tuple[Object
     )
     sub = dataclasses.replace(
         objective,
-        batches=take_rows(batches, picks),
+        batches=take_rows(
+            batches,
+            picks,
+            max_tokens=max_tokens
+            if max_tokens is not None
+            else analysis_batch_tokens(objective.model),
+        ),
         description=f"{objective.description}, {sample.describe()}",
     )
     return sub, sample
+
+
+def analysis_batch_tokens(model) -> int:
+    """Padded tokens per batch of a sample that analyses differentiate twice: 1,024
+    (:data:`~genbound.tasks.packing.MAX_TOKENS`) up to 600 million parameters, then
+    halving as the model grows (a power of two, at least 128). A second-order graph holds
+    every layer's activations: on a 1.1B-parameter model in bfloat16, 1,024 tokens hold
+    about 8 GiB of them, 512 tokens half that."""
+    params = sum(p.numel() for p in model.parameters())
+    scaled = MAX_TOKENS * 6e8 / max(params, 1)
+    return int(2 ** round(math.log2(min(max(scaled, 128), MAX_TOKENS))))
 
 
 def _content_key(batch: Batch, i: int, class_label: bool = True) -> bytes:
