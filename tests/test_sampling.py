@@ -216,7 +216,7 @@ def test_left_padded_rows_keep_their_padding_and_losses():
 
 
 def test_analysis_batches_shrink_for_large_models():
-    """1,024 padded tokens per batch up to 600 million parameters, then halving (a power
+    """1,024 padded tokens per batch up to 300 million parameters, then halving (a power
     of two, at least 128)."""
     from genbound.tasks.sampling import analysis_batch_tokens
 
@@ -225,5 +225,12 @@ def test_analysis_batches_shrink_for_large_models():
             super().__init__()
             self.w = torch.nn.Parameter(torch.empty(n, device="meta"))
 
-    for params, tokens in ((10**6, 1024), (6 * 10**8, 1024), (11 * 10**8, 512), (7 * 10**9, 128)):
+    cases = (
+        (10**6, 1024),
+        (3 * 10**8, 1024),
+        (6 * 10**8, 512),
+        (11 * 10**8, 256),
+        (7 * 10**9, 128),
+    )
+    for params, tokens in cases:
         assert analysis_batch_tokens(Sized(params)) == tokens
