@@ -67,8 +67,9 @@ def test_report_with_data_files_checked_by_hand(tmp_path, setup, capsys):
 
     # the task is recorded so the report can be reproduced
     ref = doc["data"]["reference"]
-    assert ref["task"] == "genbound.tasks.hf_text:text_files"
+    assert ref["task"] == "genbound.tasks.text_data:text_data"
     assert ref["kwargs"]["train"] == str(train_csv.resolve())
+    assert ref["kwargs"]["objective"] == "auto"  # resolved per checkpoint: a classifier here
     assert doc["data"]["n_train"] == 40 and doc["data"]["n_train_source"] == "task's training set"
 
     # the gap against PEFT's merged model, text by text
