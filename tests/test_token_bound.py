@@ -249,3 +249,18 @@ def test_quantized_scores_equal_peft_with_the_written_factors(llama_report):
         chosen["train_doc_smoothed_bits"], np.mean(per_text, axis=0), rtol=1e-5
     )
     assert chosen["train_error"] == pytest.approx(wrong / tokens, abs=1e-12)
+
+
+def test_report_reads_the_loss_gap_first_and_shows_the_bounds(llama_report):
+    _, out, doc = llama_report
+    md = (out / "report.md").read_text()
+    g = doc["gap"]
+    reading = md.split("## What the numbers say")[1].split("##")[0]
+    first = reading.strip().splitlines()[0]
+    assert first.startswith(
+        f"- The measured next-token cross-entropy gap is {g['loss_gap']:+.4f} ± "
+        f"{g['loss_gap_stderr']:.4f} nats/token"
+    ), first
+    assert f"({g['train']['n_tokens']:,} and {g['test']['n_tokens']:,} predicted tokens)" in first
+    assert "## Token- and document-level bounds" in md
+    assert "see token_bound" in md  # the classifier bound skipped with its reason

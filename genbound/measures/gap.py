@@ -90,6 +90,17 @@ class Gap(Measure):
             z = 0.0 if g.error_gap == 0 else float("inf")
         verdict = "not distinguishable from zero" if abs(z) < 2 else "clearly different from zero"
         what = "0-1 gap" if g.error_name == "0-1 error" else f"gap in {g.error_name}"
+        if g.weight_unit is not None:  # a language model: its loss gap first
+            zl = g.loss_gap / g.loss_gap_stderr if g.loss_gap_stderr > 0 else 0.0
+            return [
+                f"The measured {g.loss_name} gap is {g.loss_gap:+.4f} ± "
+                f"{g.loss_gap_stderr:.4f} {g.loss_unit} "
+                f"({'not distinguishable from zero' if abs(zl) < 2 else 'clearly different from zero'}"
+                f" at two standard errors), the {what} {g.error_gap:+.4f} ± "
+                f"{g.error_gap_stderr:.4f} ({verdict}); {g.train.n:,} train and "
+                f"{g.test.n:,} test {g.unit} ({g.train.n_tokens:,} and {g.test.n_tokens:,} "
+                f"{g.weight_unit}). This is the quantity the bounds below try to predict."
+            ]
         return [
             f"The measured {what} is {g.error_gap:+.4f} ± {g.error_gap_stderr:.4f} "
             f"({verdict} at two standard errors; {g.train.n:,} train and {g.test.n:,} test "
