@@ -263,4 +263,3 @@ def test_report_reads_the_loss_gap_first_and_shows_the_bounds(llama_report):
     ), first
     assert f"({g['train']['n_tokens']:,} and {g['test']['n_tokens']:,} predicted tokens)" in first
     assert "## Token- and document-level bounds" in md
-    assert "see token_bound" in md  # the classifier bound skipped with its reason
