@@ -27,6 +27,7 @@ from genbound.checkpoint.model import Checkpoint
 from genbound.checkpoint.tensors import read_json
 from genbound.errors import GenboundError
 from genbound.tasks.hf_text import (
+    _to,
     _trainable_names,
     base_folder,
     check_positive,
@@ -261,28 +262,12 @@ class CausalLMTask:
             load_updates_into(model, checkpoint)
         return model.to(self.device).eval()
 
-    def tokenized(self, data: LMTexts, base_path: Path) -> TokenizedTexts:
-        """The texts tokenized as a Trainer would (see :func:`tokenize_lm`); texts cut at
-        L are logged."""
-        tok = load_tokenizer(base_path)
+    def batches(self, data: LMTexts, base_path: Path, tokenizer=None) -> list[Batch]:
+        """:func:`lm_batches` of ``data`` with the base model's tokenizer (``tokenizer``:
+        already loaded from ``base_path``), at most L tokens per text."""
+        tok = tokenizer if tokenizer is not None else load_tokenizer(base_path)
         length = self.max_length or default_max_length(tok, base_path)
-        out = tokenize_lm(tok, data, length, chat_template=self.chat_template)
-        if out.truncated:
-            log.warning(
-                "%s: %d of %d texts are longer than max_length = %d tokens and were cut",
-                data.source or "texts",
-                out.truncated,
-                len(data),
-                length,
-            )
-        return out
-
-    def batches(self, data: LMTexts, base_path: Path) -> list[Batch]:
-        """Batches of texts of similar length (at most ``batch_tokens`` padded tokens each,
-        a longer text alone), right-padded: ``input_ids``, ``attention_mask``,
-        ``loss_mask`` (B, T) int64; labels: predicted tokens per text (B,) float64."""
-        enc = self.tokenized(data, base_path)
-        return pack_texts(enc, pad_id(load_tokenizer(base_path)), self.batch_tokens)
+        return lm_batches(tok, data, length, self.batch_tokens, chat_template=self.chat_template)
 
     def objectives(self, checkpoint: Checkpoint | None) -> tuple[Objective, Objective]:
         """(train, test) objectives of the fine-tuned model; both share one model."""
@@ -291,9 +276,10 @@ class CausalLMTask:
         vocab = self._vocab_size(base_path)
         trainable = _trainable_names(model, checkpoint)
         desc = f"{type(model).__name__} from {base_path}, full forward"
+        tok = load_tokenizer(base_path)
         out = []
         for split, data in (("train", self.train), ("test", self.test)):
-            batches = [_to(b, self.device) for b in self.batches(data, base_path)]
+            batches = [_to(b, self.device) for b in self.batches(data, base_path, tok)]
             out.append(
                 lm_objective(
                     model, batches, trainable, f"{desc} ({split})", vocab, self.chunk_tokens
@@ -331,13 +317,25 @@ def lm_batches(
     texts: LMTexts | Sequence[str],
     max_length: int,
     batch_tokens: int = 8192,
+    *,
+    chat_template: bool = False,
 ) -> list[Batch]:
     """Language-model batches of ``texts`` (an :class:`LMTexts`, or whole texts as
-    strings) tokenized by ``tokenizer`` as a Trainer would, at most ``max_length`` tokens
-    each (:func:`pack_texts`)."""
+    strings) tokenized by ``tokenizer`` as a Trainer would (:func:`tokenize_lm`), at most
+    ``max_length`` tokens each, packed by :func:`pack_texts`: right-padded
+    ``input_ids``, ``attention_mask``, ``loss_mask`` (B, T) int64, labels the predicted
+    tokens per text (B,) float64. Texts cut at ``max_length`` are counted in a warning."""
     if not isinstance(texts, LMTexts):
         texts = LMTexts(tuple(str(t) for t in texts), None, "texts")
-    enc = tokenize_lm(tokenizer, texts, max_length)
+    enc = tokenize_lm(tokenizer, texts, max_length, chat_template=chat_template)
+    if enc.truncated:
+        log.warning(
+            "%s: %d of %d texts are longer than max_length = %d tokens and were cut",
+            texts.source or "texts",
+            enc.truncated,
+            len(texts),
+            max_length,
+        )
     return pack_texts(enc, pad_id(tokenizer), batch_tokens)
 
 
@@ -393,9 +391,3 @@ def default_max_length(tokenizer, base_path: Path) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and 2 <= value < 10**7:
             limits.append(value)
     return min(limits)
-
-
-def _to(batch: Batch, device: str) -> Batch:
-    if device == "cpu":
-        return batch
-    return Batch({k: v.to(device) for k, v in batch.inputs.items()}, batch.labels.to(device))
