@@ -100,6 +100,15 @@ def _match(pattern: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
+def check_columns(vs: torch.Tensor, size: int) -> None:
+    """A GenboundError unless ``vs`` holds vectors of length ``size`` as columns."""
+    if vs.ndim != 2 or vs.shape[0] != size:
+        raise GenboundError(
+            f"Hessian products take vectors of length {size} (as columns); "
+            f"found shape {tuple(vs.shape)}."
+        )
+
+
 class _Base:
     """Shared machinery: inputs to differentiate, graph cache, session handling."""
 
@@ -200,11 +209,7 @@ class _Base:
 
     def matmat(self, vs: torch.Tensor) -> torch.Tensor:
         """H V for V (size x p) float64; returns (size x p) float64."""
-        if vs.ndim != 2 or vs.shape[0] != self.size:
-            raise GenboundError(
-                f"Hessian products take vectors of length {self.size} (as columns); "
-                f"found shape {tuple(vs.shape)}."
-            )
+        check_columns(vs, self.size)
         if self._session is None:
             with self:
                 return self.matmat(vs)
@@ -475,11 +480,7 @@ class TangentCoordinateOperator:
 
     def matmat(self, cs: torch.Tensor) -> torch.Tensor:
         """J^T H_W J C for C (size x p) float64."""
-        if cs.ndim != 2 or cs.shape[0] != self.size:
-            raise GenboundError(
-                f"Hessian products take vectors of length {self.size} (as columns); "
-                f"found shape {tuple(cs.shape)}."
-            )
+        check_columns(cs, self.size)
         if self.merged._session is None:
             with self:
                 return self.matmat(cs)
